@@ -1,0 +1,44 @@
+"""Layer 8: an allowlisted environment and no inherited descriptor but the channel."""
+
+from __future__ import annotations
+
+import os
+
+from sandbox.confine.base import LayerStatus, WorkerSpec
+
+# closerange uses close_range(2), so a high ceiling costs nothing.
+_FD_CEILING = 1 << 20
+
+SESSION_ENVIRONMENT = {
+    "PATH": "/usr/local/bin:/usr/bin:/bin",
+    "LANG": "C.UTF-8",
+    "LC_ALL": "C.UTF-8",
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONDONTWRITEBYTECODE": "1",
+    "MPLBACKEND": "Agg",
+    # One thread per numeric library: the session's process limit counts threads.
+    "OPENBLAS_NUM_THREADS": "1",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "TERM": "dumb",
+}
+
+
+def session_environment(home: str) -> dict[str, str]:
+    return {**SESSION_ENVIRONMENT, "HOME": home, "TMPDIR": "/tmp", "MPLCONFIGDIR": "/tmp"}
+
+
+def apply(spec: WorkerSpec) -> LayerStatus:
+    os.environ.clear()
+    os.environ.update(session_environment(os.getcwd()))
+    os.closerange(3, spec.channel_fd)
+    os.closerange(spec.channel_fd + 1, _FD_CEILING)
+    for fd in (0, 1, 2):
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, fd)
+        os.close(null)
+    return LayerStatus(
+        "environment",
+        True,
+        f"{len(os.environ)} allowlisted variables; fds 0-2 and the channel only",
+    )

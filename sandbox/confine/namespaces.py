@@ -1,0 +1,168 @@
+"""Layer 2: pid, mount, net, ipc and uts namespaces, and the file tree a session sees.
+
+``unshare_for_worker`` runs in the short-lived intermediate process the zygote forks,
+so that the worker it forks next is init of a fresh PID namespace: when the worker
+dies, the kernel kills every process it left.  ``apply`` then runs in the worker and
+builds its view: a fresh ``/proc``, a private ``/tmp`` and ``/dev/shm``, and the
+workspace at the stable path ``/mnt/data``.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import stat
+import sys
+
+from sandbox.confine.base import LayerStatus, WorkerSpec
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+
+WORKSPACE_MOUNT = "/mnt/data"
+PRIVATE_TMP_MB = 64
+
+_libc = ctypes.CDLL(None, use_errno=True)
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"{what}: {os.strerror(errno)}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def mount(
+    source: str, target: str, fstype: str | None, flags: int, data: str | None = None
+) -> None:
+    _check(
+        _libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
+
+
+def namespace_flags(network: bool) -> int:
+    flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
+    if not network:
+        flags |= CLONE_NEWNET
+    return flags
+
+
+def unshare_for_worker(network: bool) -> str | None:
+    """In the intermediate process: the next child starts in new namespaces.
+
+    Returns None on success, or why the namespaces could not be made.
+    """
+    try:
+        unshare(namespace_flags(network))
+    except OSError as exc:
+        return str(exc)
+    return None
+
+
+def _closed_ancestor(path: str) -> str | None:
+    """The highest ancestor of ``path`` that others may not traverse, if any."""
+    parts = os.path.realpath(path).split("/")[1:]
+    for depth in range(1, len(parts)):
+        ancestor = "/" + "/".join(parts[:depth])
+        if not os.stat(ancestor).st_mode & stat.S_IXOTH:
+            return ancestor
+    return None
+
+
+def _hidden_runtime_paths() -> dict[str, str]:
+    """Interpreter and library directories an unprivileged uid could not reach.
+
+    Maps each such directory to the closed ancestor that hides it (e.g. a Python
+    installed under a 0700 /root).
+    """
+    candidates = {sys.base_prefix, sys.prefix, *(p for p in sys.path if os.path.isdir(p))}
+    hidden: dict[str, str] = {}
+    for path in sorted(os.path.realpath(c) for c in candidates):
+        ancestor = _closed_ancestor(path)
+        if ancestor is not None and not any(path.startswith(h + "/") for h in hidden):
+            hidden[path] = ancestor
+    return hidden
+
+
+def _expose_runtime(runtime_fds: dict[str, int]) -> None:
+    """Cover each closed ancestor with an empty tmpfs and bind the runtime back in.
+
+    The rest of that ancestor (say, root's home) stays invisible to the session.
+    """
+    covered: set[str] = set()
+    for path, fd in runtime_fds.items():
+        ancestor = _closed_ancestor_of_view(path, covered)
+        if ancestor not in covered:
+            mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+            covered.add(ancestor)
+        os.makedirs(path, mode=0o755, exist_ok=True)
+        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _closed_ancestor_of_view(path: str, covered: set[str]) -> str:
+    for ancestor in covered:
+        if path.startswith(ancestor + "/"):
+            return ancestor
+    closed = _closed_ancestor(path)
+    assert closed is not None
+    return closed
+
+
+def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
+    if unshare_error is not None:
+        os.chdir(spec.workspace)
+        return LayerStatus("namespaces", False, unshare_error)
+    nodev_nosuid = MS_NOSUID | MS_NODEV
+    # Held open so the workspace can be bound even when the mounts below hide its
+    # host path (a state directory under /tmp or /mnt).
+    workspace_fd = os.open(spec.workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    runtime = _hidden_runtime_paths()
+    runtime_fds = {
+        path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in runtime
+    }
+    try:
+        # Mounts made from here on stay in this namespace.
+        mount("none", "/", None, MS_REC | MS_PRIVATE)
+        mount("proc", "/proc", "proc", nodev_nosuid | MS_NOEXEC)
+        _expose_runtime(runtime_fds)
+        tmp_options = f"size={PRIVATE_TMP_MB}m,mode=1777"
+        mount("tmpfs", "/tmp", "tmpfs", nodev_nosuid, tmp_options)
+        mount("tmpfs", "/dev/shm", "tmpfs", nodev_nosuid, tmp_options)
+        # /mnt becomes an empty tmpfs so the workspace path is the same on every host.
+        mount("tmpfs", "/mnt", "tmpfs", nodev_nosuid, "size=1m,mode=0755")
+        os.mkdir(WORKSPACE_MOUNT, 0o755)
+        mount(f"/proc/self/fd/{workspace_fd}", WORKSPACE_MOUNT, None, MS_BIND | MS_REC)
+        mount("none", WORKSPACE_MOUNT, None, MS_BIND | MS_REMOUNT | nodev_nosuid)
+    finally:
+        os.close(workspace_fd)
+        for fd in runtime_fds.values():
+            os.close(fd)
+    os.chdir(WORKSPACE_MOUNT)
+    _libc.sethostname(b"sandbox", 7)
+    detail = "pid (worker is init), mount (/proc, private /tmp and /dev/shm), ipc, uts"
+    if not spec.policy.isolation.network:
+        detail += ", net (loopback only, down)"
+    return LayerStatus("namespaces", True, detail)

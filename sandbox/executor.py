@@ -1,0 +1,72 @@
+"""Run a cell of Python with Jupyter semantics in a persistent namespace.
+
+The cell is compiled as a module; when its last statement is an expression, that
+value's repr is the cell's value.  Tracebacks start at the user's first frame, so a
+model reading them sees its own code, not the worker's machinery.
+"""
+
+from __future__ import annotations
+
+import ast
+import linecache
+import traceback
+import types
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass
+class CellOutcome:
+    value: str | None = None
+    error: str | None = None
+    exc_type: str | None = None
+
+
+class PythonSession:
+    """One namespace and its execution counter."""
+
+    def __init__(self) -> None:
+        self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
+        self.execution_count = 0
+
+    def run(self, source: str) -> CellOutcome:
+        self.execution_count += 1
+        filename = f"<cell-{self.execution_count}>"
+        linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+        try:
+            tree = ast.parse(source, filename=filename, mode="exec")
+            last_expression = None
+            last = tree.body[-1] if tree.body else None
+            if isinstance(last, ast.Expr):
+                tree.body.pop()
+                last_expression = ast.Expression(last.value)
+            exec(compile(tree, filename, "exec"), self.namespace)
+            if last_expression is None:
+                return CellOutcome()
+            value = eval(compile(last_expression, filename, "eval"), self.namespace)
+        except BaseException as exc:  # noqa: BLE001 - every user failure is a reply, even SystemExit
+            return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
+        if value is None:
+            return CellOutcome()
+        self.namespace["_"] = value
+        try:
+            return CellOutcome(value=repr(value))
+        except BaseException as exc:  # noqa: BLE001 - a broken __repr__ is the user's error
+            return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
+
+
+def _first_user_frame(tb: types.TracebackType | None) -> types.TracebackType | None:
+    while tb is not None and not tb.tb_frame.f_code.co_filename.startswith("<cell-"):
+        tb = tb.tb_next
+    return tb
+
+
+def format_user_exception(exc: BaseException) -> str:
+    if isinstance(exc, SyntaxError):
+        return "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+    summary = "".join(traceback.format_exception_only(type(exc), exc)).rstrip()
+    trimmed = _first_user_frame(exc.__traceback__)
+    if trimmed is None:
+        return summary
+    # The summary comes first: it is what a model should read before anything else.
+    return summary + "\n" + "".join(traceback.format_exception(type(exc), exc, trimmed)).rstrip()

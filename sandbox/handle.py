@@ -1,0 +1,172 @@
+"""WorkerHandle: the service's grip on one worker, with the verbs of ``subprocess.Popen``.
+
+Signals go through a pidfd, so a recycled pid is never signalled.  The worker is a
+child of the process holding the handle (it was re-parented there, see
+``sandbox.zygote``), so ``poll`` and ``wait`` read its real exit status.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import socket
+
+from sandbox import protocol
+from sandbox.confine import cgroup
+from sandbox.errors import ProtocolError, WorkerLost
+
+
+def describe_returncode(returncode: int | None) -> str:
+    if returncode is None:
+        return "ended for an unknown reason"
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = f"signal {-returncode}"
+        return f"killed by {name}"
+    return f"exited with code {returncode}"
+
+
+class WorkerHandle:
+    def __init__(
+        self,
+        pid: int,
+        pidfd: int,
+        channel: socket.socket,
+        workspace: str,
+        uid: int | None,
+        session_key: str,
+        quota: bool,
+        cgroup_parent: str = cgroup.PARENT_GROUP,
+        max_frame: int = protocol.DEFAULT_MAX_FRAME,
+    ) -> None:
+        self.pid = pid
+        self.workspace = workspace
+        self.uid = uid
+        self.session_key = session_key
+        self.quota = quota
+        self.cgroup_parent = cgroup_parent
+        self.hello: protocol.Hello | None = None
+        self.returncode: int | None = None
+        self._pidfd: int | None = pidfd
+        self._channel = channel
+        self._channel.setblocking(False)
+        self._max_frame = max_frame
+
+    # -- the Popen verbs ---------------------------------------------------------------
+
+    def poll(self) -> int | None:
+        if self.returncode is not None or self._pidfd is None:
+            return self.returncode
+        try:
+            result = os.waitid(os.P_PIDFD, self._pidfd, os.WEXITED | os.WNOHANG)
+        except ChildProcessError:
+            # Not our child (the holder is not a subreaper): the pidfd still says
+            # whether it ended, but not how.
+            return None
+        if result is None:
+            return None
+        if result.si_code == os.CLD_EXITED:
+            self.returncode = result.si_status
+        else:
+            self.returncode = -result.si_status
+        return self.returncode
+
+    async def wait(self, timeout: float | None = None) -> int | None:
+        if self.poll() is not None or self._pidfd is None:
+            return self.returncode
+        loop = asyncio.get_running_loop()
+        ended: asyncio.Future[None] = loop.create_future()
+        pidfd = self._pidfd
+
+        def on_exit() -> None:
+            if not ended.done():
+                ended.set_result(None)
+
+        loop.add_reader(pidfd, on_exit)
+        try:
+            await asyncio.wait_for(ended, timeout)
+        finally:
+            loop.remove_reader(pidfd)
+        return self.poll()
+
+    def send_signal(self, signum: int) -> None:
+        if self._pidfd is None or self.poll() is not None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(self._pidfd, signum)
+
+    def interrupt(self) -> None:
+        self.send_signal(signal.SIGINT)
+
+    def terminate(self) -> None:
+        self.send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    def hit_memory_limit(self) -> bool:
+        """Whether the kernel's OOM killer acted in this worker's cgroup.
+
+        Read it before ``cleanup``, which removes the cgroup and its counters.
+        """
+        try:
+            return cgroup.oom_killed(self.session_key, self.cgroup_parent)
+        except (OSError, ValueError):
+            return False
+
+    def usage(self) -> dict[str, int]:
+        """Memory, pids and CPU of the whole session, from its cgroup."""
+        try:
+            return cgroup.usage(self.session_key, self.cgroup_parent)
+        except (OSError, ValueError):
+            return {}
+
+    async def cleanup(self) -> None:
+        """Kill the worker (its PID namespace dies with it), reap it, close everything."""
+        self.kill()
+        with contextlib.suppress(TimeoutError):
+            await self.wait(timeout=5)
+        self._channel.close()
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        with contextlib.suppress(OSError, ValueError):
+            await asyncio.to_thread(cgroup.kill_and_remove, self.session_key, self.cgroup_parent)
+
+    # -- the channel -------------------------------------------------------------------
+
+    async def _read_exactly(self, size: int) -> bytes:
+        loop = asyncio.get_running_loop()
+        buffer = bytearray()
+        while len(buffer) < size:
+            try:
+                data = await loop.sock_recv(self._channel, min(size - len(buffer), 1 << 20))
+            except OSError as exc:
+                raise WorkerLost(f"channel error: {exc.strerror}") from None
+            if not data:
+                raise WorkerLost("channel closed")
+            buffer += data
+        return bytes(buffer)
+
+    async def receive(self) -> protocol.Hello | protocol.RunReply:
+        header = await self._read_exactly(protocol.HEADER.size)
+        length = protocol.payload_length(header, self._max_frame)
+        return protocol.decode_worker_message(await self._read_exactly(length))
+
+    async def send(self, message: protocol.RunPython | protocol.RunCommand) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_sendall(self._channel, protocol.encode(message, self._max_frame))
+        except OSError as exc:
+            raise WorkerLost(f"channel error: {exc.strerror}") from None
+
+    async def read_hello(self, timeout: float) -> protocol.Hello:
+        message = await asyncio.wait_for(self.receive(), timeout)
+        if not isinstance(message, protocol.Hello):
+            raise ProtocolError("the worker did not start with a hello")
+        self.hello = message
+        return message

@@ -1,0 +1,145 @@
+"""The wire protocol between the service and a session worker.
+
+A channel is a byte stream of frames: a 4-byte big-endian length, then that many
+bytes of UTF-8 JSON holding one message.  This module knows nothing of sockets: it
+turns messages into bytes and bytes into messages, so it can be tested with no
+process at all.  Everything read from a worker is untrusted: lengths are capped
+before anything is buffered, and payloads are validated by pydantic.
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+
+from sandbox.errors import FrameTooLarge, ProtocolError
+
+HEADER = struct.Struct(">I")
+DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+
+RunStatus = Literal["ok", "error", "timeout", "killed", "denied"]
+
+
+class _Message(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- service → worker -------------------------------------------------------------
+
+
+class RunPython(_Message):
+    kind: Literal["python"] = "python"
+    run_id: int
+    code: str
+
+
+class RunCommand(_Message):
+    kind: Literal["command"] = "command"
+    run_id: int
+    command: str
+
+
+Request = Annotated[RunPython | RunCommand, Field(discriminator="kind")]
+
+
+# --- worker → service -------------------------------------------------------------
+
+
+class ChangedFile(_Message):
+    name: str
+    size: int
+
+
+class Hello(_Message):
+    """The first frame a worker sends: who it is and which layers it applied."""
+
+    kind: Literal["hello"] = "hello"
+    pid: int
+    workspace: str
+    layers: dict[str, str]
+    fatal: str | None = None  # set when a required layer failed: the worker will not serve
+
+
+class RunReply(_Message):
+    kind: Literal["reply"] = "reply"
+    run_id: int
+    status: RunStatus
+    stdout: str = ""
+    stderr: str = ""
+    value: str | None = None
+    error: str | None = None
+    exc_type: str | None = None
+    exit_code: int | None = None
+    truncated: bool = False
+    execution_count: int = 0
+    denied_rule: str | None = None
+    limit: str | None = None
+    files: list[ChangedFile] = Field(default_factory=list)
+
+
+WorkerMessage = Annotated[Hello | RunReply, Field(discriminator="kind")]
+
+_requests: TypeAdapter[RunPython | RunCommand] = TypeAdapter(Request)
+_worker_messages: TypeAdapter[Hello | RunReply] = TypeAdapter(WorkerMessage)
+
+
+def encode(message: _Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
+    payload = message.model_dump_json().encode()
+    if len(payload) > max_frame:
+        raise FrameTooLarge(f"message of {len(payload)} bytes exceeds the {max_frame} byte cap")
+    return HEADER.pack(len(payload)) + payload
+
+
+def payload_length(header: bytes, max_frame: int = DEFAULT_MAX_FRAME) -> int:
+    """Read a frame header; refuse it before any payload is buffered if it is too big."""
+    if len(header) != HEADER.size:
+        raise ProtocolError("truncated frame header")
+    (length,) = HEADER.unpack(header)
+    if length > max_frame:
+        raise FrameTooLarge(f"frame announces {length} bytes, cap is {max_frame}")
+    return int(length)
+
+
+def decode_request(payload: bytes) -> RunPython | RunCommand:
+    try:
+        return _requests.validate_json(payload)
+    except ValidationError as exc:
+        raise ProtocolError(f"malformed request: {exc.error_count()} problem(s)") from None
+
+
+def decode_worker_message(payload: bytes) -> Hello | RunReply:
+    try:
+        return _worker_messages.validate_json(payload)
+    except ValidationError as exc:
+        raise ProtocolError(f"malformed worker frame: {exc.error_count()} problem(s)") from None
+
+
+class FrameDecoder:
+    """Incremental decoder: feed bytes as they arrive, take whole payloads out.
+
+    Buffers at most one header plus one capped payload, so a hostile peer cannot
+    make it grow without bound.
+    """
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME) -> None:
+        self._max_frame = max_frame
+        self._buffer = bytearray()
+        self._expected: int | None = None
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buffer += data
+        payloads: list[bytes] = []
+        while True:
+            if self._expected is None:
+                if len(self._buffer) < HEADER.size:
+                    break
+                self._expected = payload_length(bytes(self._buffer[: HEADER.size]), self._max_frame)
+                del self._buffer[: HEADER.size]
+            if len(self._buffer) < self._expected:
+                break
+            payloads.append(bytes(self._buffer[: self._expected]))
+            del self._buffer[: self._expected]
+            self._expected = None
+        return payloads

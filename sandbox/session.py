@@ -1,0 +1,204 @@
+"""A confined session: one worker at a time serving one namespace and workspace.
+
+This is the library's main verb: ``await session.run_python(code, timeout)``.  The
+session owns the clock: a run past its wall time is interrupted (SIGINT, namespace
+kept), and killed after a grace period if it ignores that; a worker that dies or
+breaks the protocol is replaced, keeping the workspace.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from sandbox import protocol
+from sandbox.errors import ProtocolError, WorkerBusy, WorkerLost
+from sandbox.handle import WorkerHandle, describe_returncode
+from sandbox.policy import Policy
+from sandbox.zygote_client import ZygoteClient
+
+Request = protocol.RunPython | protocol.RunCommand
+
+_LIMIT_SIGNALS = {
+    signal.SIGXCPU: "cpu_time",
+    signal.SIGXFSZ: "file_size",
+}
+
+
+def _limit_from_returncode(returncode: int | None) -> str | None:
+    if returncode is None or returncode >= 0:
+        return None
+    try:
+        return _LIMIT_SIGNALS.get(signal.Signals(-returncode))
+    except ValueError:
+        return None
+
+
+@dataclass
+class RunOutcome:
+    reply: protocol.RunReply
+    restarted: bool = False
+    duration_ms: float = 0.0
+    limit: str | None = None
+    interrupted_by: str | None = None  # "timeout" or "request" when a SIGINT was sent
+    extra_notes: list[str] = field(default_factory=list)
+
+
+class Session:
+    def __init__(self, zygote: ZygoteClient, policy: Policy, worker: WorkerHandle) -> None:
+        self._zygote = zygote
+        self.policy = policy
+        self.worker: WorkerHandle | None = worker
+        self.workspace = worker.workspace
+        self.created_at = time.time()
+        self.last_used = self.created_at
+        self.restarts = 0
+        self._run_lock = asyncio.Lock()
+        self._run_ids = 0
+        self._interrupt_reason: str | None = None
+        self._execution_count = 0
+        self.closed = False
+
+    @classmethod
+    async def start(cls, zygote: ZygoteClient) -> Session:
+        worker = await zygote.spawn()
+        return cls(zygote, zygote.policy, worker)
+
+    @property
+    def busy(self) -> bool:
+        return self._run_lock.locked()
+
+    @property
+    def execution_count(self) -> int:
+        return self._execution_count
+
+    def clamp_timeout(self, requested: float | None) -> float:
+        limits = self.policy.limits
+        if requested is None or requested <= 0:
+            return limits.wall_timeout_s
+        return min(requested, limits.max_timeout_s)
+
+    async def run_python(self, code: str, timeout: float | None = None) -> RunOutcome:
+        return await self._run(lambda run_id: protocol.RunPython(run_id=run_id, code=code), timeout)
+
+    async def run_command(self, command: str, timeout: float | None = None) -> RunOutcome:
+        return await self._run(
+            lambda run_id: protocol.RunCommand(run_id=run_id, command=command), timeout
+        )
+
+    async def _run(self, build: Callable[[int], Request], timeout: float | None) -> RunOutcome:
+        try:
+            await asyncio.wait_for(self._run_lock.acquire(), self.policy.sessions.queue_wait_s)
+        except TimeoutError:
+            raise WorkerBusy("the session is still running a previous request") from None
+        try:
+            started = time.monotonic()
+            restarted_before = False
+            if self.worker is None:
+                await self._replace_worker()
+                restarted_before = True
+            self._run_ids += 1
+            outcome = await self._exchange(build(self._run_ids), self.clamp_timeout(timeout))
+            outcome.restarted = outcome.restarted or restarted_before
+            outcome.duration_ms = (time.monotonic() - started) * 1000
+            self._execution_count = outcome.reply.execution_count
+            return outcome
+        finally:
+            self.last_used = time.time()
+            self._run_lock.release()
+
+    async def _exchange(self, request: Request, timeout: float) -> RunOutcome:
+        worker = self.worker
+        assert worker is not None
+        self._interrupt_reason = None
+        try:
+            await worker.send(request)
+            receiving = asyncio.ensure_future(worker.receive())
+            done, _ = await asyncio.wait({receiving}, timeout=timeout)
+            if not done:
+                self._interrupt_reason = "timeout"
+                worker.interrupt()
+                done, _ = await asyncio.wait(
+                    {receiving}, timeout=self.policy.limits.interrupt_grace_s
+                )
+                if not done:
+                    receiving.cancel()
+                    return await self._killed(
+                        request.run_id,
+                        f"the run ignored the interrupt and was killed after "
+                        f"{timeout:g} s + {self.policy.limits.interrupt_grace_s:g} s grace",
+                        limit="wall_time",
+                    )
+            message = receiving.result()
+        except (WorkerLost, ProtocolError) as exc:
+            return await self._lost(request.run_id, exc)
+        if not isinstance(message, protocol.RunReply) or message.run_id != request.run_id:
+            return await self._lost(
+                request.run_id, ProtocolError("the worker sent an unexpected frame")
+            )
+        outcome = RunOutcome(reply=message, interrupted_by=self._interrupt_reason)
+        if self._interrupt_reason == "timeout" and message.exc_type == "KeyboardInterrupt":
+            outcome.reply = message.model_copy(
+                update={
+                    "status": "timeout",
+                    "limit": "wall_time",
+                    "error": f"TimeoutError: the run exceeded {timeout:g} s and was interrupted; "
+                    "the namespace was kept",
+                }
+            )
+            outcome.limit = "wall_time"
+        return outcome
+
+    async def _lost(self, run_id: int, exc: Exception) -> RunOutcome:
+        worker = self.worker
+        assert worker is not None
+        if isinstance(exc, ProtocolError):
+            reason = f"the worker broke the protocol ({exc}) and was killed"
+            return await self._killed(run_id, reason, limit=None)
+        returncode = await worker.wait(timeout=2.0) if worker.poll() is None else worker.returncode
+        limit = _limit_from_returncode(returncode)
+        reason = f"the worker {describe_returncode(returncode)}"
+        if worker.hit_memory_limit():
+            limit = "memory"
+            reason += f": the session reached its memory limit of {self.policy.limits.memory_mb} MB"
+        return await self._killed(run_id, reason, limit=limit)
+
+    async def _killed(self, run_id: int, reason: str, limit: str | None) -> RunOutcome:
+        await self._discard_worker()
+        reply = protocol.RunReply(run_id=run_id, status="killed", error=reason, limit=limit)
+        outcome = RunOutcome(reply=reply, limit=limit)
+        try:
+            await self._replace_worker()
+            outcome.restarted = True
+        except Exception as exc:  # noqa: BLE001 - the next call tries again
+            outcome.extra_notes.append(f"restart failed: {exc}")
+        return outcome
+
+    async def _discard_worker(self) -> None:
+        if self.worker is not None:
+            await self.worker.cleanup()
+            self.worker = None
+
+    async def _replace_worker(self) -> None:
+        self.worker = await self._zygote.spawn(self.workspace)
+        self.restarts += 1
+        self._execution_count = 0
+
+    def interrupt(self) -> bool:
+        if self.worker is None or not self.busy:
+            return False
+        self._interrupt_reason = "request"
+        self.worker.interrupt()
+        return True
+
+    async def restart(self) -> None:
+        async with self._run_lock:
+            await self._discard_worker()
+            await self._replace_worker()
+
+    async def close(self) -> None:
+        self.closed = True
+        await self._discard_worker()

@@ -1,0 +1,230 @@
+"""The session worker: one confined process that owns one namespace and workspace.
+
+It reads framed requests from its channel, runs them, and writes one reply per
+request.  It never trusts that user code left the process tidy: standard streams are
+re-pointed for every run, the SIGINT handler is restored, and every process a run
+left behind is killed before the reply goes out.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import signal
+import socket
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from types import FrameType
+
+from sandbox import protocol, reaper, workspace
+from sandbox.command_runner import CommandRunner
+from sandbox.commands import CommandDenied, parse_and_check
+from sandbox.executor import CellOutcome, PythonSession
+from sandbox.output import BoundedBuffer, PipeCollector, truncate_output
+from sandbox.policy import Policy
+
+
+class _RunState:
+    running = False
+
+
+def _on_sigint(signum: int, frame: FrameType | None) -> None:
+    # Only user code is interrupted; the worker's own bookkeeping never is.
+    if _RunState.running:
+        raise KeyboardInterrupt
+
+
+@contextmanager
+def _captured_output(keep: int) -> Iterator[tuple[PipeCollector, PipeCollector]]:
+    """Point fds 1 and 2 at bounded pipes for the duration of one run."""
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    collectors = (PipeCollector(out_read, keep), PipeCollector(err_read, keep))
+    os.dup2(out_write, 1)
+    os.dup2(err_write, 2)
+    os.close(out_write)
+    os.close(err_write)
+    try:
+        yield collectors
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            with suppress(OSError, ValueError):
+                stream.flush()
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 1)
+        os.dup2(null, 2)
+        os.close(null)
+
+
+def _text_stream(fd: int) -> io.TextIOWrapper:
+    # The stream lives as long as the worker; closefd=False leaves the fd to dup2.
+    raw = open(fd, "wb", buffering=0, closefd=False)  # noqa: SIM115
+    return io.TextIOWrapper(
+        raw, encoding="utf-8", errors="backslashreplace", line_buffering=True, write_through=True
+    )
+
+
+def _fresh_std_streams() -> None:
+    sys.stdout = _text_stream(1)
+    sys.stderr = _text_stream(2)
+    sys.stdin = io.TextIOWrapper(open(os.devnull, "rb"), encoding="utf-8")  # noqa: SIM115
+
+
+class Worker:
+    def __init__(self, channel: socket.socket, policy: Policy, layers: dict[str, str]) -> None:
+        self._channel = channel
+        self._policy = policy
+        self._layers = layers
+        self._session = PythonSession()
+        self._commands = CommandRunner(policy.commands, dict(os.environ))
+        self._keep = policy.limits.output_chars
+
+    # -- channel ----------------------------------------------------------------------
+
+    def _send(self, message: protocol.Hello | protocol.RunReply) -> None:
+        self._channel.sendall(protocol.encode(message))
+
+    def _receive(self) -> protocol.RunPython | protocol.RunCommand | None:
+        header = self._read_exactly(protocol.HEADER.size)
+        if header is None:
+            return None
+        length = protocol.payload_length(header)
+        payload = self._read_exactly(length)
+        if payload is None:
+            return None
+        return protocol.decode_request(payload)
+
+    def _read_exactly(self, size: int) -> bytes | None:
+        chunks = bytearray()
+        while len(chunks) < size:
+            try:
+                data = self._channel.recv(size - len(chunks))
+            except InterruptedError:
+                continue
+            if not data:
+                return None
+            chunks += data
+        return bytes(chunks)
+
+    # -- loop -------------------------------------------------------------------------
+
+    def serve(self) -> None:
+        self._send(protocol.Hello(pid=os.getpid(), workspace=os.getcwd(), layers=self._layers))
+        while True:
+            request = self._receive()
+            if request is None:
+                return
+            signal.signal(signal.SIGINT, _on_sigint)
+            if isinstance(request, protocol.RunPython):
+                reply = self._run_python(request)
+            else:
+                reply = self._run_command(request)
+            self._send(reply)
+
+    def _run_python(self, request: protocol.RunPython) -> protocol.RunReply:
+        before = workspace.snapshot()
+        outcome: CellOutcome | None = None
+        with _captured_output(self._keep) as (out, err):
+            try:
+                _RunState.running = True
+                outcome = self._session.run(request.code)
+                _RunState.running = False
+            except KeyboardInterrupt:
+                _RunState.running = False
+            if outcome is None:
+                outcome = CellOutcome(error="KeyboardInterrupt", exc_type="KeyboardInterrupt")
+            _RunState.running = False
+            workspace.save_open_figures(self._session.execution_count)
+        reaper.reap_zombies()
+        return self._reply(
+            request.run_id,
+            out.finish(),
+            err.finish(),
+            status="error" if outcome.error else "ok",
+            value=outcome.value,
+            error=outcome.error,
+            exc_type=outcome.exc_type,
+            files=workspace.changed_files(before, workspace.snapshot()),
+        )
+
+    def _run_command(self, request: protocol.RunCommand) -> protocol.RunReply:
+        try:
+            plan = parse_and_check(request.command, self._policy.commands)
+        except CommandDenied as denial:
+            return protocol.RunReply(
+                run_id=request.run_id,
+                status="denied",
+                error=f"denied by rule '{denial.rule}': {denial.message}",
+                denied_rule=denial.rule,
+                execution_count=self._session.execution_count,
+            )
+        before = workspace.snapshot()
+        with _captured_output(self._keep) as (out, err):
+            try:
+                _RunState.running = True
+                result = self._commands.run(plan, 1, 2)
+                _RunState.running = False
+            except KeyboardInterrupt:
+                _RunState.running = False
+                result = None
+            _RunState.running = False
+            # Nothing a command started may outlive it: background jobs, nohup, setsid.
+            reaper.kill_descendants()
+        interrupted = result is None or result.interrupted
+        exit_code = None if result is None else result.exit_code
+        stdout, stderr = out.finish(), err.finish()
+        if interrupted:
+            status, error = "error", "KeyboardInterrupt: the command was interrupted"
+        elif exit_code:
+            status, error = "error", f"exit code {exit_code}"
+        else:
+            status, error = "ok", None
+        return self._reply(
+            request.run_id,
+            stdout,
+            stderr,
+            status=status,
+            error=error,
+            exc_type="KeyboardInterrupt" if interrupted else None,
+            exit_code=exit_code,
+            files=workspace.changed_files(before, workspace.snapshot()),
+        )
+
+    def _reply(
+        self,
+        run_id: int,
+        stdout: BoundedBuffer,
+        stderr: BoundedBuffer,
+        **fields: object,
+    ) -> protocol.RunReply:
+        limit = self._keep
+        out_text, out_cut = stdout.text(limit)
+        err_text, err_cut = stderr.text(limit)
+        cut_any = out_cut or err_cut
+        for name in ("value", "error"):
+            text = fields.get(name)
+            if isinstance(text, str):
+                fields[name], cut = truncate_output(text, limit)
+                cut_any = cut_any or cut
+        return protocol.RunReply.model_validate(
+            {
+                "run_id": run_id,
+                "stdout": out_text,
+                "stderr": err_text,
+                "truncated": cut_any,
+                "execution_count": self._session.execution_count,
+                **fields,
+            }
+        )
+
+
+def run_worker(channel_fd: int, policy: Policy, layers: dict[str, str]) -> None:
+    """Serve the channel until it closes.  Called in the forked, confined child."""
+    channel = socket.socket(fileno=channel_fd)
+    _fresh_std_streams()
+    signal.signal(signal.SIGINT, _on_sigint)
+    # The service may let go of this worker at any time: then nothing is left to answer.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+        Worker(channel, policy, layers).serve()

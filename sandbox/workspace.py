@@ -1,0 +1,61 @@
+"""What a run changed in the workspace, and the figures it left open."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from sandbox.protocol import ChangedFile
+
+# A workspace with more entries than this is sampled, not walked in full, so a run
+# that creates a million files cannot make every later reply slow.
+MAX_SCANNED_ENTRIES = 5000
+
+Snapshot = dict[str, tuple[int, int]]
+
+
+def snapshot(root: str = ".") -> Snapshot:
+    seen: Snapshot = {}
+    stack = [root]
+    scanned = 0
+    while stack and scanned < MAX_SCANNED_ENTRIES:
+        directory = stack.pop()
+        try:
+            entries = list(os.scandir(directory))
+        except OSError:
+            continue
+        for entry in entries:
+            scanned += 1
+            try:
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(entry.path)
+                elif entry.is_file(follow_symlinks=False):
+                    info = entry.stat(follow_symlinks=False)
+                    seen[os.path.relpath(entry.path, root)] = (info.st_mtime_ns, info.st_size)
+            except OSError:
+                continue
+    return seen
+
+
+def changed_files(before: Snapshot, after: Snapshot) -> list[ChangedFile]:
+    return [
+        ChangedFile(name=name, size=state[1])
+        for name, state in sorted(after.items())
+        if before.get(name) != state
+    ]
+
+
+def save_open_figures(execution_count: int) -> None:
+    """Save every open matplotlib figure as a PNG in the workspace, then close it."""
+    pyplot = sys.modules.get("matplotlib.pyplot")
+    if pyplot is None:
+        return
+    numbers = pyplot.get_fignums()
+    for index, number in enumerate(numbers, start=1):
+        figure = pyplot.figure(number)
+        suffix = f"-{index}" if len(numbers) > 1 else ""
+        try:
+            figure.savefig(f"figure-{execution_count}{suffix}.png", format="png")
+        except Exception as exc:  # noqa: BLE001 - a broken figure must not lose the reply
+            print(f"could not save figure {number}: {exc}", file=sys.stderr)
+    pyplot.close("all")

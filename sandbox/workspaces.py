@@ -1,0 +1,74 @@
+"""Session workspaces on the host: create, hand to a new uid, remove.
+
+When the service runs as root each workspace is its own size- and inode-bounded
+tmpfs, so a session that fills its disk fills only its quota.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import secrets
+import shutil
+
+_libc = ctypes.CDLL(None, use_errno=True)
+MNT_DETACH = 2
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+# One inode per 16 KiB of quota: many small files are fine, an inode flood is not.
+BYTES_PER_INODE = 16 * 1024
+
+
+def workspaces_root(state_dir: str) -> str:
+    return os.path.join(state_dir, "workspaces")
+
+
+def prepare_root(state_dir: str) -> str:
+    root = workspaces_root(state_dir)
+    os.makedirs(root, mode=0o711, exist_ok=True)
+    # Traversable, not listable: a session's uid reaches its own workspace by name
+    # and cannot enumerate the others.
+    os.chmod(state_dir, 0o711)  # noqa: S103
+    os.chmod(root, 0o711)  # noqa: S103
+    return root
+
+
+def create(state_dir: str, uid: int | None, quota_mb: int) -> tuple[str, bool]:
+    """Make a fresh workspace; return its path and whether a quota holds it."""
+    path = os.path.join(workspaces_root(state_dir), secrets.token_hex(16))
+    os.mkdir(path, 0o700)
+    bounded = False
+    if os.geteuid() == 0:
+        inodes = max(quota_mb * 1024 * 1024 // BYTES_PER_INODE, 1024)
+        options = f"size={quota_mb}m,nr_inodes={inodes},mode=0700"
+        if uid is not None:
+            options += f",uid={uid},gid={uid}"
+        result = _libc.mount(
+            b"tmpfs",
+            path.encode(),
+            b"tmpfs",
+            ctypes.c_ulong(MS_NOSUID | MS_NODEV),
+            options.encode(),
+        )
+        bounded = result == 0
+    if uid is not None and not bounded:
+        os.chown(path, uid, uid)
+    return path, bounded
+
+
+def hand_over(path: str, uid: int) -> None:
+    """Give every file of a kept workspace to the uid of the session's new worker."""
+    os.lchown(path, uid, uid)
+    for directory, subdirs, files in os.walk(path, followlinks=False):
+        for name in subdirs + files:
+            try:
+                os.lchown(os.path.join(directory, name), uid, uid)
+            except OSError:
+                continue
+
+
+def remove(path: str) -> None:
+    """Unmount (when it is a tmpfs) and delete a workspace; missing is fine."""
+    if os.path.ismount(path):
+        _libc.umount2(path.encode(), MNT_DETACH)
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,292 @@
+"""The zygote: a clean, single-threaded process that forks confined workers.
+
+The service starts it with a fresh exec and a minimal environment, never by forking
+itself, so no token or socket of the service can reach a worker.  It imports the
+policy's preload modules once, freezes the garbage collector so forks share those
+pages, and keeps a small pool of confined workers ready.
+
+Each worker is made by a short-lived intermediate process that enters new
+namespaces and forks the worker as init of its PID namespace, then exits.  The
+worker is thus re-parented to the service (a child subreaper), which can wait for it
+through a pidfd and read how it ended.
+
+Control messages are JSON datagrams on a SOCK_SEQPACKET socket:
+
+    service → zygote  {"op": "spawn", "workspace": str | null}
+    zygote → service  {"ok": true, "pid", "workspace", "uid", "session_key", "quota"}
+                      with the worker's channel and a pidfd attached (SCM_RIGHTS)
+                      or {"ok": false, "error": str}
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import importlib
+import json
+import os
+import random
+import secrets
+import signal
+import socket
+import sys
+import traceback
+from dataclasses import dataclass
+
+from sandbox import protocol, workspaces
+from sandbox.commands import resolve_program
+from sandbox.confine import WorkerSpec, confine_worker, unshare_for_worker
+from sandbox.confine.process import die_with_parent
+from sandbox.errors import ConfinementError
+from sandbox.policy import Policy
+
+CONTROL_MESSAGE_MAX = 64 * 1024
+# Per-worker uids come from this range when the service runs as root.  Each new
+# worker gets one no running process uses, so no two live sessions share a uid.
+UID_RANGE_START = 200_000
+UID_RANGE_SIZE = 65_536
+
+
+@dataclass
+class ReadyWorker:
+    pid: int
+    pidfd: int
+    channel: socket.socket
+    workspace: str
+    uid: int | None
+    session_key: str
+    quota: bool
+
+    def describe(self) -> dict[str, object]:
+        return {
+            "ok": True,
+            "pid": self.pid,
+            "workspace": self.workspace,
+            "uid": self.uid,
+            "session_key": self.session_key,
+            "quota": self.quota,
+        }
+
+    def close(self) -> None:
+        self.channel.close()
+        os.close(self.pidfd)
+
+
+class UidAllocator:
+    def __init__(self) -> None:
+        self._next = random.randrange(UID_RANGE_SIZE)  # noqa: S311 - a start point, not a secret
+
+    def allocate(self) -> int | None:
+        if os.geteuid() != 0:
+            return None
+        busy = _uids_in_use()
+        for _ in range(UID_RANGE_SIZE):
+            uid = UID_RANGE_START + self._next
+            self._next = (self._next + 1) % UID_RANGE_SIZE
+            if uid not in busy:
+                return uid
+        raise RuntimeError("no free uid left in the session range")
+
+
+def _uids_in_use() -> set[int]:
+    uids: set[int] = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            uids.add(os.stat(f"/proc/{entry}").st_uid)
+        except OSError:
+            continue
+    return uids
+
+
+class Zygote:
+    def __init__(
+        self, policy: Policy, state_dir: str, service_pid: int, cgroup_parent: str
+    ) -> None:
+        self._policy = policy
+        self._cgroup_parent = cgroup_parent
+        self._state_dir = state_dir
+        self._service_pid = service_pid
+        self._uids = UidAllocator()
+        self._pool: list[ReadyWorker] = []
+        self._executables = tuple(
+            path
+            for path in (resolve_program(name, policy.commands) for name in policy.commands.allow)
+            if path is not None
+        )
+        workspaces.prepare_root(state_dir)
+
+    def fill_pool(self) -> None:
+        while len(self._pool) < self._policy.sessions.warm_pool:
+            self._pool.append(self.fork_worker(None))
+
+    def take(self, workspace: str | None) -> ReadyWorker:
+        if workspace is None and self._pool:
+            return self._pool.pop(0)
+        return self.fork_worker(workspace)
+
+    def fork_worker(self, workspace: str | None) -> ReadyWorker:
+        uid = self._uids.allocate()
+        quota = self._policy.limits.workspace_mb
+        if workspace is None:
+            workspace, bounded = workspaces.create(self._state_dir, uid, quota)
+        else:
+            bounded = os.path.ismount(workspace)
+            if uid is not None:
+                workspaces.hand_over(workspace, uid)
+        session_key = secrets.token_hex(8)
+        service_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        spec = WorkerSpec(
+            policy=self._policy,
+            workspace=workspace,
+            uid=uid,
+            channel_fd=worker_end.fileno(),
+            session_key=session_key,
+            cgroup_parent=self._cgroup_parent,
+            executables=self._executables,
+        )
+        pid_read, pid_write = os.pipe()
+        intermediate = os.fork()
+        if intermediate == 0:
+            service_end.close()
+            os.close(pid_read)
+            _intermediate(spec, pid_write, self._service_pid)
+        worker_end.close()
+        os.close(pid_write)
+        try:
+            raw = _read_all(pid_read)
+        finally:
+            os.close(pid_read)
+        os.waitpid(intermediate, 0)
+        if not raw:
+            service_end.close()
+            raise RuntimeError("the intermediate process could not fork a worker")
+        pid = int(raw)
+        # The worker is no child of ours but cannot be reaped before this call: its
+        # new parent, the service, waits only on pidfds it was given.
+        pidfd = os.pidfd_open(pid)
+        return ReadyWorker(pid, pidfd, service_end, workspace, uid, session_key, bounded)
+
+
+def _read_all(fd: int) -> bytes:
+    chunks = []
+    while chunk := os.read(fd, 64):
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _intermediate(spec: WorkerSpec, pid_write: int, service_pid: int) -> None:
+    """Enter new namespaces, fork the worker as their init, report its pid, exit."""
+    try:
+        unshare_error = unshare_for_worker(spec)
+        worker = os.fork()
+        if worker == 0:
+            os.close(pid_write)
+            _worker(spec, unshare_error, service_pid)
+        os.write(pid_write, str(worker).encode())
+    except BaseException:  # noqa: BLE001 - a forked child never returns into the zygote
+        traceback.print_exc()
+    finally:
+        os._exit(0)
+
+
+def _worker(spec: WorkerSpec, unshare_error: str | None, service_pid: int) -> None:
+    code = 0
+    try:
+        # Every inherited descriptor goes: other workers' channels, the control socket.
+        _close_all_but({spec.channel_fd})
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        # Before /proc is remounted for our namespace: it must show the host's pids.
+        die_with_parent(service_pid)
+        try:
+            layers = confine_worker(spec, unshare_error)
+        except ConfinementError as refusal:
+            _refuse(spec.channel_fd, refusal)
+            raise
+        from sandbox.worker import run_worker
+
+        run_worker(spec.channel_fd, spec.policy, layers)
+    except BaseException:  # noqa: BLE001 - report, then leave without unwinding into the zygote
+        traceback.print_exc()
+        code = 3
+    finally:
+        os._exit(code)
+
+
+def _refuse(channel_fd: int, refusal: ConfinementError) -> None:
+    """Tell the service which required layer failed, instead of dying silently."""
+    hello = protocol.Hello(
+        pid=os.getpid(), workspace=os.getcwd(), layers=refusal.report, fatal=str(refusal)
+    )
+    with socket.socket(fileno=os.dup(channel_fd)) as channel:
+        channel.sendall(protocol.encode(hello))
+
+
+def _close_all_but(keep: set[int]) -> None:
+    low = 3
+    for fd in sorted(keep):
+        if fd >= low:
+            os.closerange(low, fd)
+            low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def serve(control: socket.socket, zygote: Zygote) -> None:
+    zygote.fill_pool()
+    control.send(json.dumps({"ok": True, "ready": True}).encode())
+    while True:
+        try:
+            data = control.recv(CONTROL_MESSAGE_MAX)
+        except InterruptedError:
+            continue
+        if not data:
+            return
+        try:
+            request = json.loads(data)
+            if request.get("op") != "spawn":
+                raise ValueError(f"unknown op {request.get('op')!r}")
+            ready = zygote.take(request.get("workspace"))
+        except Exception as exc:  # noqa: BLE001 - the zygote answers every request
+            control.send(json.dumps({"ok": False, "error": str(exc)}).encode())
+            continue
+        try:
+            socket.send_fds(
+                control,
+                [json.dumps(ready.describe()).encode()],
+                [ready.channel.fileno(), ready.pidfd],
+            )
+        finally:
+            ready.close()
+        zygote.fill_pool()
+
+
+def _preload(policy: Policy) -> None:
+    for module in policy.python.preload:
+        importlib.import_module(module)
+    if "matplotlib" in policy.python.preload:
+        importlib.import_module("matplotlib.pyplot")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="sandbox.zygote")
+    parser.add_argument("--control-fd", type=int, required=True)
+    parser.add_argument("--state-dir", required=True)
+    parser.add_argument("--service-pid", type=int, required=True)
+    parser.add_argument("--cgroup-parent", required=True)
+    args = parser.parse_args(argv)
+    die_with_parent(args.service_pid)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    policy = Policy.model_validate_json(sys.stdin.buffer.read())
+    _preload(policy)
+    control = socket.socket(fileno=args.control_fd)
+    zygote = Zygote(policy, args.state_dir, args.service_pid, args.cgroup_parent)
+    # Everything imported so far is shared, read-only, by every worker: keep the
+    # collector from touching (and so copying) those pages in each fork.
+    gc.collect()
+    gc.freeze()
+    serve(control, zygote)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+"""Start the zygote with a clean exec and ask it for workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from sandbox.confine import cgroup
+from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
+from sandbox.errors import ConfinementError, ZygoteUnavailable
+from sandbox.handle import WorkerHandle
+from sandbox.policy import Policy
+
+# Preloading numpy, pandas and matplotlib takes a few seconds on a cold disk.
+ZYGOTE_START_TIMEOUT_S = 120.0
+SPAWN_TIMEOUT_S = 30.0
+_PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
+
+
+def zygote_environment(state_dir: str) -> dict[str, str]:
+    """The zygote's whole environment: nothing of the service's, so no secret."""
+    return {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "PYTHONPATH": _PACKAGE_PARENT,
+        "PYTHONDONTWRITEBYTECODE": "1",
+        "MPLBACKEND": "Agg",
+        "MPLCONFIGDIR": os.path.join(state_dir, "matplotlib"),
+        "HOME": state_dir,
+        "OPENBLAS_NUM_THREADS": "1",
+        "OMP_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def cgroup_parent_for(state_dir: str) -> str:
+    """One cgroup parent per service instance, so services sharing a host never meet."""
+    digest = hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:12]
+    return f"codesherpa-{digest}"
+
+
+class ZygoteClient:
+    def __init__(self, policy: Policy, state_dir: str) -> None:
+        self.policy = policy
+        self.state_dir = state_dir
+        self.cgroup_parent = cgroup_parent_for(state_dir)
+        self._process: subprocess.Popen[bytes] | None = None
+        self._control: socket.socket | None = None
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        # Workers are re-parented to us when their intermediate exits; being a
+        # subreaper is what lets us wait for them and read how they ended.
+        prctl(PR_SET_CHILD_SUBREAPER, 1)
+        os.makedirs(self.state_dir, mode=0o711, exist_ok=True)
+        # Sessions of an earlier run of this service (a crash leaves them) end now.
+        with contextlib.suppress(OSError, ValueError):
+            cgroup.remove_all_sessions(self.cgroup_parent)
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        command = [
+            sys.executable,
+            "-m",
+            "sandbox.zygote",
+            "--control-fd",
+            str(theirs.fileno()),
+            "--state-dir",
+            self.state_dir,
+            "--service-pid",
+            str(os.getpid()),
+            "--cgroup-parent",
+            self.cgroup_parent,
+        ]
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.PIPE,
+            env=zygote_environment(self.state_dir),
+            pass_fds=(theirs.fileno(),),
+            cwd=self.state_dir,
+            close_fds=True,
+        )
+        theirs.close()
+        assert self._process.stdin is not None
+        self._process.stdin.write(self.policy.model_dump_json().encode())
+        self._process.stdin.close()
+        ours.settimeout(ZYGOTE_START_TIMEOUT_S)
+        try:
+            ready = ours.recv(65536)
+        except TimeoutError:
+            ready = b""
+        if not ready or not json.loads(ready).get("ready"):
+            self.stop()
+            raise ZygoteUnavailable("the zygote did not start; see its output above")
+        ours.settimeout(SPAWN_TIMEOUT_S)
+        self._control = ours
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    def stop(self) -> None:
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+
+    def _spawn_blocking(self, workspace: str | None) -> WorkerHandle:
+        with self._lock:
+            if self._control is None or not self.alive():
+                raise ZygoteUnavailable("the zygote is not running")
+            try:
+                self._control.send(json.dumps({"op": "spawn", "workspace": workspace}).encode())
+                data, fds, _flags, _addr = socket.recv_fds(self._control, 65536, 2)
+            except OSError as exc:
+                raise ZygoteUnavailable(f"the zygote did not answer: {exc}") from None
+        if not data:
+            raise ZygoteUnavailable("the zygote closed its control socket")
+        reply = json.loads(data)
+        if not reply.get("ok") or len(fds) != 2:
+            for fd in fds:
+                os.close(fd)
+            raise ZygoteUnavailable(f"the zygote could not make a worker: {reply.get('error')}")
+        channel_fd, pidfd = fds
+        return WorkerHandle(
+            pid=reply["pid"],
+            pidfd=pidfd,
+            channel=socket.socket(fileno=channel_fd),
+            workspace=reply["workspace"],
+            uid=reply["uid"],
+            session_key=reply["session_key"],
+            quota=reply["quota"],
+            cgroup_parent=self.cgroup_parent,
+        )
+
+    async def spawn(
+        self, workspace: str | None = None, hello_timeout: float = 30.0
+    ) -> WorkerHandle:
+        handle = await asyncio.to_thread(self._spawn_blocking, workspace)
+        try:
+            hello = await handle.read_hello(hello_timeout)
+        except BaseException:
+            await handle.cleanup()
+            raise
+        if hello.fatal:
+            await handle.cleanup()
+            raise ConfinementError(hello.fatal, hello.layers)
+        return handle

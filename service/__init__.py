@@ -1,0 +1,1 @@
+"""CodeSherpa service: the HTTP surface. It never runs user code itself."""

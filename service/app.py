@@ -1,0 +1,52 @@
+"""The FastAPI application: routes, error handlers, body cap, and the session lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from sandbox import ZygoteClient
+from service.body_limit import BodySizeLimit
+from service.errors import install_error_handlers
+from service.registry import SessionRegistry
+from service.routes import execution, operations, sessions
+from service.settings import Settings
+
+DESCRIPTION = (
+    "CodeSherpa runs Python in a stateful, confined REPL and runs allowed terminal commands, "
+    "one isolated worker per session."
+)
+
+
+def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, str]) -> FastAPI:
+    """An app around a zygote that is already running (``codesherpa serve`` starts it)."""
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        registry = SessionRegistry(zygote)
+        app.state.registry = registry
+        reaper = asyncio.create_task(registry.reap_forever())
+        try:
+            yield
+        finally:
+            reaper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await reaper
+            await registry.close_all()
+            zygote.stop()
+
+    app = FastAPI(title="CodeSherpa", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app.state.tokens = settings.token_map()
+    app.state.settings = settings
+    app.state.policy_path = settings.policy
+    app.state.isolation = isolation
+    install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.include_router(execution.router)
+    app.include_router(sessions.router)
+    app.include_router(operations.router)
+    return app

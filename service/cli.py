@@ -1,0 +1,175 @@
+"""``codesherpa``: serve, check and show policies, and report the host's isolation layers."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import sys
+
+from pydantic import ValidationError
+
+from sandbox import Policy, PolicyError, ZygoteClient, load_policy, workspaces
+from sandbox.errors import SandboxError
+from sandbox.policy import ALL_LAYERS
+from service.settings import Settings, is_loopback
+
+
+def _fail(message: str) -> int:
+    print(f"codesherpa: {message}", file=sys.stderr)
+    return 1
+
+
+async def _probe_worker(zygote: ZygoteClient) -> dict[str, str]:
+    """Start one worker the way every session will and read which layers it holds."""
+    handle = await zygote.spawn()
+    try:
+        assert handle.hello is not None
+        return dict(handle.hello.layers)
+    finally:
+        await handle.cleanup()
+        workspaces.remove(handle.workspace)
+
+
+def start_sandbox(policy: Policy, state_dir: str) -> tuple[ZygoteClient, dict[str, str]]:
+    zygote = ZygoteClient(policy, state_dir)
+    zygote.start()
+    try:
+        isolation = asyncio.run(_probe_worker(zygote))
+    except BaseException:
+        zygote.stop()
+        raise
+    return zygote, isolation
+
+
+def serve(args: argparse.Namespace) -> int:
+    overrides = {"policy": args.policy} if args.policy else {}
+    try:
+        settings = Settings(**overrides)
+        tokens = settings.token_map()
+    except (ValidationError, ValueError, OSError) as exc:
+        return _fail(f"invalid settings: {exc}")
+    if not tokens and not is_loopback(args.host):
+        return _fail(
+            f"refusing to listen on {args.host} without tokens: set CODESHERPA_TOKENS "
+            "(tenant:token pairs) or listen on 127.0.0.1"
+        )
+    try:
+        policy = load_policy(settings.policy)
+    except PolicyError as exc:
+        return _fail(f"invalid policy:\n{exc}")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    try:
+        zygote, isolation = start_sandbox(policy, settings.state_dir)
+    except SandboxError as exc:
+        return _fail(f"the sandbox cannot start: {exc}")
+    for layer, status in isolation.items():
+        logging.getLogger("codesherpa.isolation").info("%s: %s", layer, status)
+
+    import uvicorn
+
+    from service.app import create_app
+
+    app = create_app(settings, zygote, isolation)
+    # One process: sessions live in this process's memory and workers are its children.
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info")
+    return 0
+
+
+def policy_check(args: argparse.Namespace) -> int:
+    try:
+        load_policy(args.file)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"{args.file}: ok")
+    return 0
+
+
+def policy_show(args: argparse.Namespace) -> int:
+    path = args.policy or os.environ.get("CODESHERPA_POLICY") or "policies/default.toml"
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    data = policy.model_dump(mode="json")
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return 0
+    print(f"# effective policy from {path} (hash {policy.digest()})")
+    for section, values in data.items():
+        print(f"\n[{section}]")
+        for key, value in values.items():
+            print(f"{key} = {json.dumps(value)}")
+    return 0
+
+
+def doctor(args: argparse.Namespace) -> int:
+    path = args.policy or os.environ.get("CODESHERPA_POLICY") or "policies/default.toml"
+    try:
+        policy = load_policy(path)
+    except PolicyError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    # Try every layer, required or not, so the table is complete; then judge it
+    # against what the policy requires.
+    trial = policy.model_copy(
+        update={
+            "isolation": policy.isolation.model_copy(
+                update={"required": [], "preferred": list(ALL_LAYERS)}
+            )
+        }
+    )
+    try:
+        zygote, isolation = start_sandbox(trial, Settings().state_dir)
+    except SandboxError as exc:
+        print(f"a worker could not start: {exc}", file=sys.stderr)
+        return 1
+    zygote.stop()
+    required = set(policy.isolation.required)
+    width = max(len(layer) for layer in isolation)
+    missing = []
+    print(f"isolation layers on this host, judged against {path}:")
+    for layer, status in isolation.items():
+        marker = "required" if layer in required else "preferred"
+        print(f"  {layer:<{width}}  {marker:<9}  {status}")
+        if layer in required and not status.startswith("active"):
+            missing.append(layer)
+    if missing:
+        print(f"the policy requires layers this host lacks: {', '.join(missing)}")
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="codesherpa", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve_parser = commands.add_parser("serve", help="run the HTTP service")
+    serve_parser.add_argument("--host", default="127.0.0.1")
+    serve_parser.add_argument("--port", type=int, default=8000)
+    serve_parser.add_argument("--policy", help="policy file (default: CODESHERPA_POLICY)")
+    serve_parser.set_defaults(handler=serve)
+
+    policy_parser = commands.add_parser("policy", help="check or show a policy")
+    policy_commands = policy_parser.add_subparsers(dest="policy_command", required=True)
+    check_parser = policy_commands.add_parser("check", help="validate a policy file")
+    check_parser.add_argument("file")
+    check_parser.set_defaults(handler=policy_check)
+    show_parser = policy_commands.add_parser("show", help="the effective policy")
+    show_parser.add_argument("--policy")
+    show_parser.add_argument("--json", action="store_true")
+    show_parser.set_defaults(handler=policy_show)
+
+    doctor_parser = commands.add_parser("doctor", help="which isolation layers work here")
+    doctor_parser.add_argument("--policy")
+    doctor_parser.set_defaults(handler=doctor)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    sys.exit(args.handler(args))

@@ -1,0 +1,155 @@
+"""Which sessions exist, whose they are, and when they end.
+
+A session belongs to one tenant; any other tenant asking for it gets the same 404
+as for an id that never existed.  Ended sessions are remembered (bounded) so their
+owner gets a 410 rather than a confusing 404.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from sandbox import Session, ZygoteClient, workspaces
+from sandbox.errors import SandboxError
+from service.errors import ApiError
+
+log = logging.getLogger("codesherpa.sessions")
+
+EXPIRED_MEMORY = 10_000
+REAP_INTERVAL_S = 5.0
+
+
+@dataclass
+class SessionRecord:
+    session_id: str
+    tenant: str
+    session: Session
+    implicit_key: str | None = None
+    created_at: float = field(default_factory=time.time)
+
+    def expires_at(self) -> float:
+        sessions = self.session.policy.sessions
+        return min(
+            self.created_at + sessions.max_lifetime_s, self.session.last_used + sessions.idle_ttl_s
+        )
+
+
+def new_session_id() -> str:
+    # 192 random bits: unguessable, and URL-safe for file routes.
+    return secrets.token_urlsafe(24)
+
+
+class SessionRegistry:
+    def __init__(self, zygote: ZygoteClient) -> None:
+        self.zygote = zygote
+        self._sessions: dict[str, SessionRecord] = {}
+        self._implicit: dict[tuple[str, str], str] = {}
+        self._expired: OrderedDict[str, str] = OrderedDict()
+        self._creating = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def for_tenant(self, tenant: str) -> list[SessionRecord]:
+        return [record for record in self._sessions.values() if record.tenant == tenant]
+
+    def get(self, tenant: str, session_id: str) -> SessionRecord:
+        record = self._sessions.get(session_id)
+        if record is not None and record.tenant == tenant:
+            if record.expires_at() <= time.time():
+                raise ApiError(410, "the session expired", _NEW_SESSION_HINT)
+            return record
+        if self._expired.get(session_id) == tenant:
+            raise ApiError(410, "the session expired or was ended", _NEW_SESSION_HINT)
+        raise ApiError(404, "no such session", _NEW_SESSION_HINT)
+
+    async def create(self, tenant: str, implicit_key: str | None = None) -> SessionRecord:
+        policy = self.zygote.policy.sessions
+        async with self._creating:
+            if len(self._sessions) >= policy.max_total:
+                raise ApiError(
+                    429,
+                    "the service is at its session capacity",
+                    "Delete a session you no longer need, or retry later.",
+                    headers={"Retry-After": "30"},
+                )
+            if len(self.for_tenant(tenant)) >= policy.max_per_tenant:
+                raise ApiError(
+                    429,
+                    f"this tenant already holds {policy.max_per_tenant} sessions",
+                    "Delete a session you no longer need (DELETE /sessions/{id}).",
+                    headers={"Retry-After": "30"},
+                )
+            try:
+                session = await Session.start(self.zygote)
+            except SandboxError as exc:
+                log.error("cannot start a session: %s", exc)
+                raise ApiError(
+                    503, "the sandbox cannot start a session right now", "Retry in a few seconds."
+                ) from None
+            record = SessionRecord(new_session_id(), tenant, session, implicit_key)
+            self._sessions[record.session_id] = record
+            if implicit_key is not None:
+                self._implicit[(tenant, implicit_key)] = record.session_id
+            return record
+
+    async def resolve(
+        self, tenant: str, session_id: str | None, conversation: str | None
+    ) -> SessionRecord:
+        """The explicit session, or the caller's implicit one (created on first use)."""
+        if session_id is not None:
+            return self.get(tenant, session_id)
+        key = conversation or "default"
+        existing = self._implicit.get((tenant, key))
+        if existing is not None and existing in self._sessions:
+            record = self._sessions[existing]
+            if record.expires_at() > time.time():
+                return record
+            await self.end(record)
+        return await self.create(tenant, implicit_key=key)
+
+    async def end(self, record: SessionRecord) -> None:
+        if self._sessions.pop(record.session_id, None) is None:
+            return
+        if record.implicit_key is not None:
+            self._implicit.pop((record.tenant, record.implicit_key), None)
+        self._expired[record.session_id] = record.tenant
+        while len(self._expired) > EXPIRED_MEMORY:
+            self._expired.popitem(last=False)
+        await record.session.close()
+        workspaces.remove(record.session.workspace)
+
+    async def end_expired(self) -> int:
+        now = time.time()
+        expired = [
+            r for r in self._sessions.values() if r.expires_at() <= now and not r.session.busy
+        ]
+        for record in expired:
+            await self.end(record)
+        return len(expired)
+
+    async def reap_forever(self) -> None:
+        while True:
+            await asyncio.sleep(REAP_INTERVAL_S)
+            try:
+                ended = await self.end_expired()
+            except Exception:
+                log.exception("session reaper failed")
+                continue
+            if ended:
+                log.info("ended %d expired session(s)", ended)
+
+    async def close_all(self) -> None:
+        for record in list(self._sessions.values()):
+            await self.end(record)
+
+
+_NEW_SESSION_HINT = (
+    "Start a new session (POST /sessions, or omit session_id to use your implicit one); "
+    "variables from the old session are gone, re-run your setup code."
+)

@@ -1,0 +1,130 @@
+"""Turn a sandbox outcome into the reply a client reads, within the reply cap.
+
+Truncation happens first, the suggestion after, so the suggestion can tell the
+caller that output was cut.
+"""
+
+from __future__ import annotations
+
+import json
+import mimetypes
+from collections.abc import Callable
+
+from sandbox import Policy, RunOutcome
+from sandbox.output import truncate_output
+from service.schemas import CommandResponse, FileInfo, ReplResponse
+from service.suggestions import Outcome, suggest
+
+# JSON escaping can grow text (a control character becomes \u0000: six times); this
+# headroom keeps the encoded body under the cap in all but adversarial cases, which
+# ``fit_reply`` then shrinks further.
+_ESCAPE_HEADROOM = 0.9
+
+FileLinker = Callable[[str], str | None]
+
+
+def _files(outcome: RunOutcome, link: FileLinker) -> list[FileInfo]:
+    return [
+        FileInfo(
+            name=changed.name,
+            size=changed.size,
+            mime=mimetypes.guess_type(changed.name)[0] or "application/octet-stream",
+            url=link(changed.name),
+        )
+        for changed in outcome.reply.files[:100]
+    ]
+
+
+def _result_text(outcome: RunOutcome) -> str:
+    reply = outcome.reply
+    if reply.value is None:
+        return reply.stdout
+    if reply.stdout and not reply.stdout.endswith("\n"):
+        return reply.stdout + "\n" + reply.value
+    return reply.stdout + reply.value
+
+
+def _error_text(outcome: RunOutcome, kind: str) -> str | None:
+    reply = outcome.reply
+    if kind == "command" and reply.status == "error" and reply.exc_type is None:
+        # A failing command's stderr is the error a model needs to read.
+        return (reply.stderr + "\n" if reply.stderr else "") + (reply.error or "")
+    return reply.error
+
+
+def _outcome_for_rules(outcome: RunOutcome, kind: str, truncated: bool) -> Outcome:
+    reply = outcome.reply
+    return Outcome(
+        kind=kind,
+        status=reply.status,
+        exc_type=reply.exc_type,
+        error=reply.error,
+        limit=reply.limit or outcome.limit,
+        denied_rule=reply.denied_rule,
+        truncated=truncated,
+        restarted=outcome.restarted,
+        exit_code=reply.exit_code,
+    )
+
+
+def build_reply(
+    outcome: RunOutcome, kind: str, session_id: str, policy: Policy, link: FileLinker
+) -> ReplResponse | CommandResponse:
+    cap = policy.limits.reply_chars
+    budget = int(cap * _ESCAPE_HEADROOM) - 2_000
+    while True:
+        built = _build(outcome, kind, session_id, policy, link, budget)
+        size = len(encoded_body(built))
+        if size <= cap or budget <= 0:
+            return built
+        # Escaped characters made the body longer than its text: shrink in proportion.
+        budget = int(budget * cap / size * 0.95)
+
+
+def encoded_body(model: ReplResponse | CommandResponse) -> str:
+    """The body exactly as the JSON response will send it."""
+    return json.dumps(model.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
+
+
+def _build(
+    outcome: RunOutcome, kind: str, session_id: str, policy: Policy, link: FileLinker, budget: int
+) -> ReplResponse | CommandResponse:
+    reply = outcome.reply
+    fields: dict[str, object] = {
+        "result": _result_text(outcome),
+        "error": _error_text(outcome, kind),
+        "stdout": reply.stdout,
+        "stderr": reply.stderr,
+    }
+    truncated = fit_reply(fields, max(budget, 0)) or reply.truncated
+    suggestion = suggest(_outcome_for_rules(outcome, kind, truncated), policy)
+    common = {
+        **fields,
+        "suggestion": suggestion,
+        "session_id": session_id,
+        "status": reply.status,
+        "truncated": truncated,
+        "duration_ms": round(outcome.duration_ms, 3),
+        "files": _files(outcome, link),
+        "restarted": outcome.restarted,
+    }
+    if kind == "python":
+        return ReplResponse.model_validate({**common, "execution_count": reply.execution_count})
+    return CommandResponse.model_validate({**common, "exit_code": reply.exit_code})
+
+
+def fit_reply(fields: dict[str, object], budget: int) -> bool:
+    """Shrink the longest text fields until together they fit ``budget`` characters."""
+    cut = False
+    for _ in range(8):
+        sizes = {k: len(v) for k, v in fields.items() if isinstance(v, str)}
+        total = sum(sizes.values())
+        if total <= budget:
+            return cut
+        largest = max(sizes, key=lambda k: sizes[k])
+        target = max(sizes[largest] - (total - budget), 0)
+        text = fields[largest]
+        assert isinstance(text, str)
+        fields[largest], _ = truncate_output(text, target)
+        cut = True
+    return cut

@@ -1,0 +1,123 @@
+"""POST /repl and POST /command: the seed-compatible execution routes."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header
+
+from sandbox import CommandDenied, RunOutcome, RunReply, WorkerBusy, parse_and_check
+from sandbox.errors import SandboxError
+from service.deps import ActivePolicy, CurrentTenant, Registry
+from service.errors import ApiError
+from service.registry import SessionRecord
+from service.replies import build_reply
+from service.schemas import (
+    CommandRequest,
+    CommandResponse,
+    ErrorResponse,
+    ReplRequest,
+    ReplResponse,
+)
+
+router = APIRouter(tags=["execution"])
+
+ConversationId = Annotated[
+    str | None,
+    Header(
+        alias="openai-conversation-id",
+        max_length=256,
+        description="Sent by ChatGPT; keys your implicit session when session_id is omitted.",
+    ),
+]
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 410, 413, 422, 429, 503)
+}
+
+
+def _no_link(name: str) -> str | None:
+    return None
+
+
+async def _run(record: SessionRecord, kind: str, text: str, timeout: float | None) -> RunOutcome:
+    try:
+        if kind == "python":
+            return await record.session.run_python(text, timeout)
+        return await record.session.run_command(text, timeout)
+    except WorkerBusy:
+        raise ApiError(
+            429,
+            "this session is still running a previous request",
+            "Wait for it to finish, interrupt it (POST /sessions/{id}/interrupt), "
+            "or use another session.",
+            headers={"Retry-After": "5"},
+        ) from None
+    except SandboxError as exc:
+        raise ApiError(
+            503, f"the sandbox is unavailable: {exc}", "Retry in a few seconds."
+        ) from None
+
+
+@router.post(
+    "/repl",
+    operation_id="runPython",
+    summary="Run Python in a stateful session",
+    description=(
+        "Runs Python in your session's persistent namespace (Jupyter semantics: the value of "
+        "the last expression is shown). Files live in the working directory /mnt/data. "
+        "Network is off."
+    ),
+    responses=_ERRORS,
+)
+async def repl(
+    body: ReplRequest,
+    tenant: CurrentTenant,
+    registry: Registry,
+    policy: ActivePolicy,
+    conversation: ConversationId = None,
+) -> ReplResponse:
+    record = await registry.resolve(tenant, body.session_id, conversation)
+    outcome = await _run(record, "python", body.source(), body.timeout)
+    reply = build_reply(outcome, "python", record.session_id, record.session.policy, _no_link)
+    assert isinstance(reply, ReplResponse)
+    return reply
+
+
+@router.post(
+    "/command",
+    operation_id="runCommand",
+    summary="Run an allowed terminal command in the session",
+    description=(
+        "Runs a command line in the session's workspace, without a shell: allowed programs, "
+        "pipes, &&, || and redirections. A refused command names the rule."
+    ),
+    responses=_ERRORS,
+)
+async def command(
+    body: CommandRequest,
+    tenant: CurrentTenant,
+    registry: Registry,
+    policy: ActivePolicy,
+    conversation: ConversationId = None,
+) -> CommandResponse:
+    record = await registry.resolve(tenant, body.session_id, conversation)
+    session_policy = record.session.policy
+    try:
+        parse_and_check(body.command, session_policy.commands)
+    except CommandDenied as denial:
+        # Refused before anything runs: the worker is never asked.
+        outcome = RunOutcome(
+            reply=RunReply(
+                run_id=0,
+                status="denied",
+                error=f"denied by rule '{denial.rule}': {denial.message}",
+                denied_rule=denial.rule,
+                execution_count=record.session.execution_count,
+            )
+        )
+    else:
+        outcome = await _run(record, "command", body.command, body.timeout)
+    reply = build_reply(outcome, "command", record.session_id, session_policy, _no_link)
+    assert isinstance(reply, CommandResponse)
+    return reply

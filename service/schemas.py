@@ -1,0 +1,102 @@
+"""Request and reply bodies of the HTTP contract (spec/API.md)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Status = Literal["ok", "error", "timeout", "killed", "denied"]
+MAX_CODE_CHARS = 1_000_000
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ReplRequest(_Request):
+    code: list[str] | str = Field(
+        ...,
+        description=(
+            "Python to run. A list of lines is joined with newlines; a string is taken whole."
+        ),
+        examples=[["import pandas as pd", "df = pd.DataFrame({'a': [1, 2]})", "df.head()"]],
+    )
+    session_id: str | None = Field(
+        None, max_length=128, description="Session to run in; omit to use your implicit session."
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="Wall-clock seconds; clamped to the policy's maximum."
+    )
+
+    def source(self) -> str:
+        return self.code if isinstance(self.code, str) else "\n".join(self.code)
+
+
+class CommandRequest(_Request):
+    command: str = Field(
+        ...,
+        max_length=100_000,
+        description="A command line: allowed programs, pipes, && and ||.",
+        examples=["ls -la"],
+    )
+    session_id: str | None = Field(None, max_length=128)
+    timeout: float | None = Field(None, gt=0)
+
+
+class FileInfo(BaseModel):
+    name: str
+    size: int
+    mime: str
+    url: str | None = None
+
+
+class RunResponse(BaseModel):
+    result: str
+    error: str | None
+    suggestion: str | None
+    session_id: str
+    status: Status
+    truncated: bool
+    duration_ms: float
+    stdout: str = ""
+    stderr: str = ""
+    files: list[FileInfo] = Field(default_factory=list)
+    restarted: bool = False
+
+
+class ReplResponse(RunResponse):
+    execution_count: int
+
+
+class CommandResponse(RunResponse):
+    exit_code: int | None = None
+
+
+class SessionCreated(BaseModel):
+    session_id: str
+    created_at: float
+    expires_at: float
+    policy: str
+
+
+class SessionInfo(BaseModel):
+    session_id: str
+    alive: bool
+    busy: bool
+    execution_count: int
+    restarts: int
+    created_at: float
+    expires_at: float
+    age_s: float
+    idle_s: float
+    memory_bytes: int | None
+    cpu_seconds: float | None
+    limits: dict[str, float]
+    policy: str
+    isolation: dict[str, str]
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    suggestion: str | None = None

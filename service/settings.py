@@ -1,0 +1,96 @@
+"""Service settings: ``CODESHERPA_*`` environment variables over an optional TOML file."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_POLICY = "policies/default.toml"
+SETTINGS_FILE_VARIABLE = "CODESHERPA_SETTINGS_FILE"
+
+
+def default_state_dir() -> str:
+    base = os.environ.get("XDG_STATE_HOME") or tempfile.gettempdir()
+    return str(Path(base) / "codesherpa")
+
+
+def parse_token_pairs(text: str, source: str) -> dict[str, str]:
+    """``tenant:token`` pairs, separated by commas or newlines → {token: tenant}."""
+    tokens: dict[str, str] = {}
+    for raw in text.replace("\n", ",").split(","):
+        pair = raw.strip()
+        if not pair or pair.startswith("#"):
+            continue
+        tenant, sep, token = pair.partition(":")
+        if not sep or not tenant.strip() or not token.strip():
+            raise ValueError(f"{source}: expected 'tenant:token', got an entry without both")
+        if len(token.strip()) < 16:
+            raise ValueError(
+                f"{source}: the token of tenant '{tenant.strip()}' is shorter than 16 characters"
+            )
+        tokens[token.strip()] = tenant.strip()
+    return tokens
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CODESHERPA_", extra="forbid")
+
+    tokens: str = Field("", description="tenant:token pairs separated by commas")
+    tokens_file: str | None = Field(None, description="the same, one pair a line (mode 0600)")
+    policy: str = Field(DEFAULT_POLICY, description="policy file path")
+    public_url: str = Field("http://127.0.0.1:8000", description="base URL of links and manifest")
+    state_dir: str = Field(default_factory=default_state_dir, description="where workspaces live")
+    max_body_bytes: int = Field(2 * 1024 * 1024, gt=0, description="largest request body")
+
+    @field_validator("public_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        settings_file = os.environ.get(SETTINGS_FILE_VARIABLE)
+        if settings_file:
+            sources.append(TomlConfigSettingsSource(settings_cls, toml_file=settings_file))
+        return tuple(sources)
+
+    def token_map(self) -> dict[str, str]:
+        """Every configured token mapped to its tenant."""
+        tokens = parse_token_pairs(self.tokens, "CODESHERPA_TOKENS")
+        if self.tokens_file:
+            path = Path(self.tokens_file)
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRWXG | stat.S_IRWXO):
+                raise ValueError(
+                    f"{path}: the tokens file must not be readable by others (chmod 600)"
+                )
+            tokens.update(parse_token_pairs(path.read_text(encoding="utf-8"), str(path)))
+        return tokens
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

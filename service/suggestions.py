@@ -1,0 +1,142 @@
+"""What the caller should do next, from the structured outcome of a run.
+
+A table of rules, checked in order; the first that matches writes the suggestion.
+Rules see only the outcome after truncation (status, exception type, limit hit,
+denied rule, truncation, restart) and the active policy, so each sentence names the
+real limits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sandbox import Policy
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # "python" or "command"
+    status: str
+    exc_type: str | None
+    error: str | None
+    limit: str | None
+    denied_rule: str | None
+    truncated: bool
+    restarted: bool
+    exit_code: int | None
+
+
+@dataclass(frozen=True)
+class Rule:
+    name: str
+    applies: Callable[[Outcome], bool]
+    advice: Callable[[Outcome, Policy], str]
+
+
+def _allowed(policy: Policy) -> str:
+    names = policy.commands.allow
+    shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
+    return shown or "none"
+
+
+RULES: tuple[Rule, ...] = (
+    Rule(
+        "denied",
+        lambda o: o.status == "denied",
+        lambda o, p: (
+            f"That command was refused by the '{o.denied_rule}' rule. Allowed programs: "
+            f"{_allowed(p)}. Commands run without a shell; for anything else use /repl."
+        ),
+    ),
+    Rule(
+        "timeout",
+        lambda o: o.status == "timeout",
+        lambda o, p: (
+            "The run was interrupted at its time limit but your variables were kept. Split the "
+            "work into smaller steps or pass a larger timeout "
+            f"(at most {p.limits.max_timeout_s:g} s)."
+        ),
+    ),
+    Rule(
+        "memory",
+        lambda o: o.limit == "memory" or o.exc_type == "MemoryError",
+        lambda o, p: (
+            f"The session's memory limit is {p.limits.memory_mb} MB. Process the data in chunks "
+            "(e.g. pandas read_csv(chunksize=...)), use smaller dtypes, or delete large objects."
+        ),
+    ),
+    Rule(
+        "killed",
+        lambda o: o.status == "killed",
+        lambda o, p: (
+            "The session's worker was stopped and a fresh one now serves it: variables are gone "
+            "but files in the workspace were kept. Re-run your setup code, in smaller steps."
+        ),
+    ),
+    Rule(
+        "name-after-restart",
+        lambda o: o.exc_type == "NameError" and o.restarted,
+        lambda o, p: (
+            "The session was restarted, so earlier variables are gone: re-run the setup code."
+        ),
+    ),
+    Rule(
+        "missing-module",
+        lambda o: o.exc_type in ("ModuleNotFoundError", "ImportError"),
+        lambda o, p: (
+            "That module is not installed and the network is off. Preinstalled: "
+            f"{', '.join(p.python.preload)} and the standard library."
+        ),
+    ),
+    Rule(
+        "file-not-found",
+        lambda o: o.exc_type == "FileNotFoundError",
+        lambda o, p: (
+            "Paths are relative to the session workspace (/mnt/data). List it with "
+            "os.listdir('.') or the command 'ls -la', or upload the file first."
+        ),
+    ),
+    Rule(
+        "syntax",
+        lambda o: o.exc_type in ("SyntaxError", "IndentationError", "TabError"),
+        lambda o, p: (
+            "The code did not parse. When sending a list of lines, each item is one line joined "
+            "with newlines: keep indentation inside each line and do not split a statement."
+        ),
+    ),
+    Rule(
+        "interrupted",
+        lambda o: o.exc_type == "KeyboardInterrupt",
+        lambda o, p: "The run was interrupted on request; variables were kept.",
+    ),
+    Rule(
+        "truncated",
+        lambda o: o.truncated,
+        lambda o, p: (
+            f"Output was cut to {p.limits.output_chars} characters per stream. Print a summary "
+            "(df.head(), len(x), describe()) or write the full output to a file in the workspace."
+        ),
+    ),
+    Rule(
+        "command-failed",
+        lambda o: o.kind == "command" and o.status == "error",
+        lambda o, p: (
+            "The command failed; read stderr in `error`, fix the arguments, and run it again."
+        ),
+    ),
+    Rule(
+        "python-error",
+        lambda o: o.status == "error",
+        lambda o, p: (
+            "Read the error above, fix the code and run it again; earlier variables are kept."
+        ),
+    ),
+)
+
+
+def suggest(outcome: Outcome, policy: Policy) -> str | None:
+    for rule in RULES:
+        if rule.applies(outcome):
+            return rule.advice(outcome, policy)
+    return None

@@ -1,0 +1,77 @@
+"""Start and stop a real service process on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_POLICY = ROOT / "tests" / "policies" / "test.toml"
+START_TIMEOUT_S = 120
+
+
+@dataclass
+class Server:
+    url: str
+    process: subprocess.Popen[bytes]
+    state_dir: Path
+
+    def client(self, token: str | None = None) -> httpx.Client:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        return httpx.Client(base_url=self.url, headers=headers, timeout=60)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_server(
+    tmp: Path, env: dict[str, str] | None = None, policy: Path = TEST_POLICY
+) -> Server:
+    port = free_port()
+    state_dir = tmp / "state"
+    environment = {
+        "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+        "CODESHERPA_STATE_DIR": str(state_dir),
+        "CODESHERPA_POLICY": str(policy),
+        **(env or {}),
+    }
+    with open(tmp / "server.log", "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "service", "serve", "--port", str(port)],
+            env=environment,
+            cwd=ROOT,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError((tmp / "server.log").read_text())
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return Server(url, process, state_dir)
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("the server did not become ready:\n" + (tmp / "server.log").read_text())
+
+
+def stop_server(server: Server) -> None:
+    server.process.terminate()
+    try:
+        server.process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        server.process.kill()
+        server.process.wait()

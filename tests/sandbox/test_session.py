@@ -1,0 +1,225 @@
+"""Sessions against real workers: semantics, timeouts, crashes and recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import psutil
+import pytest
+
+from sandbox import Session, ZygoteClient, workspaces
+
+pytestmark = pytest.mark.anyio
+
+
+def _processes_of_uid(uid: int | None) -> list[psutil.Process]:
+    assert uid is not None, "these tests need per-session uids (run as root)"
+    return [
+        p for p in psutil.process_iter(["uids"]) if p.info["uids"] and p.info["uids"].real == uid
+    ]
+
+
+async def test_state_persists_and_last_expression_is_shown(session: Session) -> None:
+    first = await session.run_python("x = 21")
+    assert first.reply.status == "ok"
+    second = await session.run_python("print('hi')\nx * 2")
+    assert second.reply.stdout == "hi\n"
+    assert second.reply.value == "42"
+    assert second.reply.execution_count == 2
+
+
+async def test_output_is_captured_at_the_file_descriptor_level(session: Session) -> None:
+    code = (
+        "import ctypes, os\nos.write(1, b'from-os ')\nctypes.CDLL(None).write(2, b'from-libc', 9)"
+    )
+    outcome = await session.run_python(code)
+    assert outcome.reply.stdout == "from-os "
+    assert outcome.reply.stderr == "from-libc"
+
+
+async def test_preloaded_pandas_example_returns_head(session: Session) -> None:
+    code = (
+        "import pandas as pd\ndf = pd.DataFrame({'a': [1, 2, 3], 'b': ['x', 'y', 'z']})\ndf.head()"
+    )
+    outcome = await session.run_python(code)
+    assert outcome.reply.status == "ok", outcome.reply.error
+    assert outcome.reply.value is not None
+    assert "a  b" in outcome.reply.value
+
+
+async def test_timeout_interrupts_and_keeps_the_namespace(session: Session) -> None:
+    await session.run_python("kept = 'still here'")
+    outcome = await session.run_python("while True:\n    pass", timeout=1)
+    assert outcome.reply.status == "timeout"
+    assert outcome.restarted is False
+    after = await session.run_python("kept")
+    assert after.reply.value == "'still here'"
+
+
+async def test_code_ignoring_sigint_is_killed_and_the_next_call_works(session: Session) -> None:
+    await session.run_python("open('kept.txt', 'w').write('file survives')\nlost = 1")
+    old_pid = session.worker.pid if session.worker else None
+    code = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+    outcome = await session.run_python(code, timeout=1)
+    assert outcome.reply.status == "killed"
+    assert outcome.restarted is True
+    assert not psutil.pid_exists(old_pid) or psutil.Process(old_pid).status() == "zombie"
+    after = await session.run_python("print(open('kept.txt').read())\nlost")
+    assert after.reply.stdout == "file survives\n"
+    assert after.reply.exc_type == "NameError"
+    assert after.reply.execution_count == 1
+
+
+@pytest.mark.parametrize(
+    ("code", "reason"),
+    [
+        ("import os\nos._exit(3)", "exited with code 3"),
+        ("import ctypes\nctypes.string_at(0)", "SIGSEGV"),
+        # The worker is init of its PID namespace, which ignores its own SIGABRT:
+        # glibc's abort() then ends it with a fault.
+        ("import os\nos.abort()", "killed by SIG"),
+    ],
+)
+async def test_worker_crash_is_reported_and_replaced(
+    session: Session, code: str, reason: str
+) -> None:
+    outcome = await session.run_python(code)
+    assert outcome.reply.status == "killed"
+    assert outcome.reply.error is not None
+    assert reason in outcome.reply.error
+    assert outcome.restarted
+    assert (await session.run_python("1 + 1")).reply.value == "2"
+
+
+async def test_output_flood_is_bounded_while_produced(session: Session) -> None:
+    code = "import os\nwhile True:\n    os.write(1, b'x' * 65536)"
+    outcome = await session.run_python(code, timeout=2)
+    assert outcome.reply.status == "timeout"
+    assert outcome.reply.truncated
+    assert len(outcome.reply.stdout) <= session.policy.limits.output_chars
+    assert "characters omitted" in outcome.reply.stdout
+
+
+async def test_garbage_on_the_channel_kills_only_that_session(
+    zygote: ZygoteClient, session: Session
+) -> None:
+    neighbour = await Session.start(zygote)
+    try:
+        await neighbour.run_python("mine = 7")
+        code = (
+            "import os, stat\n"
+            "for fd in range(3, 64):\n"
+            "    try:\n"
+            "        if stat.S_ISSOCK(os.fstat(fd).st_mode):\n"
+            "            os.write(fd, b'\\xff' * 64)\n"
+            "    except OSError:\n"
+            "        pass"
+        )
+        outcome = await session.run_python(code)
+        assert outcome.reply.status == "killed"
+        assert outcome.restarted
+        assert (await session.run_python("2 + 2")).reply.value == "4"
+        assert (await neighbour.run_python("mine")).reply.value == "7"
+    finally:
+        await neighbour.close()
+        workspaces.remove(neighbour.workspace)
+
+
+async def test_forged_reply_on_the_channel_cannot_desynchronise_the_session(
+    session: Session,
+) -> None:
+    code = (
+        "import os, stat, json, struct\n"
+        "forged = json.dumps(\n"
+        "    {'kind': 'reply', 'run_id': 999, 'status': 'ok', 'stdout': 'FORGED'}\n"
+        ").encode()\n"
+        "for fd in range(3, 64):\n"
+        "    try:\n"
+        "        if stat.S_ISSOCK(os.fstat(fd).st_mode):\n"
+        "            os.write(fd, struct.pack('>I', len(forged)) + forged)\n"
+        "    except OSError:\n"
+        "        pass"
+    )
+    outcome = await session.run_python(code)
+    assert "FORGED" not in outcome.reply.stdout
+    assert outcome.reply.status == "killed"
+    follow_up = await session.run_python("'clean'")
+    assert follow_up.reply.value == "'clean'"
+
+
+async def test_command_sees_files_the_repl_wrote(session: Session) -> None:
+    await session.run_python("open('data.csv', 'w').write('a,b\\n1,2\\n')")
+    outcome = await session.run_command("cat data.csv | wc -l")
+    assert outcome.reply.status == "ok", outcome.reply.error
+    assert outcome.reply.stdout.strip() == "2"
+
+
+async def test_command_exit_code_and_stderr_are_reported(session: Session) -> None:
+    outcome = await session.run_command("ls no-such-file")
+    assert outcome.reply.status == "error"
+    assert outcome.reply.exit_code == 2
+    assert "no-such-file" in outcome.reply.stderr
+
+
+async def test_command_denied_inside_the_worker_too(session: Session) -> None:
+    outcome = await session.run_command("sh -c id")
+    assert outcome.reply.status == "denied"
+    assert outcome.reply.denied_rule == "allowlist"
+
+
+async def test_command_timeout_kills_the_program(session: Session) -> None:
+    outcome = await session.run_command("sleep 30", timeout=1)
+    assert outcome.reply.status == "timeout"
+    uid = session.worker.uid if session.worker else None
+    survivors = [
+        p for p in _processes_of_uid(uid) if p.pid != (session.worker.pid if session.worker else 0)
+    ]
+    assert survivors == []
+
+
+async def test_matplotlib_figures_are_saved_to_the_workspace(session: Session) -> None:
+    code = "import matplotlib.pyplot as plt\nplt.plot([1, 2, 3])"
+    outcome = await session.run_python(code)
+    assert outcome.reply.status == "ok", outcome.reply.error
+    names = [f.name for f in outcome.reply.files]
+    assert names == ["figure-1.png"]
+    with open(os.path.join(session.workspace, "figure-1.png"), "rb") as png:
+        assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_two_sessions_run_in_parallel(zygote: ZygoteClient, session: Session) -> None:
+    other = await Session.start(zygote)
+    try:
+        slow = asyncio.create_task(session.run_python("import time\ntime.sleep(2)\n'slow'"))
+        await asyncio.sleep(0.2)
+        quick = await other.run_python("'quick'")
+        assert quick.reply.value == "'quick'"
+        assert session.busy
+        assert not slow.done()
+        assert (await slow).reply.value == "'slow'"
+    finally:
+        await other.close()
+        workspaces.remove(other.workspace)
+
+
+async def test_closing_a_session_ends_every_process_it_started(zygote: ZygoteClient) -> None:
+    session = await Session.start(zygote)
+    uid = session.worker.uid if session.worker else None
+    await session.run_python(
+        "import subprocess\np = subprocess.Popen(['sleep', '300'], start_new_session=True)"
+    )
+    assert len(_processes_of_uid(uid)) >= 2
+    await session.close()
+    workspaces.remove(session.workspace)
+    await asyncio.sleep(0.1)
+    assert _processes_of_uid(uid) == []
+
+
+async def test_memory_limit_is_reported_as_such_and_the_session_recovers(session: Session) -> None:
+    # Plain bytearrays stay within the address-space rlimit's reach only partly;
+    # whichever layer stops it, the reply names the memory limit.
+    code = "blocks = []\nwhile True:\n    blocks.append(bytearray(64 * 1024 * 1024))"
+    outcome = await session.run_python(code, timeout=8)
+    assert outcome.reply.exc_type == "MemoryError" or outcome.reply.limit == "memory"
+    assert (await session.run_python("'alive'")).reply.value == "'alive'"

@@ -1,0 +1,74 @@
+"""The wire protocol: framing round-trips, caps hold before buffering, garbage is refused."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sandbox import protocol
+from sandbox.errors import FrameTooLarge, ProtocolError
+
+replies = st.builds(
+    protocol.RunReply,
+    run_id=st.integers(min_value=0, max_value=2**31),
+    status=st.sampled_from(["ok", "error", "timeout", "killed", "denied"]),
+    stdout=st.text(max_size=200),
+    stderr=st.text(max_size=200),
+    value=st.one_of(st.none(), st.text(max_size=50)),
+    truncated=st.booleans(),
+)
+
+
+@given(messages=st.lists(replies, min_size=1, max_size=5), chunk=st.integers(1, 64))
+def test_frames_round_trip_whatever_the_chunking(
+    messages: list[protocol.RunReply], chunk: int
+) -> None:
+    stream = b"".join(protocol.encode(m) for m in messages)
+    decoder = protocol.FrameDecoder()
+    payloads: list[bytes] = []
+    for start in range(0, len(stream), chunk):
+        payloads += decoder.feed(stream[start : start + chunk])
+    assert [protocol.decode_worker_message(p) for p in payloads] == messages
+
+
+def test_oversized_frame_is_refused_from_its_header_alone() -> None:
+    decoder = protocol.FrameDecoder(max_frame=1024)
+    with pytest.raises(FrameTooLarge):
+        decoder.feed(protocol.HEADER.pack(1025))
+
+
+def test_encoder_refuses_a_message_above_the_cap() -> None:
+    with pytest.raises(FrameTooLarge):
+        protocol.encode(protocol.RunReply(run_id=1, status="ok", stdout="x" * 2000), max_frame=1000)
+
+
+@given(garbage=st.binary(max_size=300))
+def test_garbage_payloads_raise_protocol_error_only(garbage: bytes) -> None:
+    with contextlib.suppress(ProtocolError):
+        protocol.decode_worker_message(garbage)
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"kind": "reply", "run_id": 1, "status": "pwned"}',
+        b'{"kind": "reply", "run_id": "1", "status": "ok", "extra": 1}',
+        b'{"kind": "exec", "code": "x"}',
+        b"[]",
+    ],
+)
+def test_forged_or_malformed_worker_frames_are_rejected(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.decode_worker_message(payload)
+
+
+def test_requests_round_trip() -> None:
+    for message in (
+        protocol.RunPython(run_id=3, code="1+1"),
+        protocol.RunCommand(run_id=4, command="ls"),
+    ):
+        encoded = protocol.encode(message)
+        assert protocol.decode_request(encoded[protocol.HEADER.size :]) == message
