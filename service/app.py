@@ -12,8 +12,9 @@ from fastapi import FastAPI
 from sandbox import ZygoteClient
 from service.body_limit import BodySizeLimit
 from service.errors import install_error_handlers
+from service.links import LinkSigner
 from service.registry import SessionRegistry
-from service.routes import execution, operations, sessions
+from service.routes import execution, files, operations, sessions
 from service.settings import Settings
 
 DESCRIPTION = (
@@ -44,9 +45,14 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     app.state.settings = settings
     app.state.policy_path = settings.policy
     app.state.isolation = isolation
+    app.state.links = LinkSigner(settings.public_url)
     install_error_handlers(app)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    upload_cap = zygote.policy.limits.workspace_mb * 1024 * 1024
+    app.add_middleware(
+        BodySizeLimit, max_bytes=settings.max_body_bytes, upload_max_bytes=upload_cap
+    )
     app.include_router(execution.router)
     app.include_router(sessions.router)
+    app.include_router(files.router)
     app.include_router(operations.router)
     return app

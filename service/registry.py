@@ -58,6 +58,13 @@ class SessionRegistry:
     def for_tenant(self, tenant: str) -> list[SessionRecord]:
         return [record for record in self._sessions.values() if record.tenant == tenant]
 
+    def find(self, session_id: str) -> SessionRecord | None:
+        """A live session by id alone, for routes whose credential is a signed link."""
+        record = self._sessions.get(session_id)
+        if record is None or record.expires_at() <= time.time():
+            return None
+        return record
+
     def get(self, tenant: str, session_id: str) -> SessionRecord:
         record = self._sessions.get(session_id)
         if record is not None and record.tenant == tenant:

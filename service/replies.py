@@ -48,7 +48,7 @@ def _error_text(outcome: RunOutcome, kind: str) -> str | None:
     reply = outcome.reply
     if kind == "command" and reply.status == "error" and reply.exc_type is None:
         # A failing command's stderr is the error a model needs to read.
-        return (reply.stderr + "\n" if reply.stderr else "") + (reply.error or "")
+        return "\n".join(part.rstrip("\n") for part in (reply.stderr, reply.error or "") if part)
     return reply.error
 
 

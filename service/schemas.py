@@ -51,6 +51,14 @@ class FileInfo(BaseModel):
     url: str | None = None
 
 
+class WorkspaceEntry(BaseModel):
+    name: str
+    size: int
+    mime: str
+    modified: float | None
+    url: str = Field(description="A signed link that works without the bearer header for an hour.")
+
+
 class RunResponse(BaseModel):
     result: str
     error: str | None

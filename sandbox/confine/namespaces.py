@@ -131,11 +131,27 @@ def _closed_ancestor_of_view(path: str, covered: set[str]) -> str:
     return closed
 
 
+def _forbid_executable_memfds() -> None:
+    """No exec of memfd files in this PID namespace (the host's setting is untouched).
+
+    A copy of a binary in a memfd, run through /proc/self/fd/N, would otherwise slip
+    past Landlock's execute allowlist.  Kernels before 6.3 lack the knob.
+    """
+    try:
+        with open("/proc/sys/vm/memfd_noexec", "w", encoding="ascii") as knob:
+            knob.write("2")
+    except FileNotFoundError:
+        pass
+
+
 def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
     if unshare_error is not None:
         os.chdir(spec.workspace)
         return LayerStatus("namespaces", False, unshare_error)
     nodev_nosuid = MS_NOSUID | MS_NODEV
+    # Writable places are never executable: with Landlock granting execute on the
+    # dynamic loader, `ld.so ./binary` would otherwise run a binary a session wrote.
+    writable = MS_NOSUID | MS_NODEV | MS_NOEXEC
     # Held open so the workspace can be bound even when the mounts below hide its
     # host path (a state directory under /tmp or /mnt).
     workspace_fd = os.open(spec.workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -149,20 +165,28 @@ def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
         mount("proc", "/proc", "proc", nodev_nosuid | MS_NOEXEC)
         _expose_runtime(runtime_fds)
         tmp_options = f"size={PRIVATE_TMP_MB}m,mode=1777"
-        mount("tmpfs", "/tmp", "tmpfs", nodev_nosuid, tmp_options)
-        mount("tmpfs", "/dev/shm", "tmpfs", nodev_nosuid, tmp_options)
+        mount("tmpfs", "/tmp", "tmpfs", writable, tmp_options)
+        mount("tmpfs", "/dev/shm", "tmpfs", writable, tmp_options)
+        # Host sockets live under /run (D-Bus, container runtimes); Landlock does not
+        # govern connecting to a pathname socket, so the session must not see them.
+        if os.path.isdir("/run"):
+            mount("tmpfs", "/run", "tmpfs", writable, "size=1m,mode=0755")
+        _forbid_executable_memfds()
         # /mnt becomes an empty tmpfs so the workspace path is the same on every host.
         mount("tmpfs", "/mnt", "tmpfs", nodev_nosuid, "size=1m,mode=0755")
         os.mkdir(WORKSPACE_MOUNT, 0o755)
         mount(f"/proc/self/fd/{workspace_fd}", WORKSPACE_MOUNT, None, MS_BIND | MS_REC)
-        mount("none", WORKSPACE_MOUNT, None, MS_BIND | MS_REMOUNT | nodev_nosuid)
+        mount("none", WORKSPACE_MOUNT, None, MS_BIND | MS_REMOUNT | writable)
     finally:
         os.close(workspace_fd)
         for fd in runtime_fds.values():
             os.close(fd)
     os.chdir(WORKSPACE_MOUNT)
     _libc.sethostname(b"sandbox", 7)
-    detail = "pid (worker is init), mount (/proc, private /tmp and /dev/shm), ipc, uts"
+    detail = (
+        "pid (worker is init), mount (/proc, private noexec /tmp, /dev/shm and workspace, "
+        "no /run), ipc, uts"
+    )
     if not spec.policy.isolation.network:
         detail += ", net (loopback only, down)"
     return LayerStatus("namespaces", True, detail)

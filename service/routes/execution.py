@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Header
+from fastapi import APIRouter, Header, Request
 
 from sandbox import CommandDenied, RunOutcome, RunReply, WorkerBusy, parse_and_check
 from sandbox.errors import SandboxError
-from service.deps import ActivePolicy, CurrentTenant, Registry
+from service.deps import CurrentTenant, Registry
 from service.errors import ApiError
+from service.links import LinkSigner
 from service.registry import SessionRecord
-from service.replies import build_reply
+from service.replies import FileLinker, build_reply
 from service.schemas import (
     CommandRequest,
     CommandResponse,
@@ -36,8 +37,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
 }
 
 
-def _no_link(name: str) -> str | None:
-    return None
+def _linker(request: Request, record: SessionRecord) -> FileLinker:
+    links: LinkSigner = request.app.state.links
+    return lambda name: links.url(record.session_id, name)
 
 
 async def _run(record: SessionRecord, kind: str, text: str, timeout: float | None) -> RunOutcome:
@@ -71,15 +73,17 @@ async def _run(record: SessionRecord, kind: str, text: str, timeout: float | Non
     responses=_ERRORS,
 )
 async def repl(
+    request: Request,
     body: ReplRequest,
     tenant: CurrentTenant,
     registry: Registry,
-    policy: ActivePolicy,
     conversation: ConversationId = None,
 ) -> ReplResponse:
     record = await registry.resolve(tenant, body.session_id, conversation)
     outcome = await _run(record, "python", body.source(), body.timeout)
-    reply = build_reply(outcome, "python", record.session_id, record.session.policy, _no_link)
+    reply = build_reply(
+        outcome, "python", record.session_id, record.session.policy, _linker(request, record)
+    )
     assert isinstance(reply, ReplResponse)
     return reply
 
@@ -95,10 +99,10 @@ async def repl(
     responses=_ERRORS,
 )
 async def command(
+    request: Request,
     body: CommandRequest,
     tenant: CurrentTenant,
     registry: Registry,
-    policy: ActivePolicy,
     conversation: ConversationId = None,
 ) -> CommandResponse:
     record = await registry.resolve(tenant, body.session_id, conversation)
@@ -118,6 +122,8 @@ async def command(
         )
     else:
         outcome = await _run(record, "command", body.command, body.timeout)
-    reply = build_reply(outcome, "command", record.session_id, session_policy, _no_link)
+    reply = build_reply(
+        outcome, "command", record.session_id, session_policy, _linker(request, record)
+    )
     assert isinstance(reply, CommandResponse)
     return reply

@@ -43,6 +43,7 @@ def start_server(
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),
         "CODESHERPA_STATE_DIR": str(state_dir),
         "CODESHERPA_POLICY": str(policy),
+        "CODESHERPA_PUBLIC_URL": f"http://127.0.0.1:{port}",
         **(env or {}),
     }
     with open(tmp / "server.log", "wb") as log:

@@ -1,0 +1,215 @@
+"""The session workspace over HTTP: list, upload, download, delete, and signed links."""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+from collections.abc import AsyncIterator, Iterator
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from starlette.datastructures import UploadFile
+
+from service.deps import OwnedSession, Registry
+from service.errors import ApiError
+from service.links import LinkSigner
+from service.registry import SessionRecord
+from service.schemas import ErrorResponse, WorkspaceEntry
+from service.workspace_files import UnsafePath, Workspace, guess_mime
+
+router = APIRouter(tags=["files"])
+_ERRORS: dict[int | str, dict[str, object]] = {
+    code: {"model": ErrorResponse} for code in (401, 404, 410, 413, 422)
+}
+CHUNK = 64 * 1024
+_NOT_FOUND_HINT = "List the workspace (GET /sessions/{id}/files) to see which files exist."
+
+
+def _not_found(path: str) -> ApiError:
+    return ApiError(404, f"no such file: {path}", _NOT_FOUND_HINT)
+
+
+@contextlib.contextmanager
+def _workspace(record: SessionRecord) -> Iterator[Workspace]:
+    try:
+        workspace = Workspace(record.session.workspace)
+    except OSError:
+        raise ApiError(410, "the session's workspace is gone", None) from None
+    with workspace:
+        yield workspace
+
+
+def signer(request: Request) -> LinkSigner:
+    links: LinkSigner = request.app.state.links
+    return links
+
+
+def _stream_file(record: SessionRecord, path: str) -> Response:
+    with _workspace(record) as workspace:
+        try:
+            fd, info = workspace.open_regular(path)
+        except (UnsafePath, OSError):
+            raise _not_found(path) from None
+
+    def chunks() -> Iterator[bytes]:
+        try:
+            while data := os.read(fd, CHUNK):
+                yield data
+        finally:
+            os.close(fd)
+
+    filename = path.rsplit("/", 1)[-1].replace('"', "")
+    return StreamingResponse(
+        chunks(),
+        media_type=guess_mime(path),
+        headers={
+            "Content-Length": str(info.st_size),
+            "Content-Disposition": f'inline; filename="{filename}"',
+            "X-Content-Type-Options": "nosniff",
+            # A file a session wrote must never run as a page of this origin.
+            "Content-Security-Policy": "sandbox; default-src 'none'",
+        },
+    )
+
+
+@router.get(
+    "/sessions/{session_id}/files",
+    operation_id="listFiles",
+    summary="List the workspace",
+    description="Files in the session's workspace (/mnt/data inside the session), with links.",
+    responses=_ERRORS,
+)
+async def list_files(record: OwnedSession, request: Request) -> list[WorkspaceEntry]:
+    links = signer(request)
+    with _workspace(record) as workspace:
+        return [
+            WorkspaceEntry(
+                name=f.name,
+                size=f.size,
+                mime=f.mime,
+                modified=f.modified,
+                url=links.url(record.session_id, f.name),
+            )
+            for f in workspace.listing()
+        ]
+
+
+@router.get(
+    "/sessions/{session_id}/files/{path:path}",
+    operation_id="downloadFile",
+    summary="Download a file",
+    description="The raw bytes of one workspace file.",
+    responses=_ERRORS,
+)
+async def download_file(record: OwnedSession, path: str) -> Response:
+    return _stream_file(record, path)
+
+
+async def _body_chunks(request: Request) -> AsyncIterator[bytes]:
+    content_type = request.headers.get("content-type", "")
+    if content_type.startswith("multipart/form-data"):
+        form = await request.form()
+        uploads = [value for value in form.values() if isinstance(value, UploadFile)]
+        if len(uploads) != 1:
+            raise ApiError(400, "send exactly one file part in the multipart body", None)
+        while data := await uploads[0].read(CHUNK):
+            yield data
+        return
+    async for data in request.stream():
+        yield data
+
+
+@router.put(
+    "/sessions/{session_id}/files/{path:path}",
+    operation_id="uploadFile",
+    summary="Upload a file",
+    description="Writes the request body (raw, or one multipart file part) to the workspace.",
+    responses=_ERRORS,
+    status_code=201,
+)
+async def upload_file(record: OwnedSession, path: str, request: Request) -> WorkspaceEntry:
+    size = 0
+    with _workspace(record) as workspace:
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > workspace.free_bytes():
+            raise _quota_exceeded(record)
+        try:
+            fd = workspace.create(path)
+        except UnsafePath:
+            raise _not_found(path) from None
+        except OSError as exc:
+            raise ApiError(400, f"cannot write {path}: {exc.strerror}", None) from None
+        try:
+            async for chunk in _body_chunks(request):
+                _write_all(fd, chunk)
+                size += len(chunk)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+                raise ApiError(400, f"cannot write {path}: {exc.strerror}", None) from None
+            with contextlib.suppress(OSError, UnsafePath):
+                workspace.delete(path)
+            raise _quota_exceeded(record) from None
+        finally:
+            os.close(fd)
+    links = signer(request)
+    return WorkspaceEntry(
+        name=path,
+        size=size,
+        mime=guess_mime(path),
+        modified=None,
+        url=links.url(record.session_id, path),
+    )
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+def _quota_exceeded(record: SessionRecord) -> ApiError:
+    quota = record.session.policy.limits.workspace_mb
+    return ApiError(
+        413,
+        f"the upload does not fit in the workspace quota of {quota} MB",
+        "Delete files you no longer need, or upload a smaller file.",
+    )
+
+
+@router.delete(
+    "/sessions/{session_id}/files/{path:path}",
+    operation_id="deleteFile",
+    summary="Delete a file",
+    description="Removes one file (or an empty directory) from the workspace.",
+    responses=_ERRORS,
+    status_code=204,
+)
+async def delete_file(record: OwnedSession, path: str) -> Response:
+    with _workspace(record) as workspace:
+        try:
+            workspace.delete(path)
+        except (UnsafePath, FileNotFoundError, NotADirectoryError):
+            raise _not_found(path) from None
+        except OSError as exc:
+            raise ApiError(400, f"cannot delete {path}: {exc.strerror}", None) from None
+    return Response(status_code=204)
+
+
+@router.get("/files/{session_id}/{path:path}", include_in_schema=False)
+async def signed_file(
+    session_id: str,
+    path: str,
+    request: Request,
+    registry: Registry,
+    expires: Annotated[int, Query()] = 0,
+    signature: Annotated[str, Query(max_length=128)] = "",
+) -> Response:
+    """A signed link: no bearer token, the signature is the credential."""
+    if not signer(request).verify(session_id, path, expires, signature):
+        raise ApiError(404, "no such file, or the link expired", _NOT_FOUND_HINT)
+    record = registry.find(session_id)
+    if record is None:
+        raise ApiError(404, "no such file, or the link expired", _NOT_FOUND_HINT)
+    return _stream_file(record, path)
