@@ -43,6 +43,10 @@ def unshare_for_worker(spec: WorkerSpec) -> str | None:
     return namespaces.unshare_for_worker(spec.policy.isolation.network)
 
 
+def _active(report: dict[str, str], layer: str) -> bool:
+    return report.get(layer, "").startswith("active")
+
+
 def confine_worker(spec: WorkerSpec, unshare_error: str | None) -> dict[str, str]:
     """Apply every wanted layer in order; return each layer's status line."""
     isolation = spec.policy.isolation
@@ -53,7 +57,7 @@ def confine_worker(spec: WorkerSpec, unshare_error: str | None) -> dict[str, str
         ("cgroup", lambda: cgroup.apply(spec, spec.cgroup_parent)),
         ("identity", lambda: identity.apply(spec)),
         ("rlimits", lambda: rlimits.apply(spec)),
-        ("landlock", lambda: landlock_layer.apply(spec)),
+        ("landlock", lambda: landlock_layer.apply(spec, private_tmp=_active(report, "namespaces"))),
         ("seccomp", lambda: seccomp_layer.apply(spec)),
         ("environment", lambda: environment.apply(spec)),
     ]

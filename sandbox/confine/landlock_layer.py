@@ -354,10 +354,19 @@ def _interpreter_paths() -> Iterator[str]:
             yield os.path.abspath(entry)
 
 
-def path_rules(spec: WorkerSpec, workspace: str) -> list[PathRule]:
-    """Every rule the layer adds, in order; paths that do not exist are left out."""
+def path_rules(spec: WorkerSpec, workspace: str, private_tmp: bool = True) -> list[PathRule]:
+    """Every rule the layer adds, in order; paths that do not exist are left out.
+
+    Without a private /tmp and /dev/shm (no mount namespace) they are the host's,
+    shared with every other process, so only /dev/null is granted then.
+    """
     rules = [PathRule(workspace, READ_WRITE, "workspace")]
-    rules += [PathRule(path, READ_WRITE, "read-write path") for path in READ_WRITE_PATHS]
+    shared = () if private_tmp else ("/tmp", "/dev/shm")
+    rules += [
+        PathRule(path, READ_WRITE, "read-write path")
+        for path in READ_WRITE_PATHS
+        if path not in shared
+    ]
     rules += [PathRule(path, READ_ONLY, "system path") for path in READ_ONLY_SYSTEM_PATHS]
     rules += [PathRule(path, READ_ONLY, "Python") for path in _unique(_interpreter_paths())]
     rules += program_rules(spec)
@@ -471,7 +480,7 @@ def _system_path_inside(workspace: str) -> str | None:
     return None
 
 
-def apply(spec: WorkerSpec) -> LayerStatus:
+def apply(spec: WorkerSpec, private_tmp: bool = True) -> LayerStatus:
     """Restrict this process and its future children; the cwd is the workspace."""
     try:
         abi = abi_version()
@@ -492,6 +501,6 @@ def apply(spec: WorkerSpec) -> LayerStatus:
             "landlock", False, f"{threads} threads running; Landlock would confine only one"
         )
     handled = handled_rights(abi, spec.policy.isolation.network)
-    rules = path_rules(spec, workspace)
+    rules = path_rules(spec, workspace, private_tmp)
     restrict_self(handled, rules)
     return LayerStatus("landlock", True, _describe(abi, handled, rules))

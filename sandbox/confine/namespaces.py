@@ -32,6 +32,8 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
 WORKSPACE_MOUNT = "/mnt/data"
+# Each gets a fresh tmpfs in the session's mount namespace.
+COVERED_DIRECTORIES = ("/tmp", "/dev/shm", "/mnt", "/run")
 PRIVATE_TMP_MB = 64
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -91,44 +93,46 @@ def _closed_ancestor(path: str) -> str | None:
     return None
 
 
-def _hidden_runtime_paths() -> dict[str, str]:
-    """Interpreter and library directories an unprivileged uid could not reach.
+def _cover_of(path: str) -> str | None:
+    """Which mount of ours hides ``path`` from the session: a tmpfs we lay over a
+    directory, or the highest ancestor its uid could not traverse."""
+    for covered in COVERED_DIRECTORIES:
+        if path.startswith(covered + "/"):
+            return covered
+    return _closed_ancestor(path)
 
-    Maps each such directory to the closed ancestor that hides it (e.g. a Python
-    installed under a 0700 /root).
+
+def _hidden_runtime_paths() -> dict[str, str]:
+    """Interpreter and library directories the session could not reach, and what hides each.
+
+    A Python installed under a 0700 /root, or a checkout under /tmp, must still be
+    importable once the session runs as its own uid behind its own /tmp.
     """
     candidates = {sys.base_prefix, sys.prefix, *(p for p in sys.path if os.path.isdir(p))}
     hidden: dict[str, str] = {}
     for path in sorted(os.path.realpath(c) for c in candidates):
-        ancestor = _closed_ancestor(path)
-        if ancestor is not None and not any(path.startswith(h + "/") for h in hidden):
-            hidden[path] = ancestor
+        if path in COVERED_DIRECTORIES or any(path.startswith(h + "/") for h in hidden):
+            continue
+        cover = _cover_of(path)
+        if cover is not None:
+            hidden[path] = cover
     return hidden
 
 
-def _expose_runtime(runtime_fds: dict[str, int]) -> None:
-    """Cover each closed ancestor with an empty tmpfs and bind the runtime back in.
+def _expose_runtime(runtime: dict[str, str], runtime_fds: dict[str, int]) -> None:
+    """Bind each hidden runtime directory back in, read-only, at its own path.
 
-    The rest of that ancestor (say, root's home) stays invisible to the session.
+    A closed ancestor is first replaced by an empty tmpfs, so the rest of it (say,
+    root's home) stays invisible.
     """
-    covered: set[str] = set()
-    for path, fd in runtime_fds.items():
-        ancestor = _closed_ancestor_of_view(path, covered)
-        if ancestor not in covered:
-            mount("tmpfs", ancestor, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
-            covered.add(ancestor)
+    mounted = set(COVERED_DIRECTORIES)
+    for path, cover in runtime.items():
+        if cover not in mounted:
+            mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
+            mounted.add(cover)
         os.makedirs(path, mode=0o755, exist_ok=True)
-        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+        mount(f"/proc/self/fd/{runtime_fds[path]}", path, None, MS_BIND | MS_REC)
         mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
-
-
-def _closed_ancestor_of_view(path: str, covered: set[str]) -> str:
-    for ancestor in covered:
-        if path.startswith(ancestor + "/"):
-            return ancestor
-    closed = _closed_ancestor(path)
-    assert closed is not None
-    return closed
 
 
 def _forbid_executable_memfds() -> None:
@@ -163,17 +167,16 @@ def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
         # Mounts made from here on stay in this namespace.
         mount("none", "/", None, MS_REC | MS_PRIVATE)
         mount("proc", "/proc", "proc", nodev_nosuid | MS_NOEXEC)
-        _expose_runtime(runtime_fds)
         tmp_options = f"size={PRIVATE_TMP_MB}m,mode=1777"
         mount("tmpfs", "/tmp", "tmpfs", writable, tmp_options)
         mount("tmpfs", "/dev/shm", "tmpfs", writable, tmp_options)
         # Host sockets live under /run (D-Bus, container runtimes); Landlock does not
         # govern connecting to a pathname socket, so the session must not see them.
-        if os.path.isdir("/run"):
-            mount("tmpfs", "/run", "tmpfs", writable, "size=1m,mode=0755")
-        _forbid_executable_memfds()
+        mount("tmpfs", "/run", "tmpfs", writable, "size=1m,mode=0755")
         # /mnt becomes an empty tmpfs so the workspace path is the same on every host.
         mount("tmpfs", "/mnt", "tmpfs", nodev_nosuid, "size=1m,mode=0755")
+        _expose_runtime(runtime, runtime_fds)
+        _forbid_executable_memfds()
         os.mkdir(WORKSPACE_MOUNT, 0o755)
         mount(f"/proc/self/fd/{workspace_fd}", WORKSPACE_MOUNT, None, MS_BIND | MS_REC)
         mount("none", WORKSPACE_MOUNT, None, MS_BIND | MS_REMOUNT | writable)
