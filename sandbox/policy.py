@@ -3,22 +3,41 @@
 The model is owned by ``sandbox`` (it is what the zygote and the workers enforce);
 ``service`` only reads it.  Unknown keys and impossible values are errors that name
 the file, the key and the reason, so a broken policy never starts a service.
+
+Reading order: the tables that tune validation (units, module footprints, launchers),
+the sections of a policy file, the cross-key checks each section runs, and the
+loader that turns pydantic's errors into ``file: key: reason`` lines.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
+import re
 import tomllib
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+from enum import Enum
 from pathlib import Path
-from typing import Literal
+from typing import Any, Generic, Literal, TypeVar, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    JsonValue,
+    ValidationError,
+    model_validator,
+)
 
 from sandbox.errors import PolicyError
 
-# GPT Actions reject replies above 100,000 characters; leave room for JSON framing.
+# GPT Actions reject replies above 100,000 characters.
 ACTIONS_REPLY_LIMIT_CHARS = 100_000
+
+# The largest RLIMIT_NOFILE Linux accepts by default (fs.nr_open).
+KERNEL_NR_OPEN = 1_048_576
 
 LayerName = Literal[
     "process",
@@ -41,6 +60,313 @@ ALL_LAYERS: tuple[LayerName, ...] = (
     "environment",
 )
 
+# A key's unit is in its name; keys without one of these suffixes say theirs in
+# their field metadata (see ``_about``).
+UNIT_SUFFIXES: dict[str, str] = {"_s": "seconds", "_mb": "MiB", "_chars": "characters"}
+
+# How a reviewer reads a change of a key: which way restricts sessions more.
+Tighter = Literal["lower", "false", "fewer"]
+
+
+# --- What the preloaded modules cost ---------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModuleFootprint:
+    """Memory a preloaded module needs in a session, and what importing it pulls in."""
+
+    mb: int
+    imports: tuple[str, ...] = ()
+
+
+# The interpreter, the worker's own modules and a little room to run code.
+INTERPRETER_FOOTPRINT_MB = 30
+
+# Rounded up generously: resident size measured right after import (Python 3.11,
+# numpy 2.4, pandas 3.1, matplotlib 3.11 with pyplot) is about a third of these, but
+# a session must also be able to use the module, not only import it.  Modules not
+# listed are not counted.
+PRELOAD_FOOTPRINT: dict[str, ModuleFootprint] = {
+    "numpy": ModuleFootprint(60),
+    "pandas": ModuleFootprint(150, imports=("numpy",)),
+    "matplotlib": ModuleFootprint(80, imports=("numpy",)),
+    "PIL": ModuleFootprint(15),
+}
+
+
+def preload_closure(modules: Iterable[str]) -> list[str]:
+    """The modules a preload list imports, its own and what they pull in, in order."""
+    closure: list[str] = []
+    pending = list(modules)
+    while pending:
+        name = pending.pop(0)
+        top = name.split(".")[0]
+        if top in closure:
+            continue
+        closure.append(top)
+        footprint = PRELOAD_FOOTPRINT.get(top)
+        if footprint is not None:
+            pending.extend(footprint.imports)
+    return closure
+
+
+def preload_needs_mb(modules: Iterable[str]) -> int:
+    """Memory a session needs before its own work: interpreter plus preloaded modules."""
+    return INTERPRETER_FOOTPRINT_MB + sum(
+        PRELOAD_FOOTPRINT[name].mb for name in preload_closure(modules) if name in PRELOAD_FOOTPRINT
+    )
+
+
+# --- Launchers: allowed programs that can run other programs ---------------------
+
+
+class Reach(Enum):
+    """How far a launcher reaches; the value is how a reviewer reads it."""
+
+    ANY_PROGRAM = "runs any program"
+    FIXED_ARGUMENTS = "runs a program it is given, with arguments of its own choosing"
+    THROUGH_SHELL = "runs command lines through /bin/sh"
+
+
+@dataclass(frozen=True)
+class Launcher:
+    """What allowing a program grants beyond the program itself."""
+
+    grants: str  # one sentence for a reviewer
+    reach: Reach = Reach.ANY_PROGRAM
+    # deny_args that together take the grant away; empty when no argument rule can.
+    neutralised_by: tuple[str, ...] = ()
+
+
+_SHELL = Launcher(
+    "A shell runs any command line, with every operator and expansion the command "
+    "policy refuses."
+)
+_RUNS_ITS_ARGUMENTS = Launcher("Runs any program named in its arguments, with any arguments.")
+_SCRIPTING = Launcher(
+    "Runs any code given with -e or in a script, including starting any program."
+)
+_PYTHON = Launcher(
+    "Runs any Python code (-c, a script, -m or its input), unchecked by the command policy."
+)
+_AWK = Launcher(
+    "system(), `print | cmd` and `cmd | getline` run command lines through /bin/sh "
+    "(if awk is gawk on this host, -l and @load also load native code).",
+    reach=Reach.THROUGH_SHELL,
+)
+_EDITOR = Launcher(
+    "`:!cmd`, `:set shell=PROG` and -c run any program from inside the editor."
+)
+_PAGER = Launcher(
+    "`!cmd` and `|` run command lines through $SHELL, though only interactively: "
+    "without a terminal it copies its input.",
+    reach=Reach.THROUGH_SHELL,
+)
+_LOADER = Launcher("The dynamic loader runs any readable binary, even one without execute rights.")
+
+# Program name -> what allowing it grants.  Names with a version suffix
+# (python3.11, perl5.36) are looked up without it.
+LAUNCHERS: dict[str, Launcher] = {
+    "sh": _SHELL,
+    "bash": _SHELL,
+    "dash": _SHELL,
+    "zsh": _SHELL,
+    "ksh": _SHELL,
+    "ash": _SHELL,
+    "csh": _SHELL,
+    "tcsh": _SHELL,
+    "fish": _SHELL,
+    "env": _RUNS_ITS_ARGUMENTS,
+    "xargs": Launcher("Runs any program named in its arguments, with arguments read from input."),
+    "nohup": _RUNS_ITS_ARGUMENTS,
+    "timeout": _RUNS_ITS_ARGUMENTS,
+    "nice": _RUNS_ITS_ARGUMENTS,
+    "ionice": _RUNS_ITS_ARGUMENTS,
+    "setsid": _RUNS_ITS_ARGUMENTS,
+    "stdbuf": _RUNS_ITS_ARGUMENTS,
+    "taskset": _RUNS_ITS_ARGUMENTS,
+    "chrt": _RUNS_ITS_ARGUMENTS,
+    "flock": _RUNS_ITS_ARGUMENTS,
+    "time": _RUNS_ITS_ARGUMENTS,
+    "chroot": _RUNS_ITS_ARGUMENTS,
+    "unshare": _RUNS_ITS_ARGUMENTS,
+    "nsenter": _RUNS_ITS_ARGUMENTS,
+    "sudo": _RUNS_ITS_ARGUMENTS,
+    "su": Launcher("Runs any command line (-c) through the target user's shell."),
+    "strace": Launcher("Runs any program named in its arguments, under trace."),
+    "gdb": Launcher("Runs any program, and any command line with `shell` or `!`."),
+    "busybox": Launcher("Holds a shell and dozens of tools: `busybox sh` runs any command line."),
+    "python": _PYTHON,
+    "python3": _PYTHON,
+    "pypy3": _PYTHON,
+    "pip": Launcher("Runs the build code of any package it installs from source."),
+    "pip3": Launcher("Runs the build code of any package it installs from source."),
+    "perl": _SCRIPTING,
+    "ruby": _SCRIPTING,
+    "node": _SCRIPTING,
+    "php": _SCRIPTING,
+    "lua": _SCRIPTING,
+    "Rscript": _SCRIPTING,
+    "find": Launcher(
+        "-exec, -execdir, -ok and -okdir run any program with any arguments.",
+        neutralised_by=("-exec", "-execdir", "-ok", "-okdir"),
+    ),
+    "tar": Launcher(
+        "--rsh-command runs any program; --to-command, --checkpoint-action=exec, "
+        "-I/--use-compress-program, -F/--info-script and --new-volume-script run "
+        "command lines through /bin/sh.",
+        neutralised_by=(
+            "--rsh-command",
+            "--to-command",
+            "--checkpoint-action",
+            "--use-compress-program",
+            "-I",
+            "--info-script",
+            "-F",
+            "--new-volume-script",
+        ),
+    ),
+    "sort": Launcher(
+        "--compress-program=PROG runs PROG, any program, to compress temporary files.",
+        reach=Reach.FIXED_ARGUMENTS,
+        neutralised_by=("--compress-program",),
+    ),
+    "split": Launcher(
+        "--filter=CMD runs a command line through $SHELL for each piece.",
+        reach=Reach.THROUGH_SHELL,
+        neutralised_by=("--filter",),
+    ),
+    "zip": Launcher(
+        "-TT/--unzip-command runs a command line through /bin/sh to test the archive.",
+        reach=Reach.THROUGH_SHELL,
+        neutralised_by=("-TT", "--unzip-command"),
+    ),
+    "awk": _AWK,
+    "mawk": _AWK,
+    "nawk": _AWK,
+    "gawk": Launcher(
+        "-l and @load load native code from a shared library; system() and pipes run "
+        "command lines through /bin/sh."
+    ),
+    "sed": Launcher(
+        "GNU sed's `e` command and the `e` flag of `s///` run command lines through /bin/sh.",
+        reach=Reach.THROUGH_SHELL,
+    ),
+    "git": Launcher(
+        "Runs programs named in its configuration or options (-c core.pager, `!` aliases, "
+        "hooks, core.sshCommand, --upload-pack), and .git/config is the session's to write."
+    ),
+    "make": Launcher("Runs the recipes of any Makefile the session writes: any command line."),
+    "ssh": Launcher(
+        "ProxyCommand and LocalCommand run command lines, PKCS11Provider loads native code, "
+        "and it opens network connections."
+    ),
+    "rsync": Launcher("-e/--rsh runs any program as the remote shell."),
+    "vim": _EDITOR,
+    "vi": _EDITOR,
+    "view": _EDITOR,
+    "nvim": _EDITOR,
+    "ex": _EDITOR,
+    "less": _PAGER,
+    "more": _PAGER,
+    "man": _PAGER,
+    "ld.so": _LOADER,
+    "ld-linux-x86-64.so.2": _LOADER,
+    "ld-linux-aarch64.so.1": _LOADER,
+}
+
+_VERSION_SUFFIX = re.compile(r"[\d.]+$")
+
+
+def launcher_for(program: str) -> Launcher | None:
+    """The launcher entry for an allowed program name, if it is one."""
+    return LAUNCHERS.get(program) or LAUNCHERS.get(_VERSION_SUFFIX.sub("", program))
+
+
+@dataclass(frozen=True)
+class LauncherExposure:
+    """An allowed launcher and the deny_args its rule still lacks to neutralise it."""
+
+    program: str
+    launcher: Launcher
+    missing: tuple[str, ...]
+
+    @property
+    def runs_any_program(self) -> bool:
+        return self.launcher.reach is Reach.ANY_PROGRAM
+
+    def remedy(self) -> str:
+        if self.missing:
+            denied = ", ".join(repr(arg) for arg in self.missing)
+            return f"commands.rules.{self.program}.deny_args lacks {denied} to take this away"
+        return "no argument rule takes this away"
+
+
+def launcher_exposures(commands: Commands) -> list[LauncherExposure]:
+    """The allowed programs that can still run other programs under these rules."""
+    exposures = []
+    for program in commands.allow:
+        launcher = launcher_for(program)
+        if launcher is None:
+            continue
+        rule = commands.rules.get(program)
+        denied = set(rule.deny_args) if rule else set()
+        missing = tuple(arg for arg in launcher.neutralised_by if arg not in denied)
+        if launcher.neutralised_by and not missing:
+            continue
+        exposures.append(LauncherExposure(program, launcher, missing))
+    return exposures
+
+
+# --- Checks across keys ------------------------------------------------------------
+
+SectionT = TypeVar("SectionT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class Check(Generic[SectionT]):
+    """A rule between keys of one section (or of the whole policy).
+
+    ``rule`` is the sentence docs/POLICY.md lists and every error repeats;
+    ``breaches`` says, for each way a model breaks it, what was found.
+    """
+
+    key: str
+    rule: str
+    breaches: Callable[[SectionT], Iterable[str]]
+
+
+class PolicyProblems(ValueError):
+    """Breaches found by a section's checks, each as (key within the section, reason)."""
+
+    def __init__(self, problems: list[tuple[str, str]]) -> None:
+        super().__init__("; ".join(f"{key}: {reason}" for key, reason in problems))
+        self.problems = problems
+
+
+def _enforce(model: SectionT, checks: Iterable[Check[SectionT]]) -> None:
+    problems = [
+        (check.key, f"{found}; {check.rule}")
+        for check in checks
+        for found in check.breaches(model)
+    ]
+    if problems:
+        raise PolicyProblems(problems)
+
+
+def _about(*, unit: str | None = None, tighter: Tighter | None = None) -> dict[str, JsonValue]:
+    """Field metadata for reviewers: the unit of a key without a unit suffix, and which
+    way of changing it restricts sessions more (absent: neither, just different)."""
+    about: dict[str, JsonValue] = {}
+    if unit is not None:
+        about["unit"] = unit
+    if tighter is not None:
+        about["tighter"] = tighter
+    return about
+
+
+# --- The sections of a policy file -------------------------------------------------
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -49,57 +375,131 @@ class _Section(BaseModel):
 class Limits(_Section):
     """Per-run and per-session resource limits."""
 
-    wall_timeout_s: float = Field(30.0, gt=0, description="Default wall-clock time of one run.")
-    max_timeout_s: float = Field(40.0, gt=0, description="Largest `timeout` a request may ask for.")
+    wall_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="Wall-clock time of one run when the request names no timeout.",
+        json_schema_extra=_about(tighter="lower"),
+    )
+    max_timeout_s: float = Field(
+        40.0,
+        gt=0,
+        description="Largest `timeout` a request may ask for; larger ones are clamped.",
+        json_schema_extra=_about(tighter="lower"),
+    )
     interrupt_grace_s: float = Field(
-        2.0, gt=0, description="Time a run gets after SIGINT before the worker is killed."
+        2.0,
+        gt=0,
+        description="Time a run gets after SIGINT before its worker is killed and replaced.",
+        json_schema_extra=_about(tighter="lower"),
     )
     cpu_time_s: int = Field(
-        120, gt=0, description="CPU seconds a worker may use in its life (RLIMIT_CPU)."
+        120,
+        gt=0,
+        description="CPU time one worker may use in its whole life (RLIMIT_CPU).",
+        json_schema_extra=_about(tighter="lower"),
     )
-    memory_mb: int = Field(2048, gt=0, description="Memory of a session, all its processes.")
-    processes: int = Field(64, gt=0, description="Processes and threads of a session.")
-    open_files: int = Field(256, ge=32, description="Open file descriptors per process.")
-    file_size_mb: int = Field(256, gt=0, description="Largest single file a session may write.")
-    workspace_mb: int = Field(512, gt=0, description="Total size of a session's workspace.")
+    memory_mb: int = Field(
+        2048,
+        gt=0,
+        description="Memory of a session, all its processes together (cgroup memory.max).",
+        json_schema_extra=_about(tighter="lower"),
+    )
+    processes: int = Field(
+        64,
+        gt=0,
+        description="Processes and threads a session may have at once (cgroup pids.max).",
+        json_schema_extra=_about(unit="processes", tighter="lower"),
+    )
+    open_files: int = Field(
+        256,
+        ge=32,
+        le=KERNEL_NR_OPEN,
+        description="Open file descriptors per process (RLIMIT_NOFILE).",
+        json_schema_extra=_about(unit="file descriptors", tighter="lower"),
+    )
+    file_size_mb: int = Field(
+        256,
+        gt=0,
+        description="Largest single file a session may write (RLIMIT_FSIZE).",
+        json_schema_extra=_about(tighter="lower"),
+    )
+    workspace_mb: int = Field(
+        512,
+        gt=0,
+        description="Total size of a session's workspace (its tmpfs quota).",
+        json_schema_extra=_about(tighter="lower"),
+    )
     output_chars: int = Field(
-        20_000, ge=200, description="Characters kept of each of stdout and stderr per run."
+        20_000,
+        ge=200,
+        description="Characters kept of each of stdout and stderr per run (head and tail).",
+        json_schema_extra=_about(tighter="lower"),
     )
     reply_chars: int = Field(
-        60_000, ge=1_000, description="Largest reply body, in characters, the service sends."
+        60_000,
+        ge=1_000,
+        description="Largest reply body the service sends.",
+        json_schema_extra=_about(tighter="lower"),
     )
 
     @model_validator(mode="after")
     def _coherent(self) -> Limits:
-        if self.wall_timeout_s > self.max_timeout_s:
-            raise ValueError("wall_timeout_s must not exceed max_timeout_s")
-        if self.reply_chars > ACTIONS_REPLY_LIMIT_CHARS:
-            raise ValueError(
-                f"reply_chars above {ACTIONS_REPLY_LIMIT_CHARS} would break GPT Actions clients"
-            )
-        if 2 * self.output_chars + 2_000 > self.reply_chars:
-            raise ValueError("two streams of output_chars plus the error must fit in reply_chars")
+        _enforce(self, LIMITS_CHECKS)
         return self
 
 
 class Sessions(_Section):
     """How many sessions exist and how long they live."""
 
-    idle_ttl_s: float = Field(1800.0, gt=0, description="A session idle this long is ended.")
-    max_lifetime_s: float = Field(14_400.0, gt=0, description="A session this old is ended.")
-    max_per_tenant: int = Field(8, gt=0, description="Live sessions one tenant may hold.")
-    max_total: int = Field(64, gt=0, description="Live sessions on this service.")
-    warm_pool: int = Field(2, ge=0, description="Confined workers kept ready to serve.")
-    queue_wait_s: float = Field(
-        10.0, ge=0, description="How long a request waits for its session's previous run."
+    idle_ttl_s: float = Field(
+        1800.0,
+        gt=0,
+        description="A session idle this long is ended.",
+        json_schema_extra=_about(tighter="lower"),
     )
+    max_lifetime_s: float = Field(
+        14_400.0,
+        gt=0,
+        description="A session this old is ended, busy or not.",
+        json_schema_extra=_about(tighter="lower"),
+    )
+    max_per_tenant: int = Field(
+        8,
+        gt=0,
+        description="Live sessions one tenant may hold.",
+        json_schema_extra=_about(unit="sessions", tighter="lower"),
+    )
+    max_total: int = Field(
+        64,
+        gt=0,
+        description="Live sessions on this service, all tenants together.",
+        json_schema_extra=_about(unit="sessions", tighter="lower"),
+    )
+    warm_pool: int = Field(
+        2,
+        ge=0,
+        description="Confined workers kept ready so a new session starts at once.",
+        json_schema_extra=_about(unit="workers"),
+    )
+    queue_wait_s: float = Field(
+        10.0,
+        ge=0,
+        description="How long a request waits for its session's previous run to finish.",
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Sessions:
+        _enforce(self, SESSIONS_CHECKS)
+        return self
 
 
 class ProgramRule(_Section):
     """Extra argument rules for one allowed program."""
 
     deny_args: list[str] = Field(
-        default_factory=list, description="Arguments this program must not receive."
+        default_factory=list,
+        description="Arguments this program must not receive (exactly, or as `ARG=value`).",
     )
 
 
@@ -107,27 +507,35 @@ class Commands(_Section):
     """Which programs `/command` and the REPL's subprocesses may run."""
 
     allow: list[str] = Field(
-        default_factory=list, description="Program names (looked up on PATH) that may run."
+        default_factory=list,
+        description="Program names (looked up in `path`) that may run; nothing else may.",
+        json_schema_extra=_about(tighter="fewer"),
     )
     shell_operators: bool = Field(
-        True, description="Allow pipes, &&, ||, ; and redirections between allowed programs."
+        True,
+        description="Allow pipes, &&, ||, ; and redirections between allowed programs.",
+        json_schema_extra=_about(tighter="false"),
+    )
+    launchers_allowed: bool = Field(
+        False,
+        description=(
+            "Allow programs that can run other programs (sh, env, xargs, python, "
+            "find -exec, ...); when false such a policy is refused at load time."
+        ),
+        json_schema_extra=_about(tighter="false"),
     )
     rules: dict[str, ProgramRule] = Field(
-        default_factory=dict, description="Per-program argument rules, keyed by program name."
+        default_factory=dict,
+        description="Per-program argument rules, keyed by program name.",
     )
     path: list[str] = Field(
         default_factory=lambda: ["/usr/local/bin", "/usr/bin", "/bin"],
-        description="Directories searched for allowed programs, in order.",
+        description="Absolute directories searched for allowed programs, in order.",
     )
 
     @model_validator(mode="after")
-    def _rules_name_allowed_programs(self) -> Commands:
-        unknown = sorted(set(self.rules) - set(self.allow))
-        if unknown:
-            raise ValueError(f"rules given for programs that are not allowed: {unknown}")
-        for name in self.allow:
-            if "/" in name or not name:
-                raise ValueError(f"allow entries are program names, not paths: {name!r}")
+    def _coherent(self) -> Commands:
+        _enforce(self, COMMANDS_CHECKS)
         return self
 
 
@@ -135,19 +543,22 @@ class Isolation(_Section):
     """Which confinement layers must be active, and whether the network is reachable."""
 
     required: list[LayerName] = Field(
-        default_factory=list, description="Layers without which the service refuses to start."
+        default_factory=list,
+        description="Layers without which the service refuses to start.",
     )
     preferred: list[LayerName] = Field(
         default_factory=lambda: list(ALL_LAYERS),
         description="Layers used when the host has them; a missing one is logged.",
     )
-    network: bool = Field(False, description="Whether sessions may open network sockets.")
+    network: bool = Field(
+        False,
+        description="Whether sessions may open network sockets.",
+        json_schema_extra=_about(tighter="false"),
+    )
 
     @model_validator(mode="after")
-    def _disjoint(self) -> Isolation:
-        both = sorted(set(self.required) & set(self.preferred))
-        if both:
-            raise ValueError(f"layers listed as both required and preferred: {both}")
+    def _coherent(self) -> Isolation:
+        _enforce(self, ISOLATION_CHECKS)
         return self
 
     def wanted(self) -> list[LayerName]:
@@ -162,6 +573,11 @@ class PythonSettings(_Section):
         description="Modules imported in the zygote so every session starts with them warm.",
     )
 
+    @model_validator(mode="after")
+    def _coherent(self) -> PythonSettings:
+        _enforce(self, PYTHON_CHECKS)
+        return self
+
 
 class Policy(_Section):
     """A whole policy file."""
@@ -173,9 +589,8 @@ class Policy(_Section):
     python: PythonSettings = Field(default_factory=PythonSettings)
 
     @model_validator(mode="after")
-    def _timeouts_fit_sessions(self) -> Policy:
-        if self.limits.max_timeout_s > self.sessions.max_lifetime_s:
-            raise ValueError("limits.max_timeout_s must not exceed sessions.max_lifetime_s")
+    def _coherent(self) -> Policy:
+        _enforce(self, POLICY_CHECKS)
         return self
 
     def digest(self) -> str:
@@ -184,14 +599,288 @@ class Policy(_Section):
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
+# --- The checks each section runs --------------------------------------------------
+
+
+def _at_most(value: float, limit: float, unit: str) -> Iterator[str]:
+    if value > limit:
+        yield f"{value:g} {unit} is above {limit:g} {unit}"
+
+
+LIMITS_CHECKS: tuple[Check[Limits], ...] = (
+    Check(
+        "wall_timeout_s",
+        "wall_timeout_s must not exceed max_timeout_s: the default run would otherwise "
+        "ask for more time than any run may have.",
+        lambda limits: _at_most(limits.wall_timeout_s, limits.max_timeout_s, "s"),
+    ),
+    Check(
+        "reply_chars",
+        f"reply_chars must not exceed {ACTIONS_REPLY_LIMIT_CHARS:,}: GPT Actions "
+        "(ChatGPT) reject larger replies, so every big reply would fail.",
+        lambda limits: _at_most(limits.reply_chars, ACTIONS_REPLY_LIMIT_CHARS, "characters"),
+    ),
+    Check(
+        "output_chars",
+        "two streams of output_chars plus 2,000 characters for the error and framing "
+        "must fit in reply_chars.",
+        lambda limits: _at_most(
+            2 * limits.output_chars + 2_000, limits.reply_chars, "characters needed"
+        ),
+    ),
+)
+
+SESSIONS_CHECKS: tuple[Check[Sessions], ...] = (
+    Check(
+        "idle_ttl_s",
+        "idle_ttl_s must not exceed max_lifetime_s: such an idle limit could never end "
+        "a session.",
+        lambda sessions: _at_most(sessions.idle_ttl_s, sessions.max_lifetime_s, "s"),
+    ),
+    Check(
+        "max_per_tenant",
+        "max_per_tenant must not exceed max_total: one tenant cannot hold more sessions "
+        "than the service has.",
+        lambda sessions: _at_most(sessions.max_per_tenant, sessions.max_total, "sessions"),
+    ),
+    Check(
+        "warm_pool",
+        "warm_pool must not exceed max_total: workers beyond that could never serve a session.",
+        lambda sessions: _at_most(sessions.warm_pool, sessions.max_total, "workers"),
+    ),
+)
+
+
+def _path_like_programs(commands: Commands) -> Iterator[str]:
+    for name in commands.allow:
+        if not name or "/" in name or name != name.strip() or " " in name:
+            yield f"{name!r} is not a program name"
+
+
+def _rules_for_programs_not_allowed(commands: Commands) -> Iterator[str]:
+    unknown = sorted(set(commands.rules) - set(commands.allow))
+    if unknown:
+        yield f"rules given for programs that are not allowed: {unknown}"
+
+
+def _relative_directories(commands: Commands) -> Iterator[str]:
+    for directory in commands.path:
+        if not directory.startswith("/"):
+            yield f"{directory!r} is relative"
+
+
+COMMANDS_CHECKS: tuple[Check[Commands], ...] = (
+    Check(
+        "allow",
+        "allow entries are program names, not paths: the program is looked up in "
+        "commands.path.",
+        _path_like_programs,
+    ),
+    Check(
+        "rules",
+        "every commands.rules.<program> must name a program in commands.allow.",
+        _rules_for_programs_not_allowed,
+    ),
+    Check(
+        "path",
+        "path entries must be absolute: a relative one resolves against the session's "
+        "workspace, where a session can plant programs.",
+        _relative_directories,
+    ),
+)
+
+
+def _both_required_and_preferred(isolation: Isolation) -> Iterator[str]:
+    both = [layer for layer in ALL_LAYERS if layer in isolation.required]
+    both = [layer for layer in both if layer in isolation.preferred]
+    if both:
+        yield f"layers listed as both required and preferred: {both}"
+
+
+ISOLATION_CHECKS: tuple[Check[Isolation], ...] = (
+    Check(
+        "required",
+        "a layer is either required or preferred, not both.",
+        _both_required_and_preferred,
+    ),
+)
+
+_MODULE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+PYTHON_CHECKS: tuple[Check[PythonSettings], ...] = (
+    Check(
+        "preload",
+        "preload entries are importable module names such as 'numpy' or 'matplotlib.pyplot'.",
+        lambda python: (
+            f"{name!r} is not a module name" for name in python.preload if not _MODULE_NAME.match(name)
+        ),
+    ),
+)
+
+
+def _memory_below_preload(policy: Policy) -> Iterator[str]:
+    needed = preload_needs_mb(policy.python.preload)
+    if policy.limits.memory_mb < needed:
+        parts = [f"interpreter {INTERPRETER_FOOTPRINT_MB}"] + [
+            f"{name} {PRELOAD_FOOTPRINT[name].mb}"
+            for name in preload_closure(policy.python.preload)
+            if name in PRELOAD_FOOTPRINT
+        ]
+        yield (
+            f"{policy.limits.memory_mb} MiB is below the {needed} MiB the preloaded modules "
+            f"need ({' + '.join(parts)}); set memory_mb to at least {needed} or preload less"
+        )
+
+
+def _launchers_while_refused(policy: Policy) -> Iterator[str]:
+    if policy.commands.launchers_allowed:
+        return
+    for exposure in launcher_exposures(policy.commands):
+        if exposure.runs_any_program:
+            yield (
+                f"{exposure.program!r} is a launcher ({exposure.launcher.grants.rstrip('.')}; "
+                f"{exposure.remedy()})"
+            )
+
+
+def _max_timeout_above_lifetime(policy: Policy) -> Iterator[str]:
+    yield from _at_most(policy.limits.max_timeout_s, policy.sessions.max_lifetime_s, "s")
+
+
+POLICY_CHECKS: tuple[Check[Policy], ...] = (
+    Check(
+        "limits.max_timeout_s",
+        "limits.max_timeout_s must not exceed sessions.max_lifetime_s: no run can outlive "
+        "its session.",
+        _max_timeout_above_lifetime,
+    ),
+    Check(
+        "limits.memory_mb",
+        "limits.memory_mb must hold the interpreter and the modules in python.preload, or "
+        "every session dies starting up.",
+        _memory_below_preload,
+    ),
+    Check(
+        "commands.allow",
+        "with commands.launchers_allowed = false no allowed program may run any other "
+        "program: remove it, neutralise it with deny_args, or set launchers_allowed = true "
+        "knowingly.",
+        _launchers_while_refused,
+    ),
+)
+
+
+# --- Warnings: allowed, but a reviewer should know -----------------------------------
+
+
+@dataclass(frozen=True)
+class PolicyWarning:
+    key: str
+    message: str
+
+
+def policy_warnings(policy: Policy) -> list[PolicyWarning]:
+    """What a valid policy grants that a reviewer should read twice."""
+    found = []
+    shells_allowed = any(launcher_for(p) is _SHELL for p in policy.commands.allow)
+    landlock_required = "landlock" in policy.isolation.required
+    for exposure in launcher_exposures(policy.commands):
+        program, launcher = exposure.program, exposure.launcher
+        message = f"{program!r} is a launcher: {launcher.grants}"
+        if launcher.reach is Reach.THROUGH_SHELL:
+            if shells_allowed:
+                message += " A shell is allowed here, so this runs any command line."
+            elif landlock_required:
+                message += " Inert while no shell is allowed: Landlock refuses to execute one."
+            else:
+                message += " Inert only where Landlock runs, and this policy does not require it."
+        message += f" ({exposure.remedy()}.)"
+        found.append(PolicyWarning("commands.allow", message))
+    unused = [layer for layer in ALL_LAYERS if layer not in policy.isolation.wanted()]
+    if unused:
+        found.append(
+            PolicyWarning(
+                "isolation",
+                f"layers neither required nor preferred are never applied: {', '.join(unused)}.",
+            )
+        )
+    if policy.isolation.network:
+        found.append(
+            PolicyWarning("isolation.network", "sessions may open network sockets.")
+        )
+    return found
+
+
+# --- Loading, and errors a person can act on -----------------------------------------
+
+
+def _node_at(path: Iterable[str | int]) -> Any:
+    """The model (or type) that describes the value at ``path`` in a policy file."""
+    node: Any = Policy
+    for part in path:
+        if isinstance(node, type) and issubclass(node, BaseModel):
+            field = node.model_fields.get(str(part))
+            if field is None:
+                return None
+            node = field.annotation
+        elif get_origin(node) in (dict, list):
+            node = get_args(node)[-1]
+        else:
+            return None
+    return node
+
+
+def _suggestion(loc: tuple[str | int, ...]) -> str:
+    """'did you mean' for an unknown key: a close name here, or the same name elsewhere."""
+    model = _node_at(loc[:-1])
+    unknown = str(loc[-1])
+    if isinstance(model, type) and issubclass(model, BaseModel):
+        close = difflib.get_close_matches(unknown, list(model.model_fields), n=1, cutoff=0.6)
+        if close:
+            return f" (did you mean {close[0]!r}?)"
+    if model is not Policy:
+        for section, field in Policy.model_fields.items():
+            other = field.annotation
+            if isinstance(other, type) and unknown in getattr(other, "model_fields", {}):
+                return f" (did you mean {section}.{unknown}?)"
+    return ""
+
+
+def _reason(item: Any) -> str:
+    kind, ctx, value = item["type"], item.get("ctx", {}), item.get("input")
+    if kind == "extra_forbidden":
+        return "unknown key" + _suggestion(item["loc"])
+    if kind in ("greater_than", "greater_than_equal", "less_than_equal"):
+        bound = {"greater_than": "greater than", "greater_than_equal": "at least"}.get(
+            kind, "at most"
+        )
+        limit = ctx.get("gt", ctx.get("ge", ctx.get("le")))
+        return f"must be {bound} {limit}, not {value}"
+    if kind in ("model_type", "dict_type"):
+        return f"must be a table of keys, not {value!r}"
+    if kind == "literal_error" and isinstance(value, str):
+        close = difflib.get_close_matches(value, ALL_LAYERS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return f"{value!r} is not a layer; layers are {', '.join(ALL_LAYERS)}{hint}"
+    message = str(item["msg"])
+    if kind == "value_error":
+        return message.removeprefix("Value error, ")
+    if value is not None and not isinstance(value, dict | list):
+        return f"{message}, not {value!r}"
+    return message
+
+
 def _describe(error: ValidationError, source: str) -> str:
     lines = []
     for item in error.errors():
-        key = ".".join(str(part) for part in item["loc"]) or "(top level)"
-        reason = item["msg"]
-        if item["type"] == "extra_forbidden":
-            reason = "unknown key"
-        lines.append(f"{source}: {key}: {reason}")
+        problems = item.get("ctx", {}).get("error")
+        if isinstance(problems, PolicyProblems):
+            for key, reason in problems.problems:
+                where = ".".join([*(str(part) for part in item["loc"]), key])
+                lines.append(f"{source}: {where}: {reason}")
+            continue
+        where = ".".join(str(part) for part in item["loc"]) or "(top level)"
+        lines.append(f"{source}: {where}: {_reason(item)}")
     return "\n".join(lines)
 
 

@@ -67,6 +67,15 @@ def hand_over(path: str, uid: int) -> None:
                 continue
 
 
+def remove_all(state_dir: str) -> None:
+    """Delete every workspace under ``state_dir``: for a service starting afresh."""
+    root = workspaces_root(state_dir)
+    if not os.path.isdir(root):
+        return
+    for entry in os.listdir(root):
+        remove(os.path.join(root, entry))
+
+
 def remove(path: str) -> None:
     """Unmount (when it is a tmpfs) and delete a workspace; missing is fine."""
     if os.path.ismount(path):

@@ -21,6 +21,7 @@ Control messages are JSON datagrams on a SOCK_SEQPACKET socket:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import importlib
 import json
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 
 from sandbox import protocol, workspaces
 from sandbox.commands import resolve_program
-from sandbox.confine import WorkerSpec, confine_worker, unshare_for_worker
+from sandbox.confine import WorkerSpec, cgroup, confine_worker, unshare_for_worker
 from sandbox.confine.process import die_with_parent
 from sandbox.errors import ConfinementError
 from sandbox.policy import Policy
@@ -120,6 +121,21 @@ class Zygote:
     def fill_pool(self) -> None:
         while len(self._pool) < self._policy.sessions.warm_pool:
             self._pool.append(self.fork_worker(None))
+
+    @property
+    def pool_size(self) -> int:
+        return len(self._pool)
+
+    def drain_pool(self) -> None:
+        """End the ready workers and delete their workspaces and cgroups."""
+        for ready in self._pool:
+            with contextlib.suppress(OSError):
+                signal.pidfd_send_signal(ready.pidfd, signal.SIGKILL)
+            ready.close()
+            workspaces.remove(ready.workspace)
+            with contextlib.suppress(OSError, ValueError):
+                cgroup.kill_and_remove(ready.session_key, self._cgroup_parent)
+        self._pool.clear()
 
     def take(self, workspace: str | None) -> ReadyWorker:
         if workspace is None and self._pool:
@@ -241,9 +257,14 @@ def serve(control: socket.socket, zygote: Zygote) -> None:
         except InterruptedError:
             continue
         if not data:
+            # The service let go of us: nothing may outlive it.
+            zygote.drain_pool()
             return
         try:
             request = json.loads(data)
+            if request.get("op") == "status":
+                control.send(json.dumps({"ok": True, "pool": zygote.pool_size}).encode())
+                continue
             if request.get("op") != "spawn":
                 raise ValueError(f"unknown op {request.get('op')!r}")
             ready = zygote.take(request.get("workspace"))

@@ -13,6 +13,7 @@ import sys
 import threading
 from pathlib import Path
 
+from sandbox import workspaces
 from sandbox.confine import cgroup
 from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
 from sandbox.errors import ConfinementError, ZygoteUnavailable
@@ -22,6 +23,7 @@ from sandbox.policy import Policy
 # Preloading numpy, pandas and matplotlib takes a few seconds on a cold disk.
 ZYGOTE_START_TIMEOUT_S = 120.0
 SPAWN_TIMEOUT_S = 30.0
+ZYGOTE_STOP_TIMEOUT_S = 10.0
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 
@@ -55,15 +57,18 @@ class ZygoteClient:
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._lock = threading.Lock()
+        self.restarts = 0
 
-    def start(self) -> None:
+    def start(self, clean_leftovers: bool = True) -> None:
         # Workers are re-parented to us when their intermediate exits; being a
         # subreaper is what lets us wait for them and read how they ended.
         prctl(PR_SET_CHILD_SUBREAPER, 1)
         os.makedirs(self.state_dir, mode=0o711, exist_ok=True)
-        # Sessions of an earlier run of this service (a crash leaves them) end now.
-        with contextlib.suppress(OSError, ValueError):
-            cgroup.remove_all_sessions(self.cgroup_parent)
+        if clean_leftovers:
+            # What an earlier run of this service left (a crash leaves it) ends now.
+            with contextlib.suppress(OSError, ValueError):
+                cgroup.remove_all_sessions(self.cgroup_parent)
+            workspaces.remove_all(self.state_dir)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [
             sys.executable,
@@ -109,15 +114,45 @@ class ZygoteClient:
         return self._process is not None and self._process.poll() is None
 
     def stop(self) -> None:
+        """Close the control socket (the zygote then ends its ready workers), then reap it."""
         if self._control is not None:
             self._control.close()
             self._control = None
         if self._process is not None:
-            self._process.kill()
-            self._process.wait()
+            try:
+                self._process.wait(timeout=ZYGOTE_STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
             self._process = None
 
+    def ensure_running(self) -> bool:
+        """Restart a dead zygote; True if it had to be restarted.
+
+        Sessions do not depend on it: their workers were re-parented to us when made.
+        """
+        with self._lock:
+            if self.alive():
+                return False
+            self.stop()
+            self.start(clean_leftovers=False)
+            self.restarts += 1
+            return True
+
+    def pool_size(self) -> int | None:
+        with self._lock:
+            if self._control is None or not self.alive():
+                return None
+            try:
+                self._control.send(json.dumps({"op": "status"}).encode())
+                reply = json.loads(self._control.recv(65536) or b"{}")
+            except (OSError, ValueError):
+                return None
+        pool = reply.get("pool")
+        return pool if isinstance(pool, int) else None
+
     def _spawn_blocking(self, workspace: str | None) -> WorkerHandle:
+        self.ensure_running()
         with self._lock:
             if self._control is None or not self.alive():
                 raise ZygoteUnavailable("the zygote is not running")

@@ -10,9 +10,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from sandbox import ZygoteClient
+from service.audit import AuditLog
 from service.body_limit import BodySizeLimit
 from service.errors import install_error_handlers
 from service.links import LinkSigner
+from service.metrics import Metrics
+from service.quotas import TenantQuotas
 from service.registry import SessionRegistry
 from service.routes import execution, files, operations, sessions
 from service.settings import Settings
@@ -39,6 +42,7 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
                 await reaper
             await registry.close_all()
             zygote.stop()
+            app.state.audit.close()
 
     app = FastAPI(title="CodeSherpa", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.tokens = settings.token_map()
@@ -46,6 +50,9 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     app.state.policy_path = settings.policy
     app.state.isolation = isolation
     app.state.links = LinkSigner(settings.public_url)
+    app.state.metrics = Metrics()
+    app.state.audit = AuditLog(settings.audit_log)
+    app.state.quotas = TenantQuotas(settings.rate_limit, settings.runs_at_once_per_tenant)
     install_error_handlers(app)
     upload_cap = zygote.policy.limits.workspace_mb * 1024 * 1024
     app.add_middleware(

@@ -9,6 +9,7 @@ from fastapi import Depends, Header, Request
 
 from sandbox import Policy
 from service.errors import ApiError
+from service.quotas import TenantQuotas
 from service.registry import SessionRecord, SessionRegistry
 
 LOCAL_TENANT = "local"
@@ -38,6 +39,8 @@ def current_tenant(
     request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
 ) -> str:
     tenant: str = authenticate(request.app.state.tokens, authorization)
+    quotas: TenantQuotas = request.app.state.quotas
+    quotas.admit_request(tenant)
     return tenant
 
 

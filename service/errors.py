@@ -45,6 +45,8 @@ def _describe_validation(exc: RequestValidationError) -> str:
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
+        if exc.status_code == 429:
+            request.app.state.metrics.rejections.labels(reason=exc.error.split(" ")[0]).inc()
         return JSONResponse(
             error_body(exc.error, exc.suggestion), status_code=exc.status_code, headers=exc.headers
         )

@@ -52,6 +52,20 @@ class Settings(BaseSettings):
     public_url: str = Field("http://127.0.0.1:8000", description="base URL of links and manifest")
     state_dir: str = Field(default_factory=default_state_dir, description="where workspaces live")
     max_body_bytes: int = Field(2 * 1024 * 1024, gt=0, description="largest request body")
+    audit_log: str = Field("-", description="audit log file; '-' for stdout, empty for none")
+    rate_limit: str = Field("600/minute", description="requests per tenant, e.g. '10/second'")
+    runs_at_once_per_tenant: int = Field(4, gt=0, description="runs in progress per tenant")
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _parseable_rate(cls, value: str) -> str:
+        from limits import parse
+
+        try:
+            parse(value)
+        except ValueError:
+            raise ValueError(f"not a rate such as '600/minute': {value!r}") from None
+        return value
 
     @field_validator("public_url")
     @classmethod

@@ -8,9 +8,12 @@ from fastapi import APIRouter, Header, Request
 
 from sandbox import CommandDenied, RunOutcome, RunReply, WorkerBusy, parse_and_check
 from sandbox.errors import SandboxError
+from service.audit import AuditLog
 from service.deps import CurrentTenant, Registry
 from service.errors import ApiError
 from service.links import LinkSigner
+from service.metrics import Metrics
+from service.quotas import TenantQuotas
 from service.registry import SessionRecord
 from service.replies import FileLinker, build_reply
 from service.schemas import (
@@ -42,23 +45,59 @@ def _linker(request: Request, record: SessionRecord) -> FileLinker:
     return lambda name: links.url(record.session_id, name)
 
 
-async def _run(record: SessionRecord, kind: str, text: str, timeout: float | None) -> RunOutcome:
-    try:
-        if kind == "python":
-            return await record.session.run_python(text, timeout)
-        return await record.session.run_command(text, timeout)
-    except WorkerBusy:
-        raise ApiError(
-            429,
-            "this session is still running a previous request",
-            "Wait for it to finish, interrupt it (POST /sessions/{id}/interrupt), "
-            "or use another session.",
-            headers={"Retry-After": "5"},
-        ) from None
-    except SandboxError as exc:
-        raise ApiError(
-            503, f"the sandbox is unavailable: {exc}", "Retry in a few seconds."
-        ) from None
+async def _run(
+    request: Request,
+    tenant: str,
+    record: SessionRecord,
+    kind: str,
+    text: str,
+    timeout: float | None,
+) -> RunOutcome:
+    quotas: TenantQuotas = request.app.state.quotas
+    with quotas.run_slot(tenant):
+        try:
+            if kind == "python":
+                outcome = await record.session.run_python(text, timeout)
+            else:
+                outcome = await record.session.run_command(text, timeout)
+        except WorkerBusy:
+            raise ApiError(
+                429,
+                "this session is still running a previous request",
+                "Wait for it to finish, interrupt it (POST /sessions/{id}/interrupt), "
+                "or use another session.",
+                headers={"Retry-After": "5"},
+            ) from None
+        except SandboxError as exc:
+            raise ApiError(
+                503, f"the sandbox is unavailable: {exc}", "Retry in a few seconds."
+            ) from None
+    _observe(request, tenant, record, kind, text, outcome)
+    return outcome
+
+
+def _observe(
+    request: Request, tenant: str, record: SessionRecord, kind: str, text: str, outcome: RunOutcome
+) -> None:
+    """Count the run and write its audit line."""
+    reply = outcome.reply
+    metrics: Metrics = request.app.state.metrics
+    audit: AuditLog = request.app.state.audit
+    limit = reply.limit or outcome.limit
+    metrics.record_run(kind, reply.status, outcome.duration_ms / 1000, limit)
+    if reply.denied_rule:
+        metrics.denials.labels(rule=reply.denied_rule).inc()
+    audit.record(
+        tenant=tenant,
+        session_id=record.session_id,
+        kind=kind,
+        text=text,
+        status=reply.status,
+        duration_ms=outcome.duration_ms,
+        limit=limit,
+        policy=record.session.policy.digest(),
+        denied_rule=reply.denied_rule,
+    )
 
 
 @router.post(
@@ -80,7 +119,7 @@ async def repl(
     conversation: ConversationId = None,
 ) -> ReplResponse:
     record = await registry.resolve(tenant, body.session_id, conversation)
-    outcome = await _run(record, "python", body.source(), body.timeout)
+    outcome = await _run(request, tenant, record, "python", body.source(), body.timeout)
     reply = build_reply(
         outcome, "python", record.session_id, record.session.policy, _linker(request, record)
     )
@@ -120,8 +159,9 @@ async def command(
                 execution_count=record.session.execution_count,
             )
         )
+        _observe(request, tenant, record, "command", body.command, outcome)
     else:
-        outcome = await _run(record, "command", body.command, body.timeout)
+        outcome = await _run(request, tenant, record, "command", body.command, body.timeout)
     reply = build_reply(
         outcome, "command", record.session_id, session_policy, _linker(request, record)
     )

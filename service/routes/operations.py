@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["operations"])
 
@@ -31,3 +34,15 @@ async def readyz(request: Request) -> JSONResponse:
         "isolation": request.app.state.isolation,
     }
     return JSONResponse(body, status_code=200 if ready else 503)
+
+
+@router.get("/metrics", include_in_schema=False)
+async def metrics(request: Request) -> Response:
+    registry = request.app.state.registry
+    zygote = registry.zygote
+    exported = request.app.state.metrics
+    exported.sessions_alive.set(len(registry))
+    pool = await asyncio.to_thread(zygote.pool_size)
+    exported.warm_pool.set(pool if pool is not None else 0)
+    exported.zygote_restarts.set(zygote.restarts)
+    return Response(exported.render(), media_type=CONTENT_TYPE_LATEST)
