@@ -65,7 +65,7 @@ ALL_LAYERS: tuple[LayerName, ...] = (
 UNIT_SUFFIXES: dict[str, str] = {"_s": "seconds", "_mb": "MiB", "_chars": "characters"}
 
 # How a reviewer reads a change of a key: which way restricts sessions more.
-Tighter = Literal["lower", "false", "fewer"]
+Tighter = Literal["lower", "false", "fewer", "more"]
 
 
 # --- What the preloaded modules cost ---------------------------------------------
@@ -125,7 +125,7 @@ class Reach(Enum):
 
     ANY_PROGRAM = "runs any program"
     FIXED_ARGUMENTS = "runs a program it is given, with arguments of its own choosing"
-    THROUGH_SHELL = "runs command lines through /bin/sh"
+    THROUGH_SHELL = "runs command lines through a shell"
 
 
 @dataclass(frozen=True)
@@ -139,29 +139,25 @@ class Launcher:
 
 
 _SHELL = Launcher(
-    "A shell runs any command line, with every operator and expansion the command "
-    "policy refuses."
+    "A shell runs any command line, with every operator and expansion the command policy refuses."
 )
 _RUNS_ITS_ARGUMENTS = Launcher("Runs any program named in its arguments, with any arguments.")
-_SCRIPTING = Launcher(
-    "Runs any code given with -e or in a script, including starting any program."
-)
+_SCRIPTING = Launcher("Runs any code given with -e or in a script, including starting any program.")
 _PYTHON = Launcher(
     "Runs any Python code (-c, a script, -m or its input), unchecked by the command policy."
 )
 _AWK = Launcher(
-    "system(), `print | cmd` and `cmd | getline` run command lines through /bin/sh "
-    "(if awk is gawk on this host, -l and @load also load native code).",
+    "system(), `print | cmd` and `cmd | getline` run command lines through /bin/sh; "
+    "if awk is gawk on this host, -l and @load also load native code.",
     reach=Reach.THROUGH_SHELL,
 )
-_EDITOR = Launcher(
-    "`:!cmd`, `:set shell=PROG` and -c run any program from inside the editor."
-)
+_EDITOR = Launcher("`:!cmd`, `:set shell=PROG` and -c run any program from inside the editor.")
 _PAGER = Launcher(
     "`!cmd` and `|` run command lines through $SHELL, though only interactively: "
     "without a terminal it copies its input.",
     reach=Reach.THROUGH_SHELL,
 )
+_PIP = Launcher("Runs the build code of any package it installs from source.")
 _LOADER = Launcher("The dynamic loader runs any readable binary, even one without execute rights.")
 
 # Program name -> what allowing it grants.  Names with a version suffix
@@ -199,8 +195,8 @@ LAUNCHERS: dict[str, Launcher] = {
     "python": _PYTHON,
     "python3": _PYTHON,
     "pypy3": _PYTHON,
-    "pip": Launcher("Runs the build code of any package it installs from source."),
-    "pip3": Launcher("Runs the build code of any package it installs from source."),
+    "pip": _PIP,
+    "pip3": _PIP,
     "perl": _SCRIPTING,
     "ruby": _SCRIPTING,
     "node": _SCRIPTING,
@@ -295,11 +291,21 @@ class LauncherExposure:
     def runs_any_program(self) -> bool:
         return self.launcher.reach is Reach.ANY_PROGRAM
 
+    def describe(self) -> str:
+        """What it grants and what would take that away, as one clause."""
+        grants = self.launcher.grants.rstrip(".")
+        first_word = grants.split()[0]
+        # After a colon "A shell runs" reads as "a shell runs"; "GNU" and
+        # "ProxyCommand" keep their capitals.
+        if first_word[0].isupper() and first_word[1:] == first_word[1:].lower():
+            grants = grants[0].lower() + grants[1:]
+        return f"{grants} ({self.remedy()})"
+
     def remedy(self) -> str:
         if self.missing:
             denied = ", ".join(repr(arg) for arg in self.missing)
-            return f"commands.rules.{self.program}.deny_args lacks {denied} to take this away"
-        return "no argument rule takes this away"
+            return f"deny {denied} in commands.rules.{self.program} to take this away"
+        return "no argument rule can take this away"
 
 
 def launcher_exposures(commands: Commands) -> list[LauncherExposure]:
@@ -346,9 +352,7 @@ class PolicyProblems(ValueError):
 
 def _enforce(model: SectionT, checks: Iterable[Check[SectionT]]) -> None:
     problems = [
-        (check.key, f"{found}; {check.rule}")
-        for check in checks
-        for found in check.breaches(model)
+        (check.key, f"{found}; {check.rule}") for check in checks for found in check.breaches(model)
     ]
     if problems:
         raise PolicyProblems(problems)
@@ -369,7 +373,9 @@ def _about(*, unit: str | None = None, tighter: Tighter | None = None) -> dict[s
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # strict: TOML has real booleans and numbers, so "yes" or "30" in quotes is a typo
+    # to report, not a value to coerce.
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class Limits(_Section):
@@ -500,6 +506,7 @@ class ProgramRule(_Section):
     deny_args: list[str] = Field(
         default_factory=list,
         description="Arguments this program must not receive (exactly, or as `ARG=value`).",
+        json_schema_extra=_about(tighter="more"),
     )
 
 
@@ -602,9 +609,26 @@ class Policy(_Section):
 # --- The checks each section runs --------------------------------------------------
 
 
-def _at_most(value: float, limit: float, unit: str) -> Iterator[str]:
+def format_number(value: float) -> str:
+    """30.0 as 30, 0.5 as 0.5, 100000 as 100000: how a TOML file would say it."""
+    if float(value).is_integer():
+        return str(int(value))
+    return f"{value:g}"
+
+
+def _above(value: float, limit: float, unit: str, limit_name: str) -> Iterator[str]:
     if value > limit:
-        yield f"{value:g} {unit} is above {limit:g} {unit}"
+        amount = f"{format_number(value)} {unit}"
+        yield f"{amount} is above {limit_name} ({format_number(limit)} {unit})"
+
+
+def _output_beyond_reply(limits: Limits) -> Iterator[str]:
+    needed = 2 * limits.output_chars + 2_000
+    if needed > limits.reply_chars:
+        yield (
+            f"2 x {limits.output_chars} + 2000 = {needed} characters is above "
+            f"reply_chars ({limits.reply_chars} characters)"
+        )
 
 
 LIMITS_CHECKS: tuple[Check[Limits], ...] = (
@@ -612,41 +636,44 @@ LIMITS_CHECKS: tuple[Check[Limits], ...] = (
         "wall_timeout_s",
         "wall_timeout_s must not exceed max_timeout_s: the default run would otherwise "
         "ask for more time than any run may have.",
-        lambda limits: _at_most(limits.wall_timeout_s, limits.max_timeout_s, "s"),
+        lambda limits: _above(limits.wall_timeout_s, limits.max_timeout_s, "s", "max_timeout_s"),
     ),
     Check(
         "reply_chars",
         f"reply_chars must not exceed {ACTIONS_REPLY_LIMIT_CHARS:,}: GPT Actions "
         "(ChatGPT) reject larger replies, so every big reply would fail.",
-        lambda limits: _at_most(limits.reply_chars, ACTIONS_REPLY_LIMIT_CHARS, "characters"),
+        lambda limits: _above(
+            limits.reply_chars, ACTIONS_REPLY_LIMIT_CHARS, "characters", "the GPT Actions limit"
+        ),
     ),
     Check(
         "output_chars",
         "two streams of output_chars plus 2,000 characters for the error and framing "
         "must fit in reply_chars.",
-        lambda limits: _at_most(
-            2 * limits.output_chars + 2_000, limits.reply_chars, "characters needed"
-        ),
+        _output_beyond_reply,
     ),
 )
 
 SESSIONS_CHECKS: tuple[Check[Sessions], ...] = (
     Check(
         "idle_ttl_s",
-        "idle_ttl_s must not exceed max_lifetime_s: such an idle limit could never end "
-        "a session.",
-        lambda sessions: _at_most(sessions.idle_ttl_s, sessions.max_lifetime_s, "s"),
+        "idle_ttl_s must not exceed max_lifetime_s: such an idle limit could never end a session.",
+        lambda sessions: _above(
+            sessions.idle_ttl_s, sessions.max_lifetime_s, "s", "max_lifetime_s"
+        ),
     ),
     Check(
         "max_per_tenant",
         "max_per_tenant must not exceed max_total: one tenant cannot hold more sessions "
         "than the service has.",
-        lambda sessions: _at_most(sessions.max_per_tenant, sessions.max_total, "sessions"),
+        lambda sessions: _above(
+            sessions.max_per_tenant, sessions.max_total, "sessions", "max_total"
+        ),
     ),
     Check(
         "warm_pool",
         "warm_pool must not exceed max_total: workers beyond that could never serve a session.",
-        lambda sessions: _at_most(sessions.warm_pool, sessions.max_total, "workers"),
+        lambda sessions: _above(sessions.warm_pool, sessions.max_total, "workers", "max_total"),
     ),
 )
 
@@ -658,9 +685,8 @@ def _path_like_programs(commands: Commands) -> Iterator[str]:
 
 
 def _rules_for_programs_not_allowed(commands: Commands) -> Iterator[str]:
-    unknown = sorted(set(commands.rules) - set(commands.allow))
-    if unknown:
-        yield f"rules given for programs that are not allowed: {unknown}"
+    for program in sorted(set(commands.rules) - set(commands.allow)):
+        yield f"{program!r} has rules but is not allowed"
 
 
 def _relative_directories(commands: Commands) -> Iterator[str]:
@@ -672,8 +698,7 @@ def _relative_directories(commands: Commands) -> Iterator[str]:
 COMMANDS_CHECKS: tuple[Check[Commands], ...] = (
     Check(
         "allow",
-        "allow entries are program names, not paths: the program is looked up in "
-        "commands.path.",
+        "allow entries are program names, not paths: the program is looked up in commands.path.",
         _path_like_programs,
     ),
     Check(
@@ -691,8 +716,11 @@ COMMANDS_CHECKS: tuple[Check[Commands], ...] = (
 
 
 def _both_required_and_preferred(isolation: Isolation) -> Iterator[str]:
-    both = [layer for layer in ALL_LAYERS if layer in isolation.required]
-    both = [layer for layer in both if layer in isolation.preferred]
+    both = [
+        layer
+        for layer in ALL_LAYERS
+        if layer in isolation.required and layer in isolation.preferred
+    ]
     if both:
         yield f"layers listed as both required and preferred: {both}"
 
@@ -712,7 +740,9 @@ PYTHON_CHECKS: tuple[Check[PythonSettings], ...] = (
         "preload",
         "preload entries are importable module names such as 'numpy' or 'matplotlib.pyplot'.",
         lambda python: (
-            f"{name!r} is not a module name" for name in python.preload if not _MODULE_NAME.match(name)
+            f"{name!r} is not a module name"
+            for name in python.preload
+            if not _MODULE_NAME.match(name)
         ),
     ),
 )
@@ -727,8 +757,7 @@ def _memory_below_preload(policy: Policy) -> Iterator[str]:
             if name in PRELOAD_FOOTPRINT
         ]
         yield (
-            f"{policy.limits.memory_mb} MiB is below the {needed} MiB the preloaded modules "
-            f"need ({' + '.join(parts)}); set memory_mb to at least {needed} or preload less"
+            f"{policy.limits.memory_mb} MiB is below the {needed} MiB needed ({' + '.join(parts)})"
         )
 
 
@@ -737,14 +766,16 @@ def _launchers_while_refused(policy: Policy) -> Iterator[str]:
         return
     for exposure in launcher_exposures(policy.commands):
         if exposure.runs_any_program:
-            yield (
-                f"{exposure.program!r} is a launcher ({exposure.launcher.grants.rstrip('.')}; "
-                f"{exposure.remedy()})"
-            )
+            yield f"{exposure.program!r} is a launcher: {exposure.describe()}"
 
 
 def _max_timeout_above_lifetime(policy: Policy) -> Iterator[str]:
-    yield from _at_most(policy.limits.max_timeout_s, policy.sessions.max_lifetime_s, "s")
+    yield from _above(
+        policy.limits.max_timeout_s,
+        policy.sessions.max_lifetime_s,
+        "s",
+        "sessions.max_lifetime_s",
+    )
 
 
 POLICY_CHECKS: tuple[Check[Policy], ...] = (
@@ -757,7 +788,7 @@ POLICY_CHECKS: tuple[Check[Policy], ...] = (
     Check(
         "limits.memory_mb",
         "limits.memory_mb must hold the interpreter and the modules in python.preload, or "
-        "every session dies starting up.",
+        "sessions die starting up: raise memory_mb or preload less.",
         _memory_below_preload,
     ),
     Check(
@@ -786,7 +817,7 @@ def policy_warnings(policy: Policy) -> list[PolicyWarning]:
     landlock_required = "landlock" in policy.isolation.required
     for exposure in launcher_exposures(policy.commands):
         program, launcher = exposure.program, exposure.launcher
-        message = f"{program!r} is a launcher: {launcher.grants}"
+        message = f"{program!r} is a launcher: {exposure.describe()}."
         if launcher.reach is Reach.THROUGH_SHELL:
             if shells_allowed:
                 message += " A shell is allowed here, so this runs any command line."
@@ -794,7 +825,6 @@ def policy_warnings(policy: Policy) -> list[PolicyWarning]:
                 message += " Inert while no shell is allowed: Landlock refuses to execute one."
             else:
                 message += " Inert only where Landlock runs, and this policy does not require it."
-        message += f" ({exposure.remedy()}.)"
         found.append(PolicyWarning("commands.allow", message))
     unused = [layer for layer in ALL_LAYERS if layer not in policy.isolation.wanted()]
     if unused:
@@ -805,9 +835,7 @@ def policy_warnings(policy: Policy) -> list[PolicyWarning]:
             )
         )
     if policy.isolation.network:
-        found.append(
-            PolicyWarning("isolation.network", "sessions may open network sockets.")
-        )
+        found.append(PolicyWarning("isolation.network", "sessions may open network sockets."))
     return found
 
 
@@ -838,12 +866,23 @@ def _suggestion(loc: tuple[str | int, ...]) -> str:
         close = difflib.get_close_matches(unknown, list(model.model_fields), n=1, cutoff=0.6)
         if close:
             return f" (did you mean {close[0]!r}?)"
-    if model is not Policy:
-        for section, field in Policy.model_fields.items():
-            other = field.annotation
-            if isinstance(other, type) and unknown in getattr(other, "model_fields", {}):
-                return f" (did you mean {section}.{unknown}?)"
+    for section, field in Policy.model_fields.items():
+        other = field.annotation
+        if isinstance(other, type) and unknown in getattr(other, "model_fields", {}):
+            return f" (did you mean {section}.{unknown}?)"
     return ""
+
+
+# pydantic's type errors, as what the key must be.
+_EXPECTED: dict[str, str] = {
+    "int_type": "an integer",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "string_type": "a string",
+    "list_type": "a list",
+    "model_type": "a table of keys",
+    "dict_type": "a table of keys",
+}
 
 
 def _reason(item: Any) -> str:
@@ -856,8 +895,8 @@ def _reason(item: Any) -> str:
         )
         limit = ctx.get("gt", ctx.get("ge", ctx.get("le")))
         return f"must be {bound} {limit}, not {value}"
-    if kind in ("model_type", "dict_type"):
-        return f"must be a table of keys, not {value!r}"
+    if kind in _EXPECTED:
+        return f"must be {_EXPECTED[kind]}, not {value!r}"
     if kind == "literal_error" and isinstance(value, str):
         close = difflib.get_close_matches(value, ALL_LAYERS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

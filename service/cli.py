@@ -13,7 +13,8 @@ from pydantic import ValidationError
 
 from sandbox import Policy, PolicyError, ZygoteClient, load_policy, workspaces
 from sandbox.errors import SandboxError
-from sandbox.policy import ALL_LAYERS
+from sandbox.policy import ALL_LAYERS, policy_warnings
+from sandbox.policy_docs import render_reference, review_changes
 from service.settings import Settings, is_loopback
 
 
@@ -80,11 +81,16 @@ def serve(args: argparse.Namespace) -> int:
 
 def policy_check(args: argparse.Namespace) -> int:
     try:
-        load_policy(args.file)
+        policy = load_policy(args.file)
     except PolicyError as exc:
         print(exc, file=sys.stderr)
         return 1
-    print(f"{args.file}: ok")
+    # Warnings go to stderr beside the errors; the exit code says only valid or not.
+    warnings = policy_warnings(policy)
+    for warning in warnings:
+        print(f"{args.file}: {warning.key}: warning: {warning.message}", file=sys.stderr)
+    noted = f" ({len(warnings)} warnings)" if warnings else ""
+    print(f"{args.file}: ok{noted}")
     return 0
 
 
@@ -104,6 +110,35 @@ def policy_show(args: argparse.Namespace) -> int:
         print(f"\n[{section}]")
         for key, value in values.items():
             print(f"{key} = {json.dumps(value)}")
+    return 0
+
+
+def policy_diff(args: argparse.Namespace) -> int:
+    policies = []
+    for path in (args.before, args.after):
+        try:
+            policies.append(load_policy(path))
+        except PolicyError as exc:
+            print(exc, file=sys.stderr)
+    if len(policies) < 2:
+        return 1
+    before, after = policies
+    print(f"# {args.before} ({before.digest()}) → {args.after} ({after.digest()})")
+    changes = review_changes(before, after)
+    if not changes:
+        print("no differences")
+        return 0
+    for change in changes:
+        print(change)
+    counts = dict.fromkeys(("tighter", "looser", "changed"), 0)
+    for change in changes:
+        counts[change.judgement] += 1
+    print("\n" + ", ".join(f"{count} {judgement}" for judgement, count in counts.items()))
+    return 0
+
+
+def policy_docs(args: argparse.Namespace) -> int:
+    print(render_reference(), end="")
     return 0
 
 
@@ -154,15 +189,27 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--policy", help="policy file (default: CODESHERPA_POLICY)")
     serve_parser.set_defaults(handler=serve)
 
-    policy_parser = commands.add_parser("policy", help="check or show a policy")
+    policy_parser = commands.add_parser("policy", help="check, show or compare policies")
     policy_commands = policy_parser.add_subparsers(dest="policy_command", required=True)
-    check_parser = policy_commands.add_parser("check", help="validate a policy file")
+    check_parser = policy_commands.add_parser(
+        "check", help="validate a policy file; warn about launchers it allows"
+    )
     check_parser.add_argument("file")
     check_parser.set_defaults(handler=policy_check)
     show_parser = policy_commands.add_parser("show", help="the effective policy")
     show_parser.add_argument("--policy")
     show_parser.add_argument("--json", action="store_true")
     show_parser.set_defaults(handler=policy_show)
+    diff_parser = policy_commands.add_parser(
+        "diff", help="what changes, tighter or looser, from one policy to another"
+    )
+    diff_parser.add_argument("before", metavar="A")
+    diff_parser.add_argument("after", metavar="B")
+    diff_parser.set_defaults(handler=policy_diff)
+    docs_parser = policy_commands.add_parser(
+        "docs", help="the policy reference (docs/POLICY.md), generated from the model"
+    )
+    docs_parser.set_defaults(handler=policy_docs)
 
     doctor_parser = commands.add_parser("doctor", help="which isolation layers work here")
     doctor_parser.add_argument("--policy")

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import os
+import signal
 
 from sandbox.confine.base import LayerStatus, WorkerSpec
-from sandbox.confine.process import PR_SET_DUMPABLE, PR_SET_NO_NEW_PRIVS, prctl
+from sandbox.confine.process import (
+    PR_SET_DUMPABLE,
+    PR_SET_NO_NEW_PRIVS,
+    PR_SET_PDEATHSIG,
+    prctl,
+)
 
 
 def apply(spec: WorkerSpec) -> LayerStatus:
@@ -14,6 +20,10 @@ def apply(spec: WorkerSpec) -> LayerStatus:
         os.setgroups([])
         os.setresgid(spec.uid, spec.uid, spec.uid)
         os.setresuid(spec.uid, spec.uid, spec.uid)
+        # A change of uid clears the parent-death signal: arm it again, or a worker
+        # would outlive a service that crashed.  (Had the service died in between,
+        # the worker finds its channel closed and exits.)
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         detail = f"uid and gid {spec.uid}"
     # Not dumpable: other processes of the same uid cannot ptrace or read /proc/<pid>/mem.
     prctl(PR_SET_DUMPABLE, 0)

@@ -1,0 +1,138 @@
+"""Lifecycle: a dead zygote comes back, shutdown leaves nothing, a crash leaks nothing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+
+from tests.api.server import Server, start_server, stop_server
+
+
+def _worker_uid(client: httpx.Client, session_id: str) -> int:
+    identity = client.get(f"/sessions/{session_id}").json()["isolation"]["identity"]
+    match = re.search(r"uid and gid (\d+)", identity)
+    assert match, identity
+    return int(match.group(1))
+
+
+def _processes_of(uid: int) -> list[psutil.Process]:
+    """Live processes of a uid.  Zombies are ended processes; here nothing reaps
+    them because the test runner is init of its PID namespace and never waits."""
+    return [
+        p
+        for p in psutil.process_iter(["uids", "status"])
+        if p.info["uids"]
+        and p.info["uids"].real == uid
+        and p.info["status"] != psutil.STATUS_ZOMBIE
+    ]
+
+
+def _mounts_under(path: Path) -> list[str]:
+    with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
+        return [line.split()[4] for line in mountinfo if line.split()[4].startswith(str(path))]
+
+
+def _wait_until(condition: object, timeout_s: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if callable(condition) and condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _post_quietly(server: Server, body: dict[str, str]) -> None:
+    with server.client() as client, contextlib.suppress(httpx.HTTPError):
+        client.post("/repl", json=body)
+
+
+def _start_a_busy_session(client: httpx.Client) -> tuple[str, int]:
+    session_id = client.post("/sessions").json()["session_id"]
+    code = "import subprocess\nkeep = subprocess.Popen(['sleep', '300'])\nstate = 'kept'"
+    reply = client.post("/repl", json={"code": code, "session_id": session_id}).json()
+    assert reply["status"] == "ok", reply
+    uid = _worker_uid(client, session_id)
+    assert len(_processes_of(uid)) >= 2
+    return session_id, uid
+
+
+def test_a_killed_zygote_is_restarted_and_live_sessions_keep_their_state(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    try:
+        client = server.client()
+        session_id, _ = _start_a_busy_session(client)
+        zygote_pid = client.get("/readyz").json()["zygote"]["pid"]
+        os.kill(zygote_pid, signal.SIGKILL)
+        assert _wait_until(
+            lambda: (
+                not psutil.pid_exists(zygote_pid)
+                or psutil.Process(zygote_pid).status() == psutil.STATUS_ZOMBIE
+            )
+        )
+        created = client.post("/sessions")
+        assert created.status_code == 201
+        assert (
+            client.post(
+                "/repl", json={"code": "1 + 1", "session_id": created.json()["session_id"]}
+            ).json()["result"]
+            == "2"
+        )
+        kept = client.post("/repl", json={"code": "state", "session_id": session_id}).json()
+        assert kept["result"] == "'kept'"
+        assert "codesherpa_zygote_restarts 1.0" in client.get("/metrics").text
+        assert client.get("/readyz").json()["zygote"]["pid"] != zygote_pid
+        client.close()
+    finally:
+        stop_server(server)
+
+
+def test_graceful_shutdown_ends_every_worker_and_removes_workspaces(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    with server.client() as client:
+        _, uid = _start_a_busy_session(client)
+    stop_server(server)
+    assert server.process.returncode is not None
+    assert _wait_until(lambda: _processes_of(uid) == [])
+    assert list((server.state_dir / "workspaces").iterdir()) == []
+    assert _mounts_under(server.state_dir) == []
+
+
+@pytest.mark.timeout(180)
+def test_nothing_leaks_across_a_crash_and_restart(tmp_path: Path) -> None:
+    server = start_server(tmp_path)
+    with server.client() as client:
+        session_id, uid = _start_a_busy_session(client)
+    # A worker in the middle of a run does not read its channel: only the
+    # parent-death signal can end it when the service dies.
+    busy = threading.Thread(
+        target=_post_quietly,
+        args=(server, {"code": "import time\ntime.sleep(60)", "session_id": session_id}),
+    )
+    busy.start()
+    time.sleep(1)
+    server.process.kill()
+    server.process.wait()
+    busy.join()
+    # Workers die with the service (parent-death signal); their PID namespaces take
+    # every process they started with them.
+    assert _wait_until(lambda: _processes_of(uid) == [])
+    old_mounts = _mounts_under(server.state_dir)
+    assert old_mounts  # the crash left workspaces mounted
+    old_workspaces = set((server.state_dir / "workspaces").iterdir())
+    again = start_server(tmp_path)
+    try:
+        assert old_workspaces.isdisjoint((again.state_dir / "workspaces").iterdir())
+        assert set(old_mounts).isdisjoint(_mounts_under(again.state_dir))
+        with again.client() as client:
+            assert client.post("/repl", json={"code": "'fresh'"}).json()["result"] == "'fresh'"
+    finally:
+        stop_server(again)
