@@ -68,6 +68,11 @@ class Session:
         return cls(zygote, zygote.policy, worker)
 
     @property
+    def zygote(self) -> ZygoteClient:
+        """The zygote this session's workers come from (its policy's zygote)."""
+        return self._zygote
+
+    @property
     def busy(self) -> bool:
         return self._run_lock.locked()
 

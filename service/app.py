@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -17,7 +18,8 @@ from service.links import LinkSigner
 from service.metrics import Metrics
 from service.quotas import TenantQuotas
 from service.registry import SessionRegistry
-from service.routes import execution, files, operations, sessions
+from service.reload import PolicyReloader, ReloadResult
+from service.routes import admin, execution, files, operations, sessions
 from service.settings import Settings
 
 DESCRIPTION = (
@@ -33,6 +35,16 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = SessionRegistry(zygote)
         app.state.registry = registry
+        reloader = PolicyReloader(registry, settings.policy, settings.state_dir)
+        app.state.reloader = reloader
+        reloads: set[asyncio.Task[ReloadResult]] = set()
+
+        def reload_on_signal() -> None:
+            task = asyncio.create_task(reloader.reload())
+            reloads.add(task)
+            task.add_done_callback(reloads.discard)
+
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_on_signal)
         reaper = asyncio.create_task(registry.reap_forever())
         try:
             yield
@@ -62,4 +74,5 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     app.include_router(sessions.router)
     app.include_router(files.router)
     app.include_router(operations.router)
+    app.include_router(admin.router)
     return app

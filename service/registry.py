@@ -51,6 +51,7 @@ class SessionRegistry:
         self._implicit: dict[tuple[str, str], str] = {}
         self._expired: OrderedDict[str, str] = OrderedDict()
         self._creating = asyncio.Lock()
+        self._retired: list[ZygoteClient] = []
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -120,6 +121,19 @@ class SessionRegistry:
             await self.end(record)
         return await self.create(tenant, implicit_key=key)
 
+    async def replace_zygote(self, zygote: ZygoteClient) -> None:
+        """New sessions come from ``zygote``; running ones keep their own until they end."""
+        previous = self.zygote
+        self.zygote = zygote
+        self._retired.append(previous)
+        await self._stop_unused_zygotes()
+
+    async def _stop_unused_zygotes(self) -> None:
+        in_use = {id(record.session.zygote) for record in self._sessions.values()}
+        for zygote in [z for z in self._retired if id(z) not in in_use]:
+            self._retired.remove(zygote)
+            await asyncio.to_thread(zygote.stop)
+
     async def end(self, record: SessionRecord) -> None:
         if self._sessions.pop(record.session_id, None) is None:
             return
@@ -130,6 +144,8 @@ class SessionRegistry:
             self._expired.popitem(last=False)
         await record.session.close()
         workspaces.remove(record.session.workspace)
+        if self._retired:
+            await self._stop_unused_zygotes()
 
     async def end_expired(self) -> int:
         now = time.time()
@@ -154,6 +170,9 @@ class SessionRegistry:
     async def close_all(self) -> None:
         for record in list(self._sessions.values()):
             await self.end(record)
+        for zygote in self._retired:
+            await asyncio.to_thread(zygote.stop)
+        self._retired.clear()
 
 
 _NEW_SESSION_HINT = (

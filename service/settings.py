@@ -55,6 +55,9 @@ class Settings(BaseSettings):
     audit_log: str = Field("-", description="audit log file; '-' for stdout, empty for none")
     rate_limit: str = Field("600/minute", description="requests per tenant, e.g. '10/second'")
     runs_at_once_per_tenant: int = Field(4, gt=0, description="runs in progress per tenant")
+    admin_token: str | None = Field(
+        None, min_length=16, description="bearer token for /admin routes; unset disables them"
+    )
 
     @field_validator("rate_limit")
     @classmethod
