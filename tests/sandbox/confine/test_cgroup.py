@@ -48,7 +48,8 @@ NOBODY = 65534
 
 
 def spec_for(key: str, **limits: int) -> WorkerSpec:
-    policy = Policy.model_validate({"limits": limits})
+    # Nothing preloaded: the tiny memory limits here need not hold numpy and pandas.
+    policy = Policy.model_validate({"limits": limits, "python": {"preload": []}})
     return WorkerSpec(policy=policy, workspace="/tmp", uid=None, channel_fd=-1, session_key=key)
 
 
