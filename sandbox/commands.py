@@ -252,10 +252,29 @@ def check(plan: list[Pipeline], policy: Commands) -> None:
                 continue
             for word in command.argv[1:]:
                 for denied in rule.deny_args:
-                    if word.text == denied or word.text.startswith(denied + "="):
+                    if spells_option(word.text, denied):
                         raise CommandDenied(
                             "argument", f"'{program}' may not be given '{denied}' by this policy"
                         )
+
+
+def spells_option(argument: str, denied: str) -> bool:
+    """Whether ``argument`` is one of the ways a program would read option ``denied``.
+
+    GNU getopt takes unambiguous abbreviations of long options (``--use-compress``
+    for ``--use-compress-program``) and short options glued to others or to their
+    value (``-xIprog`` holds ``-I``); find's single-dash words are matched whole.
+    """
+    if argument == denied or argument.startswith(denied + "="):
+        return True
+    if denied.startswith("--"):
+        name = argument.split("=", 1)[0]
+        return name.startswith("--") and len(name) > 3 and denied.startswith(name)
+    if len(denied) == 2 and denied[0] == "-":
+        return (
+            argument.startswith("-") and not argument.startswith("--") and denied[1] in argument[1:]
+        )
+    return False
 
 
 def parse_and_check(line: str, policy: Commands) -> list[Pipeline]:

@@ -89,7 +89,7 @@ def policy_check(args: argparse.Namespace) -> int:
     warnings = policy_warnings(policy)
     for warning in warnings:
         print(f"{args.file}: {warning.key}: warning: {warning.message}", file=sys.stderr)
-    noted = f" ({len(warnings)} warnings)" if warnings else ""
+    noted = f" ({len(warnings)} warning{'s' * (len(warnings) != 1)})" if warnings else ""
     print(f"{args.file}: ok{noted}")
     return 0
 

@@ -89,3 +89,36 @@ def test_parser_never_fails_with_anything_but_a_denial(line: str) -> None:
     except CommandDenied as refused:
         denial = refused
     assert denial is None or (denial.rule and denial.message)
+
+
+TAR = Commands(
+    allow=["tar", "sort"],
+    rules={  # type: ignore[dict-item]
+        "tar": {"deny_args": ["--use-compress-program", "-I", "--to-command"]},
+        "sort": {"deny_args": ["--compress-program"]},
+    },
+)
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "tar -I prog -xf a.tar",
+        "tar -Iprog -xf a.tar",
+        "tar -xIprog -f a.tar",
+        "tar --use-compress=prog -xf a.tar",
+        "tar --use-compress-program=prog -xf a.tar",
+        "tar --to-comm=x -xf a.tar",
+        "sort --compress-prog=gzip big.txt",
+        "sort --compress big.txt",
+    ],
+)
+def test_respelled_options_are_denied_like_the_option(line: str) -> None:
+    with pytest.raises(CommandDenied) as denied:
+        parse_and_check(line, TAR)
+    assert denied.value.rule == "argument"
+
+
+@pytest.mark.parametrize("line", ["tar -xf a.tar", "tar --list -f a.tar", "sort -n data.txt"])
+def test_ordinary_options_still_pass(line: str) -> None:
+    parse_and_check(line, TAR)
