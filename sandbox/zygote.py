@@ -40,6 +40,7 @@ from sandbox.confine import WorkerSpec, cgroup, confine_worker, unshare_for_work
 from sandbox.confine.process import die_with_parent
 from sandbox.errors import ConfinementError
 from sandbox.policy import Policy
+from sandbox.worker import run_worker
 
 CONTROL_MESSAGE_MAX = 64 * 1024
 # Per-worker uids come from this range when the service runs as root.  Each new
@@ -220,8 +221,6 @@ def _worker(spec: WorkerSpec, unshare_error: str | None, service_pid: int) -> No
         except ConfinementError as refusal:
             _refuse(spec.channel_fd, refusal)
             raise
-        from sandbox.worker import run_worker
-
         run_worker(spec.channel_fd, spec.policy, layers)
     except BaseException:  # noqa: BLE001 - report, then leave without unwinding into the zygote
         traceback.print_exc()

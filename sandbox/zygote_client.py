@@ -72,6 +72,9 @@ class ZygoteClient:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         command = [
             sys.executable,
+            # -P: no working directory on sys.path, so nothing there becomes importable
+            # (or readable by a session through the interpreter's own path rules).
+            "-P",
             "-m",
             "sandbox.zygote",
             "--control-fd",
@@ -88,7 +91,7 @@ class ZygoteClient:
             stdin=subprocess.PIPE,
             env=zygote_environment(self.state_dir),
             pass_fds=(theirs.fileno(),),
-            cwd=self.state_dir,
+            cwd="/",
             close_fds=True,
         )
         theirs.close()

@@ -136,12 +136,12 @@ RUN_PROGRAM = FsAccess.EXECUTE | FsAccess.READ_FILE
 # it stays read-only here because the loader, resolver, locale and TLS code read it, but
 # a later issue may narrow it to the files those need.
 READ_ONLY_SYSTEM_PATHS: tuple[str, ...] = (
-    "/usr",
+    # /usr, /bin and /sbin are granted apart from their program directories: a program
+    # the session may read, the dynamic loader can map and run (`ld.so /bin/sh`), so
+    # only the allowed programs themselves are readable (see ``program_rules``).
     "/lib",
     "/lib64",
     "/lib32",
-    "/bin",
-    "/sbin",
     "/etc",
     "/proc",
     "/sys/devices/system/cpu",  # numpy and OpenBLAS count CPUs here
@@ -368,9 +368,43 @@ def path_rules(spec: WorkerSpec, workspace: str, private_tmp: bool = True) -> li
         if path not in shared
     ]
     rules += [PathRule(path, READ_ONLY, "system path") for path in READ_ONLY_SYSTEM_PATHS]
+    rules += [PathRule(path, READ_ONLY, "system path") for path in _usr_without_programs()]
+    # Program directories may be listed, not read: `ls /usr/bin` works, `ld.so /bin/sh`
+    # cannot open its target.
+    rules += [PathRule(path, FsAccess.READ_DIR, "listable") for path in ("/usr", "/bin", "/sbin")]
     rules += [PathRule(path, READ_ONLY, "Python") for path in _unique(_interpreter_paths())]
     rules += program_rules(spec)
-    return [rule for rule in rules if os.path.exists(rule.path)]
+    rules = [rule for rule in rules if os.path.exists(rule.path)]
+    if private_tmp:
+        # The mount namespace covers the directory of all workspaces with an empty tmpfs.
+        return rules
+    # In the host's view no rule may cover the directory of all workspaces (say, a state
+    # directory on sys.path): every session could read every other one.
+    others = os.path.dirname(os.path.realpath(spec.workspace))
+    return [rule for rule in rules if rule.why == "workspace" or not _covers(rule.path, others)]
+
+
+PROGRAM_DIRECTORIES = frozenset({"bin", "sbin", "games"})
+
+
+def _usr_without_programs(root: str = "/usr") -> list[str]:
+    """Everything beneath /usr (and /usr/local) except the directories of programs."""
+    paths: list[str] = []
+    for base in (root, os.path.join(root, "local")):
+        try:
+            entries = sorted(os.listdir(base))
+        except OSError:
+            continue
+        for name in entries:
+            if name in PROGRAM_DIRECTORIES or (base == root and name == "local"):
+                continue
+            paths.append(os.path.join(base, name))
+    return paths
+
+
+def _covers(rule_path: str, path: str) -> bool:
+    rule = os.path.realpath(rule_path)
+    return path == rule or path.startswith(rule.rstrip("/") + "/")
 
 
 # --- building and enforcing the ruleset ------------------------------------------------------

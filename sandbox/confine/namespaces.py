@@ -33,7 +33,9 @@ MS_PRIVATE = 1 << 18
 
 WORKSPACE_MOUNT = "/mnt/data"
 # Each gets a fresh tmpfs in the session's mount namespace.
-COVERED_DIRECTORIES = ("/tmp", "/dev/shm", "/mnt", "/run")
+# /run, /var, /home, /srv and /media hold host sockets (D-Bus, databases, agents) that
+# Landlock does not govern connecting to, and other people's files.
+COVERED_DIRECTORIES = ("/tmp", "/dev/shm", "/mnt", "/run", "/var", "/home", "/srv", "/media")
 PRIVATE_TMP_MB = 64
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -170,9 +172,9 @@ def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
         tmp_options = f"size={PRIVATE_TMP_MB}m,mode=1777"
         mount("tmpfs", "/tmp", "tmpfs", writable, tmp_options)
         mount("tmpfs", "/dev/shm", "tmpfs", writable, tmp_options)
-        # Host sockets live under /run (D-Bus, container runtimes); Landlock does not
-        # govern connecting to a pathname socket, so the session must not see them.
-        mount("tmpfs", "/run", "tmpfs", writable, "size=1m,mode=0755")
+        for hidden in ("/run", "/var", "/home", "/srv", "/media"):
+            if os.path.isdir(hidden):
+                mount("tmpfs", hidden, "tmpfs", writable, "size=1m,mode=0755")
         # /mnt becomes an empty tmpfs so the workspace path is the same on every host.
         mount("tmpfs", "/mnt", "tmpfs", nodev_nosuid, "size=1m,mode=0755")
         _expose_runtime(runtime, runtime_fds)
@@ -180,6 +182,10 @@ def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
         os.mkdir(WORKSPACE_MOUNT, 0o755)
         mount(f"/proc/self/fd/{workspace_fd}", WORKSPACE_MOUNT, None, MS_BIND | MS_REC)
         mount("none", WORKSPACE_MOUNT, None, MS_BIND | MS_REMOUNT | writable)
+        # Every other session's workspace lives beside this one on the host: hide them.
+        others = os.path.dirname(os.path.realpath(spec.workspace))
+        if os.path.isdir(others):
+            mount("tmpfs", others, "tmpfs", writable, "size=1m,mode=0711")
     finally:
         os.close(workspace_fd)
         for fd in runtime_fds.values():

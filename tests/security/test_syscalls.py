@@ -59,7 +59,7 @@ async def run_attack(session: Session, body: str) -> dict[str, Any]:
 
 
 def refused_by_seccomp(call: dict[str, Any]) -> bool:
-    return call["result"] == -1 and call["errno"] == errno.EPERM
+    return bool(call["result"] == -1 and call["errno"] == errno.EPERM)
 
 
 async def test_the_ctypes_harness_reaches_the_kernel(session: Session) -> None:
