@@ -18,6 +18,7 @@ from sandbox import protocol
 from sandbox.errors import ProtocolError, WorkerBusy, WorkerLost
 from sandbox.handle import WorkerHandle, describe_returncode
 from sandbox.policy import Policy
+from sandbox.worker import EXIT_OUT_OF_DESCRIPTORS
 from sandbox.zygote_client import ZygoteClient
 
 Request = protocol.RunPython | protocol.RunCommand
@@ -166,6 +167,12 @@ class Session:
         returncode = await worker.wait(timeout=2.0) if worker.poll() is None else worker.returncode
         limit = _limit_from_returncode(returncode)
         reason = f"the worker {describe_returncode(returncode)}"
+        if returncode == EXIT_OUT_OF_DESCRIPTORS:
+            limit = "open_files"
+            reason = (
+                "the worker ran out of file descriptors (open_files limit "
+                f"{self.policy.limits.open_files}); close the files you open"
+            )
         if worker.hit_memory_limit():
             limit = "memory"
             reason += f": the session reached its memory limit of {self.policy.limits.memory_mb} MB"

@@ -9,13 +9,14 @@ left behind is killed before the reply goes out.
 from __future__ import annotations
 
 import contextlib
+import errno
 import io
 import os
 import signal
 import socket
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from types import FrameType
 
 from sandbox import protocol, reaper, workspace
@@ -36,11 +37,21 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
 
+# The worker exits with this code when user code has taken every descriptor it may
+# open: it can no longer capture a run, and a fresh worker is the only way back.
+EXIT_OUT_OF_DESCRIPTORS = 75
+
+
 @contextmanager
-def _captured_output(keep: int) -> Iterator[tuple[PipeCollector, PipeCollector]]:
+def _captured_output(keep: int, devnull: int) -> Iterator[tuple[PipeCollector, PipeCollector]]:
     """Point fds 1 and 2 at bounded pipes for the duration of one run."""
-    out_read, out_write = os.pipe()
-    err_read, err_write = os.pipe()
+    try:
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+    except OSError as exc:
+        if exc.errno in (errno.EMFILE, errno.ENFILE):
+            os._exit(EXIT_OUT_OF_DESCRIPTORS)
+        raise
     collectors = (PipeCollector(out_read, keep), PipeCollector(err_read, keep))
     os.dup2(out_write, 1)
     os.dup2(err_write, 2)
@@ -50,12 +61,12 @@ def _captured_output(keep: int) -> Iterator[tuple[PipeCollector, PipeCollector]]
         yield collectors
     finally:
         for stream in (sys.stdout, sys.stderr):
-            with suppress(OSError, ValueError):
+            with contextlib.suppress(OSError, ValueError):
                 stream.flush()
-        null = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(null, 1)
-        os.dup2(null, 2)
-        os.close(null)
+        # A descriptor opened at start: a cell that took every free one cannot stop
+        # the worker from putting its standard streams back.
+        os.dup2(devnull, 1)
+        os.dup2(devnull, 2)
 
 
 def _text_stream(fd: int) -> io.TextIOWrapper:
@@ -80,6 +91,7 @@ class Worker:
         self._session = PythonSession()
         self._commands = CommandRunner(policy.commands, dict(os.environ))
         self._keep = policy.limits.output_chars
+        self._devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
 
     # -- channel ----------------------------------------------------------------------
 
@@ -126,7 +138,7 @@ class Worker:
     def _run_python(self, request: protocol.RunPython) -> protocol.RunReply:
         before = workspace.snapshot()
         outcome: CellOutcome | None = None
-        with _captured_output(self._keep) as (out, err):
+        with _captured_output(self._keep, self._devnull) as (out, err):
             try:
                 _RunState.running = True
                 outcome = self._session.run(request.code)
@@ -136,6 +148,10 @@ class Worker:
             if outcome is None:
                 outcome = CellOutcome(error="KeyboardInterrupt", exc_type="KeyboardInterrupt")
             _RunState.running = False
+            if outcome.exc_type == "KeyboardInterrupt":
+                # An interrupted run (a timeout, say) leaves nothing it started running;
+                # a run that finishes may keep its background processes, as in Jupyter.
+                reaper.kill_descendants()
             workspace.save_open_figures(self._session.execution_count)
         reaper.reap_zombies()
         return self._reply(
@@ -161,7 +177,7 @@ class Worker:
                 execution_count=self._session.execution_count,
             )
         before = workspace.snapshot()
-        with _captured_output(self._keep) as (out, err):
+        with _captured_output(self._keep, self._devnull) as (out, err):
             try:
                 _RunState.running = True
                 result = self._commands.run(plan, 1, 2)
