@@ -9,17 +9,19 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from starlette.routing import Route
 
 from sandbox import ZygoteClient
 from service.audit import AuditLog
 from service.body_limit import BodySizeLimit
 from service.errors import install_error_handlers
 from service.links import LinkSigner
+from service.mcp_server import McpEndpoint
 from service.metrics import Metrics
 from service.quotas import TenantQuotas
 from service.registry import SessionRegistry
 from service.reload import PolicyReloader, ReloadResult
-from service.routes import admin, execution, files, operations, sessions
+from service.routes import admin, clients, execution, files, operations, sessions
 from service.settings import Settings
 
 DESCRIPTION = (
@@ -47,7 +49,8 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload_on_signal)
         reaper = asyncio.create_task(registry.reap_forever())
         try:
-            yield
+            async with mcp.running():
+                yield
         finally:
             reaper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -56,7 +59,18 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
             zygote.stop()
             app.state.audit.close()
 
-    app = FastAPI(title="CodeSherpa", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="CodeSherpa",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        servers=[{"url": settings.public_url}],
+        # /docs and /redoc come from routes.clients, with their assets served from here.
+        docs_url=None,
+        redoc_url=None,
+    )
+    # The document GPT Actions import: consequence flags, and bearer auth when tokens are on.
+    app.openapi = clients.openapi_builder(app)  # type: ignore[method-assign]
     app.state.tokens = settings.token_map()
     app.state.settings = settings
     app.state.policy_path = settings.policy
@@ -75,4 +89,7 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     app.include_router(files.router)
     app.include_router(operations.router)
     app.include_router(admin.router)
+    app.include_router(clients.router)
+    mcp = McpEndpoint(settings, zygote.policy)
+    app.router.routes.append(Route("/mcp", mcp))
     return app

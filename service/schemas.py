@@ -15,6 +15,12 @@ class _Request(BaseModel):
 
 
 class ReplRequest(_Request):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"code": ["import numpy as np", "x = np.arange(6)", "int(x.sum())"]}]
+        }
+    )
+
     code: list[str] | str = Field(
         ...,
         description=(
@@ -34,21 +40,29 @@ class ReplRequest(_Request):
 
 
 class CommandRequest(_Request):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"command": "ls -la | head -5"}]})
+
     command: str = Field(
         ...,
         max_length=100_000,
         description="A command line: allowed programs, pipes, && and ||.",
         examples=["ls -la"],
     )
-    session_id: str | None = Field(None, max_length=128)
-    timeout: float | None = Field(None, gt=0)
+    session_id: str | None = Field(
+        None, max_length=128, description="Session to run in; omit to use your implicit session."
+    )
+    timeout: float | None = Field(
+        None, gt=0, description="Wall-clock seconds; clamped to the policy's maximum."
+    )
 
 
 class FileInfo(BaseModel):
-    name: str
+    name: str = Field(description="Path relative to the workspace (/mnt/data).")
     size: int
     mime: str
-    url: str | None = None
+    url: str | None = Field(
+        None, description="A signed link that works without the bearer header; show it to the user."
+    )
 
 
 class WorkspaceEntry(BaseModel):
@@ -74,6 +88,27 @@ class RunResponse(BaseModel):
 
 
 class ReplResponse(RunResponse):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "result": "15",
+                    "error": None,
+                    "suggestion": None,
+                    "session_id": "3q2-Xw8b0cS1uY4mR7tLzA9eVhKjN5pD",
+                    "status": "ok",
+                    "execution_count": 1,
+                    "truncated": False,
+                    "duration_ms": 12.5,
+                    "stdout": "",
+                    "stderr": "",
+                    "files": [],
+                    "restarted": False,
+                }
+            ]
+        }
+    )
+
     execution_count: int
 
 
@@ -106,5 +141,16 @@ class SessionInfo(BaseModel):
 
 
 class ErrorResponse(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "error": "no such session",
+                    "suggestion": "Omit session_id to use your implicit session.",
+                }
+            ]
+        }
+    )
+
     error: str
     suggestion: str | None = None

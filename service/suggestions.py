@@ -8,6 +8,7 @@ real limits.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -32,6 +33,42 @@ class Rule:
     name: str
     applies: Callable[[Outcome], bool]
     advice: Callable[[Outcome, Policy], str]
+
+
+# Modules people reach for, and the preloaded ones that do the same job (only those the
+# active policy preloads are offered).
+ALTERNATIVES: dict[str, tuple[str, ...]] = {
+    "seaborn": ("matplotlib", "pandas"),
+    "plotly": ("matplotlib",),
+    "bokeh": ("matplotlib",),
+    "altair": ("matplotlib",),
+    "scipy": ("numpy",),
+    "sklearn": ("numpy",),
+    "statsmodels": ("numpy", "pandas"),
+    "polars": ("pandas",),
+    "tabulate": ("pandas",),
+}
+# Modules whose only use is the network: no alternative makes them work here.
+NETWORK_MODULES = frozenset({"requests", "httpx", "aiohttp", "urllib3", "boto3", "openai"})
+_MISSING = re.compile(r"No module named '([^'.]+)")
+
+
+def missing_module(outcome: Outcome) -> str | None:
+    """The top-level name of the module an import could not find."""
+    found = _MISSING.search(outcome.error or "")
+    return found.group(1) if found else None
+
+
+def _missing_module_advice(outcome: Outcome, policy: Policy) -> str:
+    preload = policy.python.preload
+    name = missing_module(outcome)
+    usable = [module for module in ALTERNATIVES.get(name or "", ()) if module in preload]
+    instead = f"Use {' or '.join(usable)} instead. " if usable else ""
+    network = "" if policy.isolation.network else " and the network is off"
+    return (
+        f"That module is not installed{network}. {instead}Preinstalled: "
+        f"{', '.join(preload) or 'nothing'} and the standard library."
+    )
 
 
 def _allowed(policy: Policy) -> str:
@@ -82,12 +119,19 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        "network-module",
+        lambda o: o.exc_type == "ModuleNotFoundError" and missing_module(o) in NETWORK_MODULES,
+        lambda o, p: (
+            _missing_module_advice(o, p)
+            if p.isolation.network
+            else f"'{missing_module(o)}' talks to the network, which is off in this sandbox. "
+            "Work with files in /mnt/data instead: ask the user to upload the data."
+        ),
+    ),
+    Rule(
         "missing-module",
         lambda o: o.exc_type in ("ModuleNotFoundError", "ImportError"),
-        lambda o, p: (
-            "That module is not installed and the network is off. Preinstalled: "
-            f"{', '.join(p.python.preload)} and the standard library."
-        ),
+        _missing_module_advice,
     ),
     Rule(
         "file-not-found",

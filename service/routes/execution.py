@@ -107,7 +107,8 @@ def _observe(
     description=(
         "Runs Python in your session's persistent namespace (Jupyter semantics: the value of "
         "the last expression is shown). Files live in the working directory /mnt/data. "
-        "Network is off."
+        "Figures come back in `files` with links to show the user. Network is off. Read "
+        "`suggestion` when `error` is set."
     ),
     responses=_ERRORS,
 )
@@ -132,8 +133,9 @@ async def repl(
     operation_id="runCommand",
     summary="Run an allowed terminal command in the session",
     description=(
-        "Runs a command line in the session's workspace, without a shell: allowed programs, "
-        "pipes, &&, || and redirections. A refused command names the rule."
+        "Runs a command line in the session's workspace (/mnt/data), without a shell: allowed "
+        "programs, pipes, &&, || and redirections. Shares files with runPython. A refused "
+        "command names the rule, and `suggestion` lists what is allowed."
     ),
     responses=_ERRORS,
 )

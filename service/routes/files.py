@@ -102,6 +102,11 @@ async def list_files(record: OwnedSession, request: Request) -> list[WorkspaceEn
     summary="Download a file",
     description="The raw bytes of one workspace file.",
     responses=_ERRORS,
+    openapi_extra={
+        "responses": {
+            "200": {"description": "The file", "content": {"application/octet-stream": {}}}
+        }
+    },
 )
 async def download_file(record: OwnedSession, path: str) -> Response:
     return _stream_file(record, path)
@@ -128,6 +133,24 @@ async def _body_chunks(request: Request) -> AsyncIterator[bytes]:
     description="Writes the request body (raw, or one multipart file part) to the workspace.",
     responses=_ERRORS,
     status_code=201,
+    openapi_extra={
+        # The route reads the body itself (streamed to disk), so FastAPI cannot infer it.
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {
+                    "schema": {"contentMediaType": "application/octet-stream"}
+                },
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"file": {"contentMediaType": "application/octet-stream"}},
+                        "required": ["file"],
+                    }
+                },
+            },
+        }
+    },
 )
 async def upload_file(record: OwnedSession, path: str, request: Request) -> WorkspaceEntry:
     size = 0

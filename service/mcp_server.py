@@ -1,0 +1,383 @@
+"""The Model Context Protocol at ``/mcp``: the HTTP API's capabilities as tools.
+
+Streamable HTTP through the official SDK, stateful: each MCP session runs in the
+caller's implicit CodeSherpa session keyed ``mcp:<MCP session id>``, unless a tool
+call names a ``session_id``.  Tools call the same route functions as HTTP, so a run
+through MCP is admitted, rate limited, counted and audited exactly like ``/repl``.
+
+Authentication is the HTTP API's bearer token.  The tenant travels in the ASGI
+scope as the SDK's ``AuthenticatedUser``, not in a contextvar: the SDK runs tool
+handlers in the session's own task, started by the request that opened the session,
+so a contextvar would still name the tenant of that first request.  The SDK also
+compares that user on every request with the one that opened the session, and
+answers another tenant's attempt to use the session id with 404.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import os
+from collections.abc import Awaitable, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Annotated, Any
+from urllib.parse import urlsplit
+
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
+from mcp.server.auth.provider import AccessToken
+from mcp.server.fastmcp import Context, FastMCP
+from mcp.server.fastmcp.exceptions import ToolError
+from mcp.server.session import ServerSession
+from mcp.server.transport_security import TransportSecuritySettings
+from mcp.types import ContentBlock, ImageContent, TextContent, ToolAnnotations
+from pydantic import BaseModel, Field
+from starlette.datastructures import Headers
+from starlette.requests import Request
+from starlette.types import Message, Receive, Scope, Send
+
+from sandbox import Policy
+from service.deps import authenticate
+from service.errors import ApiError
+from service.registry import SessionRecord, SessionRegistry
+from service.routes import execution, files, sessions
+from service.routes.clients import policy_facts
+from service.schemas import CommandRequest, FileInfo, ReplRequest, WorkspaceEntry
+from service.settings import Settings, is_loopback
+from service.workspace_files import UnsafePath, guess_mime
+
+McpContext = Context[ServerSession, Any, Request]
+Content = list[ContentBlock]
+
+IMAGE_MIMES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
+MAX_IMAGES = 4
+MAX_IMAGE_BYTES = 4 * 1024 * 1024
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+
+INSTRUCTIONS = (
+    "CodeSherpa runs Python in a stateful, sandboxed REPL and allowed terminal commands. "
+    "Variables and files persist across calls in this MCP session; pass session_id to use "
+    "another CodeSherpa session. The working directory is /mnt/data. Matplotlib figures come "
+    "back as images and as files with links. Preinstalled: {preload}. {network} A run stops "
+    "after {wall_timeout_s} s unless you pass timeout (at most {max_timeout_s} s); output is "
+    "cut to {output_chars} characters per stream. Read `error` and `suggestion` in each reply "
+    "and follow the suggestion before retrying."
+)
+
+# Parameters, described once for every tool that takes them.
+SessionId = Annotated[
+    str | None,
+    Field(
+        description="A CodeSherpa session to use; omit it to use this MCP session's own.",
+        max_length=128,
+    ),
+]
+Timeout = Annotated[
+    float | None,
+    Field(description="Wall-clock seconds; clamped to the policy's maximum.", gt=0),
+]
+WorkspacePath = Annotated[
+    str, Field(description="A path relative to the workspace (/mnt/data), e.g. 'out/data.csv'.")
+]
+
+
+def implicit_key(mcp_session_id: str | None) -> str:
+    """The registry key of an MCP session's own CodeSherpa session."""
+    return f"mcp:{mcp_session_id or 'stateless'}"
+
+
+def _caller(ctx: McpContext) -> tuple[Request, str]:
+    request = ctx.request_context.request
+    if request is None or not isinstance(request.scope.get("user"), AuthenticatedUser):
+        raise ToolError("this tool is only served over the authenticated /mcp endpoint")
+    user: AuthenticatedUser = request.scope["user"]
+    return request, user.access_token.client_id
+
+
+async def _session(ctx: McpContext, session_id: str | None) -> tuple[Request, str, SessionRecord]:
+    request, tenant = _caller(ctx)
+    registry: SessionRegistry = request.app.state.registry
+    key = implicit_key(request.headers.get("mcp-session-id"))
+    try:
+        record = await registry.resolve(tenant, session_id, key)
+    except ApiError as exc:
+        raise _tool_error(exc) from None
+    return request, tenant, record
+
+
+def _tool_error(exc: ApiError) -> ToolError:
+    return ToolError(" ".join(part for part in (exc.error + ".", exc.suggestion) if part))
+
+
+def _text(model: BaseModel | list[Any], exclude: set[str] | None = None) -> TextContent:
+    if isinstance(model, BaseModel):
+        text = model.model_dump_json(exclude=exclude)
+    else:
+        text = "[" + ",".join(item.model_dump_json() for item in model) + "]"
+    return TextContent(type="text", text=text)
+
+
+def _read_bytes(record: SessionRecord, path: str, cap: int) -> bytes | None:
+    """At most ``cap`` bytes of a workspace file, or None if it is missing or larger."""
+    with files._workspace(record) as workspace:
+        try:
+            fd, info = workspace.open_regular(path)
+        except (UnsafePath, OSError):
+            return None
+    try:
+        if info.st_size > cap:
+            return None
+        chunks = []
+        while data := os.read(fd, files.CHUNK):
+            chunks.append(data)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def _images(record: SessionRecord, created: list[FileInfo]) -> list[ImageContent]:
+    images: list[ImageContent] = []
+    for info in created:
+        if info.mime not in IMAGE_MIMES or len(images) >= MAX_IMAGES:
+            continue
+        try:
+            data = _read_bytes(record, info.name, MAX_IMAGE_BYTES)
+        except ApiError:  # the workspace is gone: the reply's links say the rest
+            break
+        if data is not None:
+            encoded = base64.b64encode(data).decode()
+            images.append(ImageContent(type="image", data=encoded, mimeType=info.mime))
+    return images
+
+
+async def run_python(
+    code: Annotated[str, Field(description="Python source; the last expression's value is shown.")],
+    ctx: McpContext,
+    session_id: SessionId = None,
+    timeout: Timeout = None,
+) -> Content:
+    """Run Python in a persistent, sandboxed namespace (Jupyter semantics).
+
+    Returns the reply as JSON (result, error, suggestion, status, session_id, files with
+    links), then every figure or image the run created as image content.
+    """
+    request, tenant, record = await _session(ctx, session_id)
+    body = ReplRequest(code=code, session_id=record.session_id, timeout=timeout)
+    try:
+        reply = await execution.repl(request, body, tenant, request.app.state.registry)
+    except ApiError as exc:
+        raise _tool_error(exc) from None
+    return [_text(reply, exclude={"stdout"}), *_images(record, reply.files)]
+
+
+async def run_command(
+    command: Annotated[str, Field(description="A command line: allowed programs, pipes, && ||.")],
+    ctx: McpContext,
+    session_id: SessionId = None,
+    timeout: Timeout = None,
+) -> Content:
+    """Run an allowed terminal command (no shell) in the session's workspace.
+
+    A refused command names the rule and lists the allowed programs.
+    """
+    request, tenant, record = await _session(ctx, session_id)
+    body = CommandRequest(command=command, session_id=record.session_id, timeout=timeout)
+    try:
+        reply = await execution.command(request, body, tenant, request.app.state.registry)
+    except ApiError as exc:
+        raise _tool_error(exc) from None
+    return [_text(reply, exclude={"stdout"}), *_images(record, reply.files)]
+
+
+async def list_files(ctx: McpContext, session_id: SessionId = None) -> Content:
+    """List the workspace (/mnt/data): name, size, mime, modified time and a download link."""
+    request, _, record = await _session(ctx, session_id)
+    try:
+        entries = await files.list_files(record, request)
+    except ApiError as exc:
+        raise _tool_error(exc) from None
+    return [_text(entries)]
+
+
+async def read_file(path: WorkspacePath, ctx: McpContext, session_id: SessionId = None) -> Content:
+    """Read one workspace file: text as text, an image as image content, else a link."""
+    request, _, record = await _session(ctx, session_id)
+    policy = record.session.policy
+    try:
+        data = _read_bytes(record, path, max(policy.limits.reply_chars, MAX_IMAGE_BYTES))
+    except ApiError as exc:
+        raise _tool_error(exc) from None
+    url = request.app.state.links.url(record.session_id, path)
+    if data is None:
+        raise ToolError(
+            f"{path} is not a file in the workspace, or is too large to return here. "
+            f"List the workspace with list_files, or download it from {url}"
+        )
+    mime = guess_mime(path)
+    if mime in IMAGE_MIMES:
+        image = ImageContent(type="image", data=base64.b64encode(data).decode(), mimeType=mime)
+        return [TextContent(type="text", text=f"{path} ({len(data)} bytes): {url}"), image]
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        return [
+            TextContent(
+                type="text",
+                text=f"{path} is binary ({len(data)} bytes, {mime}); download it from {url} or "
+                "read it with run_python.",
+            )
+        ]
+    cap = policy.limits.reply_chars
+    if len(text) > cap:
+        text = text[:cap] + f"\n[cut at {cap} characters: read the rest with run_python]"
+    return [TextContent(type="text", text=text)]
+
+
+async def write_file(
+    path: WorkspacePath,
+    content: Annotated[str, Field(description="The file's content: text, or base64 for binary.")],
+    ctx: McpContext,
+    session_id: SessionId = None,
+    is_base64: Annotated[bool, Field(description="content is base64-encoded bytes.")] = False,
+) -> Content:
+    """Create or overwrite one workspace file; the session's code sees it under /mnt/data."""
+    request, _, record = await _session(ctx, session_id)
+    try:
+        data = base64.b64decode(content, validate=True) if is_base64 else content.encode()
+    except binascii.Error:
+        raise ToolError("content is not valid base64; send text with is_base64 false") from None
+    try:
+        with files._workspace(record) as workspace:
+            if len(data) > workspace.free_bytes():
+                raise files._quota_exceeded(record)
+            try:
+                fd = workspace.create(path)
+            except UnsafePath:
+                raise files._not_found(path) from None
+            except OSError as exc:
+                raise ApiError(400, f"cannot write {path}: {exc.strerror}", None) from None
+            try:
+                files._write_all(fd, data)
+            except OSError as exc:
+                raise ApiError(400, f"cannot write {path}: {exc.strerror}", None) from None
+            finally:
+                os.close(fd)
+    except ApiError as exc:
+        raise _tool_error(exc) from None
+    url = request.app.state.links.url(record.session_id, path)
+    entry = WorkspaceEntry(name=path, size=len(data), mime=guess_mime(path), modified=None, url=url)
+    return [_text(entry)]
+
+
+async def restart_session(ctx: McpContext, session_id: SessionId = None) -> Content:
+    """Start a fresh Python namespace for the session; workspace files are kept."""
+    _, _, record = await _session(ctx, session_id)
+    try:
+        info = await sessions.restart_session(record)
+    except ApiError as exc:
+        raise _tool_error(exc) from None
+    return [_text(info)]
+
+
+Tool = Callable[..., Awaitable[Content]]
+# Every tool stays inside its session's sandbox (no network): openWorldHint is false.
+TOOLS: tuple[tuple[Tool, ToolAnnotations], ...] = (
+    (run_python, ToolAnnotations(title="Run Python", openWorldHint=False)),
+    (run_command, ToolAnnotations(title="Run a command", openWorldHint=False)),
+    (
+        list_files,
+        ToolAnnotations(title="List workspace files", readOnlyHint=True, openWorldHint=False),
+    ),
+    (
+        read_file,
+        ToolAnnotations(title="Read a workspace file", readOnlyHint=True, openWorldHint=False),
+    ),
+    (
+        write_file,
+        ToolAnnotations(
+            title="Write a workspace file",
+            destructiveHint=True,
+            idempotentHint=True,
+            openWorldHint=False,
+        ),
+    ),
+    (
+        restart_session,
+        ToolAnnotations(
+            title="Restart the session's Python", destructiveHint=True, openWorldHint=False
+        ),
+    ),
+)
+
+
+def allowed_origins(public_url: str) -> tuple[list[str], list[str]]:
+    """The Host and Origin values a browser may send: the public URL's, and loopback's."""
+    parts = urlsplit(public_url)
+    host = parts.hostname or "127.0.0.1"
+    default_port = 443 if parts.scheme == "https" else 80
+    port = parts.port or default_port
+    shown = f"[{host}]" if ":" in host else host
+    hosts = [f"{shown}:{port}"] + ([shown] if port == default_port else [])
+    origins = [f"{parts.scheme}://{netloc}" for netloc in hosts]
+    if is_loopback(host):
+        hosts += [f"{name}:*" for name in LOOPBACK_HOSTS]
+        origins += [f"http://{name}:*" for name in LOOPBACK_HOSTS]
+    return hosts, origins
+
+
+def build_server(settings: Settings, policy: Policy) -> FastMCP[Any]:
+    hosts, origins = allowed_origins(settings.public_url)
+    server: FastMCP[Any] = FastMCP(
+        name="codesherpa",
+        instructions=INSTRUCTIONS.format(**policy_facts(settings.public_url, policy)),
+        website_url=settings.public_url,
+        stateless_http=False,
+        session_idle_timeout=policy.sessions.idle_ttl_s,
+        # MCP sessions are cheap, but each may hold a CodeSherpa session as well.
+        max_sessions=max(64, 8 * policy.sessions.max_total),
+        transport_security=TransportSecuritySettings(
+            enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+        ),
+    )
+    for tool, hints in TOOLS:
+        server.add_tool(tool, annotations=hints, structured_output=False)
+    return server
+
+
+class McpEndpoint:
+    """The ASGI endpoint at /mcp: bearer auth and rate limit, then the SDK's transport."""
+
+    def __init__(self, settings: Settings, policy: Policy) -> None:
+        self.server = build_server(settings, policy)
+        self.server.streamable_http_app()  # creates the session manager we dispatch to
+
+    def running(self) -> AbstractAsyncContextManager[None]:
+        """The session manager's lifetime; the app's lifespan holds it open."""
+        return self.server.session_manager.run()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        state = scope["app"].state
+        # An ApiError (401, 429) reaches the app's handler: the same body, headers, metrics.
+        tenant = authenticate(state.tokens, Headers(scope=scope).get("authorization"))
+        state.quotas.admit_request(tenant)
+        scope["user"] = AuthenticatedUser(
+            AccessToken(token=f"tenant:{tenant}", client_id=tenant, subject=tenant, scopes=[])
+        )
+        statuses: list[int] = []
+
+        async def observed(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                statuses.append(message["status"])
+            await send(message)
+
+        await self.server.session_manager.handle_request(scope, receive, observed)
+        mcp_session_id = Headers(scope=scope).get("mcp-session-id")
+        if scope["method"] == "DELETE" and statuses == [200] and mcp_session_id:
+            await _end_mapped_session(state.registry, tenant, mcp_session_id)
+
+
+async def _end_mapped_session(registry: SessionRegistry, tenant: str, mcp_session_id: str) -> None:
+    """The client ended its MCP session: end the CodeSherpa session it mapped to."""
+    key = implicit_key(mcp_session_id)
+    for record in registry.for_tenant(tenant):
+        if record.implicit_key == key:
+            await registry.end(record)

@@ -1,0 +1,182 @@
+"""Each suggestion rule: when it fires, and that it names the active policy's real limits."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from sandbox.policy import Policy, parse_policy
+from service.suggestions import RULES, Outcome, suggest
+
+POLICY = parse_policy(
+    """
+[limits]
+wall_timeout_s = 5
+max_timeout_s = 17
+memory_mb = 777
+output_chars = 1234
+
+[python]
+preload = ["numpy", "pandas", "matplotlib"]
+
+[commands]
+allow = ["ls", "cat", "grep"]
+"""
+)
+CLEAN = Outcome(
+    kind="python",
+    status="ok",
+    exc_type=None,
+    error=None,
+    limit=None,
+    denied_rule=None,
+    truncated=False,
+    restarted=False,
+    exit_code=None,
+)
+
+
+def outcome(**changes: object) -> Outcome:
+    return dataclasses.replace(CLEAN, **changes)  # type: ignore[arg-type]
+
+
+def failed(exc_type: str, error: str, **changes: object) -> Outcome:
+    return outcome(status="error", exc_type=exc_type, error=error, **changes)
+
+
+def rule_for(case: Outcome, policy: Policy = POLICY) -> str | None:
+    return next((rule.name for rule in RULES if rule.applies(case)), None)
+
+
+def advice(case: Outcome, policy: Policy = POLICY) -> str:
+    text = suggest(case, policy)
+    assert text is not None
+    return text
+
+
+def test_a_clean_run_gets_no_suggestion() -> None:
+    assert suggest(CLEAN, POLICY) is None
+
+
+def test_denied_command_names_the_rule_and_what_is_allowed() -> None:
+    case = outcome(kind="command", status="denied", denied_rule="allowlist")
+    assert rule_for(case) == "denied"
+    text = advice(case)
+    assert "'allowlist' rule" in text
+    assert "ls, cat, grep" in text
+    assert "without a shell" in text
+
+
+def test_timeout_says_state_was_kept_and_gives_the_maximum() -> None:
+    case = outcome(status="timeout", exc_type="KeyboardInterrupt", limit="wall")
+    assert rule_for(case) == "timeout"
+    text = advice(case)
+    assert "variables were kept" in text
+    assert "at most 17 s" in text
+
+
+def test_memory_limit_suggests_chunks_and_dtypes_with_the_limit() -> None:
+    for case in (
+        failed("MemoryError", "MemoryError"),
+        outcome(status="killed", limit="memory", restarted=True),
+    ):
+        assert rule_for(case) == "memory"
+        text = advice(case)
+        assert "777 MB" in text
+        assert "chunks" in text
+        assert "dtypes" in text
+
+
+def test_killed_worker_says_files_were_kept_and_to_rerun_setup() -> None:
+    case = outcome(status="killed", limit="signal", restarted=True)
+    assert rule_for(case) == "killed"
+    text = advice(case)
+    assert "files in the workspace were kept" in text
+    assert "Re-run your setup code" in text
+
+
+def test_name_error_after_a_restart_says_rerun_setup() -> None:
+    case = failed("NameError", "NameError: name 'df' is not defined", restarted=True)
+    assert rule_for(case) == "name-after-restart"
+    assert "re-run the setup code" in advice(case)
+
+
+def test_a_name_error_without_restart_is_an_ordinary_error() -> None:
+    case = failed("NameError", "NameError: name 'df' is not defined")
+    assert rule_for(case) == "python-error"
+
+
+def test_missing_module_names_what_is_installed_that_could_serve() -> None:
+    case = failed("ModuleNotFoundError", "ModuleNotFoundError: No module named 'seaborn'")
+    assert rule_for(case) == "missing-module"
+    text = advice(case)
+    assert "Use matplotlib or pandas instead" in text
+    assert "numpy, pandas, matplotlib" in text
+    assert "network is off" in text
+
+
+def test_missing_module_offers_only_what_the_policy_preloads() -> None:
+    lean = parse_policy('[python]\npreload = ["numpy"]\n')
+    case = failed("ModuleNotFoundError", "ModuleNotFoundError: No module named 'sklearn.linear'")
+    text = advice(case, lean)
+    assert "Use numpy instead" in text
+    assert "pandas" not in text
+    unknown = failed("ModuleNotFoundError", "ModuleNotFoundError: No module named 'torch'")
+    assert "instead" not in advice(unknown, lean)
+
+
+def test_a_network_client_module_says_the_network_is_off() -> None:
+    case = failed("ModuleNotFoundError", "ModuleNotFoundError: No module named 'requests'")
+    assert rule_for(case) == "network-module"
+    text = advice(case)
+    assert "network, which is off" in text
+    assert "/mnt/data" in text
+
+
+def test_file_not_found_says_to_list_the_workspace() -> None:
+    case = failed("FileNotFoundError", "FileNotFoundError: [Errno 2] No such file: 'x.csv'")
+    assert rule_for(case) == "file-not-found"
+    text = advice(case)
+    assert "/mnt/data" in text
+    assert "ls -la" in text
+
+
+@pytest.mark.parametrize("exc_type", ["SyntaxError", "IndentationError", "TabError"])
+def test_syntax_error_explains_line_list_joining(exc_type: str) -> None:
+    case = failed(exc_type, f"{exc_type}: invalid syntax")
+    assert rule_for(case) == "syntax"
+    assert "list of lines" in advice(case)
+
+
+def test_an_interrupt_on_request_keeps_variables() -> None:
+    case = failed("KeyboardInterrupt", "KeyboardInterrupt")
+    assert rule_for(case) == "interrupted"
+    assert "variables were kept" in advice(case)
+
+
+def test_truncated_output_says_summarize_with_the_cap() -> None:
+    case = outcome(truncated=True)
+    assert rule_for(case) == "truncated"
+    text = advice(case)
+    assert "1234 characters" in text
+    assert "summary" in text
+
+
+def test_a_failed_command_points_at_stderr() -> None:
+    case = outcome(kind="command", status="error", exit_code=2)
+    assert rule_for(case) == "command-failed"
+    assert "stderr" in advice(case)
+
+
+def test_a_python_error_says_fix_and_that_variables_are_kept() -> None:
+    case = failed("ValueError", "ValueError: bad")
+    assert rule_for(case) == "python-error"
+    assert "earlier variables are kept" in advice(case)
+
+
+def test_every_rule_is_covered_by_a_test_above() -> None:
+    source = Path(__file__).read_text(encoding="utf-8")
+    untested = [rule.name for rule in RULES if f'== "{rule.name}"' not in source]
+    assert untested == []
