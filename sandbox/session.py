@@ -42,6 +42,9 @@ def _limit_from_returncode(returncode: int | None) -> str | None:
 class RunOutcome:
     reply: protocol.RunReply
     restarted: bool = False
+    # The namespace was lost at some point since the last run that succeeded: a
+    # NameError now most likely means setup code must run again.
+    since_restart: bool = False
     duration_ms: float = 0.0
     limit: str | None = None
     interrupted_by: str | None = None  # "timeout" or "request" when a SIGINT was sent
@@ -61,6 +64,7 @@ class Session:
         self._run_ids = 0
         self._interrupt_reason: str | None = None
         self._execution_count = 0
+        self._lost_namespace = False
         self.closed = False
 
     @classmethod
@@ -109,6 +113,10 @@ class Session:
             self._run_ids += 1
             outcome = await self._exchange(build(self._run_ids), self.clamp_timeout(timeout))
             outcome.restarted = outcome.restarted or restarted_before
+            outcome.since_restart = self._lost_namespace or outcome.restarted
+            self._lost_namespace = outcome.restarted or (
+                self._lost_namespace and outcome.reply.status != "ok"
+            )
             outcome.duration_ms = (time.monotonic() - started) * 1000
             self._execution_count = outcome.reply.execution_count
             return outcome
@@ -210,6 +218,7 @@ class Session:
         async with self._run_lock:
             await self._discard_worker()
             await self._replace_worker()
+            self._lost_namespace = True
 
     async def close(self) -> None:
         self.closed = True

@@ -62,7 +62,7 @@ def _outcome_for_rules(outcome: RunOutcome, kind: str, truncated: bool) -> Outco
         limit=reply.limit or outcome.limit,
         denied_rule=reply.denied_rule,
         truncated=truncated,
-        restarted=outcome.restarted,
+        restarted=outcome.restarted or outcome.since_restart,
         exit_code=reply.exit_code,
     )
 

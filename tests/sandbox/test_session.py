@@ -223,3 +223,13 @@ async def test_memory_limit_is_reported_as_such_and_the_session_recovers(session
     outcome = await session.run_python(code, timeout=8)
     assert outcome.reply.exc_type == "MemoryError" or outcome.reply.limit == "memory"
     assert (await session.run_python("'alive'")).reply.value == "'alive'"
+
+
+async def test_a_restart_is_remembered_until_a_run_succeeds(session: Session) -> None:
+    await session.run_python("setup = 1")
+    await session.restart()
+    lost = await session.run_python("setup")
+    assert lost.reply.exc_type == "NameError"
+    assert lost.since_restart
+    assert (await session.run_python("setup = 1")).since_restart
+    assert not (await session.run_python("setup")).since_restart
