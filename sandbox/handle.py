@@ -49,6 +49,7 @@ class WorkerHandle:
         self.session_key = session_key
         self.quota = quota
         self.cgroup_parent = cgroup_parent
+        self._cgroup_version: cgroup.CgroupVersion | str | None = None  # str: why none
         self.hello: protocol.Hello | None = None
         self.returncode: int | None = None
         self._pidfd: int | None = pidfd
@@ -117,6 +118,34 @@ class WorkerHandle:
             return cgroup.oom_killed(self.session_key, self.cgroup_parent)
         except (OSError, ValueError):
             return False
+
+    def _cgroup(self) -> cgroup.CgroupVersion | None:
+        # Resolved once: which cgroup version and trees hold this worker does not change.
+        if self._cgroup_version is None:
+            try:
+                found = cgroup.select_version(self.cgroup_parent)
+            except ValueError:
+                found = "invalid cgroup parent"
+            self._cgroup_version = found
+        return (
+            self._cgroup_version if isinstance(self._cgroup_version, cgroup.CgroupVersion) else None
+        )
+
+    def oom_kills(self) -> int:
+        """Processes of this worker's session the OOM killer has ended so far."""
+        version = self._cgroup()
+        return version.oom_kills(self.session_key) if version else 0
+
+    def kill_strays(self) -> None:
+        """Kill every process of the session but the worker, from outside it.
+
+        The worker sweeps its own descendants too, but that sweep runs in the
+        interpreter user code controls; this one does not.
+        """
+        version = self._cgroup()
+        if version is not None:
+            with contextlib.suppress(OSError):
+                version.kill_all_but(self.session_key, self.pid)
 
     def usage(self) -> dict[str, int]:
         """Memory, pids and CPU of the whole session, from its cgroup."""

@@ -18,7 +18,7 @@ from sandbox import protocol
 from sandbox.errors import ProtocolError, WorkerBusy, WorkerLost
 from sandbox.handle import WorkerHandle, describe_returncode
 from sandbox.policy import Policy
-from sandbox.worker import EXIT_OUT_OF_DESCRIPTORS
+from sandbox.worker import EXIT_OUT_OF_DESCRIPTORS, EXIT_OUT_OF_PROCESSES
 from sandbox.zygote_client import ZygoteClient
 
 Request = protocol.RunPython | protocol.RunCommand
@@ -65,6 +65,7 @@ class Session:
         self._interrupt_reason: str | None = None
         self._execution_count = 0
         self._lost_namespace = False
+        self._oom_kills_seen = 0
         self.closed = False
 
     @classmethod
@@ -154,8 +155,14 @@ class Session:
                 request.run_id, ProtocolError("the worker sent an unexpected frame")
             )
         outcome = RunOutcome(reply=message, interrupted_by=self._interrupt_reason)
-        if self._interrupt_reason == "timeout" and message.exc_type == "KeyboardInterrupt":
-            outcome.reply = message.model_copy(
+        if isinstance(request, protocol.RunCommand) or self._interrupt_reason is not None:
+            # Nothing a command or an interrupted run started may outlive it, whatever
+            # user code did to the worker's own sweep.
+            await asyncio.to_thread(worker.kill_strays)
+        self._note_memory_kills(worker, outcome)
+        if self._interrupt_reason == "timeout":
+            # Even a run that caught the KeyboardInterrupt and went on ran out of time.
+            outcome.reply = outcome.reply.model_copy(
                 update={
                     "status": "timeout",
                     "limit": "wall_time",
@@ -166,6 +173,22 @@ class Session:
             outcome.limit = "wall_time"
         return outcome
 
+    def _note_memory_kills(self, worker: WorkerHandle, outcome: RunOutcome) -> None:
+        """Name the memory limit when the OOM killer ended a process of this run."""
+        kills = worker.oom_kills()
+        if kills <= self._oom_kills_seen:
+            return
+        self._oom_kills_seen = kills
+        note = (
+            "MemoryError: a process of this run was killed at the session's memory limit "
+            f"of {self.policy.limits.memory_mb} MB"
+        )
+        error = outcome.reply.error
+        outcome.reply = outcome.reply.model_copy(
+            update={"limit": "memory", "error": f"{error}\n{note}" if error else note}
+        )
+        outcome.limit = "memory"
+
     async def _lost(self, run_id: int, exc: Exception) -> RunOutcome:
         worker = self.worker
         assert worker is not None
@@ -175,6 +198,12 @@ class Session:
         returncode = await worker.wait(timeout=2.0) if worker.poll() is None else worker.returncode
         limit = _limit_from_returncode(returncode)
         reason = f"the worker {describe_returncode(returncode)}"
+        if returncode == EXIT_OUT_OF_PROCESSES:
+            limit = "processes"
+            reason = (
+                "the worker could not start a thread: the session's processes and threads "
+                f"(limit {self.policy.limits.processes}) were all taken"
+            )
         if returncode == EXIT_OUT_OF_DESCRIPTORS:
             limit = "open_files"
             reason = (
@@ -204,6 +233,7 @@ class Session:
 
     async def _replace_worker(self) -> None:
         self.worker = await self._zygote.spawn(self.workspace)
+        self._oom_kills_seen = 0
         self.restarts += 1
         self._execution_count = 0
 

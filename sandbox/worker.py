@@ -29,17 +29,23 @@ from sandbox.policy import Policy
 
 class _RunState:
     running = False
+    interrupted = False  # a SIGINT arrived during this run, whatever user code made of it
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     # Only user code is interrupted; the worker's own bookkeeping never is.
     if _RunState.running:
+        _RunState.interrupted = True
         raise KeyboardInterrupt
 
 
-# The worker exits with this code when user code has taken every descriptor it may
-# open: it can no longer capture a run, and a fresh worker is the only way back.
+# The worker exits with these codes when user code has taken every descriptor, or
+# every process slot, it may use: it can no longer capture a run, and a fresh worker
+# is the only way back.
 EXIT_OUT_OF_DESCRIPTORS = 75
+EXIT_OUT_OF_PROCESSES = 76
+# The reply lists at most this many changed files (the frame must stay small).
+MAX_CHANGED_FILES = 100
 
 
 @contextmanager
@@ -52,7 +58,10 @@ def _captured_output(keep: int, devnull: int) -> Iterator[tuple[PipeCollector, P
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             os._exit(EXIT_OUT_OF_DESCRIPTORS)
         raise
-    collectors = (PipeCollector(out_read, keep), PipeCollector(err_read, keep))
+    try:
+        collectors = (PipeCollector(out_read, keep), PipeCollector(err_read, keep))
+    except RuntimeError:  # "can't start new thread": user threads hold every pid
+        os._exit(EXIT_OUT_OF_PROCESSES)
     os.dup2(out_write, 1)
     os.dup2(err_write, 2)
     os.close(out_write)
@@ -129,6 +138,9 @@ class Worker:
             if request is None:
                 return
             signal.signal(signal.SIGINT, _on_sigint)
+            _RunState.interrupted = False
+            # What the service killed between requests (a command's strays) is collected.
+            reaper.reap_zombies()
             if isinstance(request, protocol.RunPython):
                 reply = self._run_python(request)
             else:
@@ -148,9 +160,10 @@ class Worker:
             if outcome is None:
                 outcome = CellOutcome(error="KeyboardInterrupt", exc_type="KeyboardInterrupt")
             _RunState.running = False
-            if outcome.exc_type == "KeyboardInterrupt":
-                # An interrupted run (a timeout, say) leaves nothing it started running;
-                # a run that finishes may keep its background processes, as in Jupyter.
+            if _RunState.interrupted:
+                # An interrupted run (a timeout, say) leaves nothing it started running,
+                # even if it caught the interrupt; a run that finishes may keep its
+                # background processes, as in Jupyter.
                 reaper.kill_descendants()
             workspace.save_open_figures(self._session.execution_count)
         reaper.reap_zombies()
@@ -224,6 +237,10 @@ class Worker:
             if isinstance(text, str):
                 fields[name], cut = truncate_output(text, limit)
                 cut_any = cut_any or cut
+        files = fields.get("files")
+        if isinstance(files, list) and len(files) > MAX_CHANGED_FILES:
+            fields["files"] = files[:MAX_CHANGED_FILES]
+            cut_any = True
         return protocol.RunReply.model_validate(
             {
                 "run_id": run_id,

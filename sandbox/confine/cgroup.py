@@ -284,6 +284,18 @@ class CgroupVersion(ABC):
     @abstractmethod
     def oom_killed(self, key: str) -> bool: ...
 
+    @abstractmethod
+    def oom_kills(self, key: str) -> int:
+        """How many processes of the session the OOM killer has ended so far."""
+
+    def kill_all_but(self, key: str, keep: int, timeout_s: float = 1.0) -> None:
+        """SIGKILL every process of the session except ``keep`` (its worker)."""
+        directories = self.existing_session_dirs(key)
+        deadline = time.monotonic() + timeout_s
+        while (strays := self.members(directories) - {keep}) and time.monotonic() < deadline:
+            self.kill_members(key, strays)
+            time.sleep(_POLL_S)
+
     def create(self, key: str, limits: SessionLimits) -> dict[str, str]:
         """Make the session's groups and write the settings; return what was written."""
         self.make_parents()
@@ -435,6 +447,13 @@ class CgroupV1(CgroupVersion):
         except OSError:
             return False
 
+    def oom_kills(self, key: str) -> int:
+        try:
+            text = _read(self.trees["memory"].session_dir(key) / "memory.oom_control")
+        except OSError:
+            return 0
+        return _keyed("oom_kill")(text) or 0
+
 
 class CgroupV2(CgroupVersion):
     name = "v2"
@@ -467,11 +486,14 @@ class CgroupV2(CgroupVersion):
             _write(kill, "1")
 
     def oom_killed(self, key: str) -> bool:
+        return self.oom_kills(key) > 0
+
+    def oom_kills(self, key: str) -> int:
         try:
             events = _read(self.tree.session_dir(key) / "memory.events")
         except OSError:
-            return False
-        return (_keyed("oom_kill")(events) or 0) > 0
+            return 0
+        return _keyed("oom_kill")(events) or 0
 
 
 def _enable_controllers(group: Path, controllers: Iterable[str]) -> None:

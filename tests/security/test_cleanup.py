@@ -62,9 +62,14 @@ def uid_of(session: Session) -> int:
 
 
 def others_of_uid(session: Session) -> list[int]:
-    """Pids of the session's uid other than its worker: what escaped the sweep."""
+    """Pids of the session's uid other than its worker that still run: what escaped the
+    sweep.  A killed process the worker has not reaped yet is a zombie: it runs nothing
+    and the worker collects it at its next request."""
     worker = worker_of(session).pid
-    return [p.pid for p in processes_of_uid(uid_of(session)) if p.pid != worker]
+    zombies = set(zombies_of_uid(uid_of(session)))
+    return [
+        p.pid for p in processes_of_uid(uid_of(session)) if p.pid != worker and p.pid not in zombies
+    ]
 
 
 async def assert_answers(session: Session) -> None:
@@ -127,7 +132,7 @@ BACKGROUND_LINES = [
 
 @pytest.mark.parametrize("line", BACKGROUND_LINES)
 async def test_a_background_job_on_the_command_line_is_denied_and_leaves_nothing(
-    session: Session, line: str
+    neighbour: Neighbour, session: Session, line: str
 ) -> None:
     outcome = await session.run_command(line, timeout=2)
 
@@ -135,6 +140,7 @@ async def test_a_background_job_on_the_command_line_is_denied_and_leaves_nothing
     assert outcome.reply.denied_rule
     assert others_of_uid(session) == []
     await assert_answers(session)
+    await neighbour.assert_intact()
 
 
 DETACHED_CHILDREN = {
@@ -298,31 +304,71 @@ async def test_threads_die_with_a_worker_killed_for_ignoring_the_interrupt(
 # -- what a timed-out run leaves --------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "THREATS 6: when a run times out every process it started is gone.  A Python "
-        "run that times out is only interrupted (SIGINT to the worker) and the worker "
-        "sweeps descendants after commands, never after Python runs: the children of "
-        "the timed-out cell keep running (and burning the session's CPU and pids) until "
-        "the next command or the end of the session."
+TIMED_OUT_CELL = """
+import os, subprocess, time
+subprocess.Popen(["sleep", "100"], start_new_session=True)
+if os.fork() == 0:
+    try:
+        while True:
+            pass
+    finally:
+        os._exit(0)
+"""
+
+
+TIMEOUT_ENDINGS = [
+    pytest.param("time.sleep(100)", id="interrupt not caught"),
+    pytest.param(
+        "try:\n    time.sleep(100)\nexcept KeyboardInterrupt:\n    pass", id="interrupt swallowed"
     ),
-)
+    pytest.param(
+        "try:\n    time.sleep(100)\nexcept KeyboardInterrupt:\n    raise ValueError('no')",
+        id="interrupt turned into another exception",
+    ),
+]
+
+
+@pytest.mark.parametrize("ending", TIMEOUT_ENDINGS)
 async def test_processes_started_by_a_timed_out_cell_are_gone_after_the_timeout(
-    session: Session,
+    neighbour: Neighbour, session: Session, ending: str
 ) -> None:
-    attack = (
-        "import os, subprocess, time\n"
-        "subprocess.Popen(['sleep', '100'], start_new_session=True)\n"
-        "if os.fork() == 0:\n"
-        "    try:\n"
-        "        while True:\n"
-        "            pass\n"
-        "    finally:\n"
-        "        os._exit(0)\n"
-        "time.sleep(100)"
-    )
-    outcome = await session.run_python(attack, timeout=0.5)
+    task = asyncio.ensure_future(session.run_python(TIMED_OUT_CELL + ending, timeout=0.5))
+    await asyncio.sleep(0.3)
+    assert len(others_of_uid(session)) == 2, "the cell started nothing: the test proves nothing"
+    outcome = await task
+
+    assert others_of_uid(session) == []
+    assert outcome.reply.status == "timeout"
+    assert outcome.reply.limit == "wall_time"
+    await assert_answers(session)
+    await neighbour.assert_intact()
+
+
+# The sweep runs in the worker, in the same interpreter as the user's code.
+SWITCH_OFF_THE_SWEEP = """
+import sandbox.reaper
+sandbox.reaper.kill_descendants = lambda *args, **kwargs: True
+"""
+
+
+async def test_user_code_cannot_switch_off_the_sweep_after_a_command(
+    neighbour: Neighbour, session: Session
+) -> None:
+    assert (await session.run_python(SWITCH_OFF_THE_SWEEP)).reply.status == "ok"
+    await session.run_python(DETACHED_CHILDREN["Popen in a new session"])
+    assert len(others_of_uid(session)) == 1
+
+    await session.run_command("true")
+    assert others_of_uid(session) == []
+    await neighbour.assert_intact()
+
+
+async def test_user_code_cannot_switch_off_the_sweep_after_a_timeout(
+    neighbour: Neighbour, session: Session
+) -> None:
+    assert (await session.run_python(SWITCH_OFF_THE_SWEEP)).reply.status == "ok"
+    outcome = await session.run_python(TIMED_OUT_CELL + "time.sleep(100)", timeout=0.5)
 
     assert outcome.reply.status == "timeout"
     assert others_of_uid(session) == []
+    await neighbour.assert_intact()

@@ -176,6 +176,34 @@ async def test_the_worker_has_no_capabilities_no_new_privs_and_seccomp(
     await neighbour.assert_intact()
 
 
+def descriptors_of(pid: int) -> dict[int, str]:
+    """What each open descriptor of ``pid`` refers to, as the host reads it."""
+    found: dict[int, str] = {}
+    for name in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            found[int(name)] = os.readlink(f"/proc/{pid}/fd/{name}")
+        except OSError:
+            continue
+    return found
+
+
+async def test_the_worker_holds_no_descriptor_of_the_service_zygote_or_neighbour(
+    zygote: ZygoteClient, neighbour: Neighbour, session: Session
+) -> None:
+    # A descriptor shared with another process (its control socket, a pipe, another
+    # session's channel) would be a way to reach it.  Everything the worker holds is
+    # /dev/null or its own channel, and no other process holds the same object.
+    assert zygote.pid is not None
+    worker = descriptors_of(worker_of(session).pid)
+    sockets = [target for target in worker.values() if target.startswith("socket:")]
+    assert len(sockets) == 1, worker
+    assert set(worker.values()) - set(sockets) <= {"/dev/null"}, worker
+    for other in (os.getpid(), zygote.pid, neighbour.pid):
+        shared = set(sockets) & set(descriptors_of(other).values())
+        assert shared == set(), (other, shared)
+    await neighbour.assert_intact()
+
+
 # -- signals ----------------------------------------------------------------------------
 
 KILL_EVERYONE = """
@@ -311,9 +339,9 @@ for pid in sorted(set(visible) | set(HOST_PIDS)):
 async def test_other_processes_are_invisible_and_unreadable_from_inside(
     zygote: ZygoteClient, neighbour: Neighbour, session: Session
 ) -> None:
-    # The neighbour holds a secret in its memory and environment-like state.
+    # The neighbour holds a secret in its memory: nothing read may contain it.
     secret = secrets.token_hex(16)
-    await neighbour.session.run_python(f"import os\nos.environ['LEAK'] = {secret!r}")
+    await neighbour.session.run_python(f"secret = {secret!r}")
     assert zygote.pid is not None
     host_pids = sorted({os.getpid(), os.getppid(), zygote.pid, neighbour.pid})
     outcome = await session.run_python(READ_OTHERS.replace("HOST_PIDS", repr(host_pids)))
@@ -333,12 +361,14 @@ async def test_other_processes_are_invisible_and_unreadable_from_inside(
         if pid == own:
             continue
         assert data == "FileNotFoundError", (pid, part, data[:80])
-    assert secret not in outcome.reply.value
+    assert secret not in (outcome.reply.value or "")
     await neighbour.assert_intact()
     await assert_answers(session)
 
 
-async def test_a_command_lists_only_the_sessions_own_processes(session: Session) -> None:
+async def test_a_command_lists_only_the_sessions_own_processes(
+    neighbour: Neighbour, session: Session
+) -> None:
     outcome = await session.run_command("ls /proc")
 
     assert outcome.reply.status == "ok", outcome.reply.error
@@ -347,3 +377,4 @@ async def test_a_command_lists_only_the_sessions_own_processes(session: Session)
     assert pids[0] == 1
     assert len(pids) <= 2
     assert len(psutil.pids()) > len(pids)
+    await neighbour.assert_intact()

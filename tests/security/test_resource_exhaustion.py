@@ -173,20 +173,6 @@ while True:
 """
 
 
-async def assert_recovers(session: Session) -> None:
-    """The session answers ``1 + 1``, at worst after one restart.
-
-    The one restart is the bug ``test_the_first_call_after_a_timed_out_fork_bomb_is_answered``
-    pins down; this helper lets the tests around it check everything else.
-    """
-    outcome = await session.run_python("1 + 1")
-    if outcome.reply.status == "killed":
-        assert outcome.restarted
-        outcome = await session.run_python("1 + 1")
-    assert outcome.reply.status == "ok", outcome.reply.error
-    assert outcome.reply.value == "2"
-
-
 async def test_fork_bomb_is_held_to_the_process_limit(
     zygote: ZygoteClient, neighbour: Neighbour, session: Session
 ) -> None:
@@ -200,7 +186,7 @@ async def test_fork_bomb_is_held_to_the_process_limit(
     assert outcome.reply.status in {"timeout", "killed"}
     if outcome.restarted:
         assert processes_of_uid(bomb_uid) == []
-    await assert_recovers(session)
+    await assert_answers(session)
     await neighbour.assert_intact()
 
     last_uid = uid_of(session)
@@ -210,24 +196,20 @@ async def test_fork_bomb_is_held_to_the_process_limit(
     await assert_a_fresh_session_answers(zygote)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "A fork bomb whose run ends as a timeout keeps its 31 children (the worker sweeps "
-        "descendants after commands, never after Python runs), so the session's pids "
-        "cgroup stays full; the next run's output collectors cannot start a thread, "
-        "threading raises RuntimeError out of the serve loop and the worker exits with "
-        "code 3: the next, innocent call comes back 'killed', not answered."
-    ),
-)
 async def test_the_first_call_after_a_timed_out_fork_bomb_is_answered(
     neighbour: Neighbour, session: Session
 ) -> None:
+    limit = session.policy.limits.processes
     outcome, seen = await run_sampled(session, session.run_python(QUIET_FORK_BOMB, timeout=1))
-    assert seen.peak_tasks <= session.policy.limits.processes
+
+    assert seen.peak_processes > limit // 2, "the bomb never forked: the test proves nothing"
+    assert seen.peak_tasks <= limit
     assert outcome.reply.status == "timeout"
-    await neighbour.assert_intact()
+    assert not outcome.restarted
+    # The interrupted run's children are gone, so the pids they held are free again.
+    assert [p.pid for p in processes_of_uid(uid_of(session))] == [worker_of(session).pid]
     await assert_answers(session)
+    await neighbour.assert_intact()
 
 
 THREAD_BOMBS = {
@@ -265,6 +247,35 @@ async def test_thread_bomb_is_held_to_the_process_limit(
     # The threads still sleep in the worker; the host counts them against the limit.
     tasks = sum(p.num_threads() for p in processes_of_uid(uid_of(session)))
     assert tasks <= limit
+    await assert_answers(session)
+    await neighbour.assert_intact()
+
+
+# A thread that keeps every free pid taken, also the ones the worker frees between runs.
+PID_HOARDER = """
+import ctypes, threading, time
+ctypes.CDLL(None).mallopt(-8, 1)
+threading.stack_size(256 * 1024)
+def hoard():
+    while True:
+        try:
+            threading.Thread(target=time.sleep, args=(300,), daemon=True).start()
+        except RuntimeError:
+            time.sleep(0.001)
+threading.Thread(target=hoard, daemon=True).start()
+time.sleep(0.3)
+"""
+
+
+async def test_threads_that_hold_every_pid_are_reported_as_the_process_limit(
+    neighbour: Neighbour, session: Session
+) -> None:
+    outcome, seen = await run_sampled(session, session.run_python(PID_HOARDER, timeout=2))
+    assert seen.peak_tasks <= session.policy.limits.processes
+    follow_up = await session.run_python("1 + 1")
+
+    for reply in (outcome.reply, follow_up.reply):
+        assert reply.status != "killed" or reply.limit == "processes", reply.error
     await assert_answers(session)
     await neighbour.assert_intact()
 
@@ -332,18 +343,10 @@ async def test_memory_bomb_across_processes_is_held_by_the_session_cgroup(
         assert handle.hit_memory_limit(), "the bomb never reached the limit"
         if outcome.reply.status == "ok":
             assert "-9" in (outcome.reply.value or ""), outcome.reply.value
-    await assert_recovers(session)
+    await assert_answers(session)
     await neighbour.assert_intact()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "THREATS 7 wants every limit named in the reply, but when the OOM killer ends a "
-        "child (not the worker) the reply says status ok with limit None: the worker "
-        "never reads the cgroup's OOM counter after a run that completed."
-    ),
-)
 async def test_memory_limit_reached_by_a_child_is_named_in_the_reply(session: Session) -> None:
     outcome = await session.run_python(MEMORY_BOMB_IN_CHILDREN, timeout=5)
     assert "-9" in (outcome.reply.value or "") or outcome.reply.status == "killed"
@@ -508,20 +511,12 @@ async def test_descriptor_exhaustion_stops_at_the_open_files_limit(
     await neighbour.assert_intact()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "A cell that keeps (nearly) every descriptor open breaks the worker's own "
-        "bookkeeping: os.open(devnull) at the end of _captured_output, or os.pipe() at "
-        "the start of the next run, raises EMFILE out of the serve loop; the worker "
-        "exits with code 3, the namespace is lost, and the reply (even that of the next, "
-        "innocent call) says 'killed: exited with code 3' instead of naming open_files."
-    ),
-)
 @pytest.mark.parametrize("spare", [0, 1], ids=["every descriptor", "all but one"])
-async def test_descriptors_held_past_the_cell_leave_the_worker_serving(
-    session: Session, spare: int
+async def test_descriptors_held_past_the_cell_are_reported_as_the_open_files_limit(
+    neighbour: Neighbour, session: Session, spare: int
 ) -> None:
+    # The worker needs descriptors of its own for every run; a cell that keeps them all
+    # may cost the namespace, but every reply must name the limit, never a crash.
     attack = (
         "import os\n"
         "held = []\n"
@@ -538,6 +533,7 @@ async def test_descriptors_held_past_the_cell_leave_the_worker_serving(
     for reply in (outcome.reply, follow_up.reply):
         assert reply.status != "killed" or reply.limit == "open_files", reply.error
     await assert_answers(session)
+    await neighbour.assert_intact()
 
 
 # -- output -----------------------------------------------------------------------------
@@ -580,6 +576,40 @@ async def test_output_flood_from_a_command_is_bounded_and_marked_truncated(
     assert [p.pid for p in processes_of_uid(uid_of(session))] == [worker_of(session).pid]
     await assert_answers(session)
     await neighbour.assert_intact()
+
+
+# Fifteen directories of 250 characters, then 4,000 files of 200: every changed file's
+# path is about 4,000 characters long, 16 MB of names in all.
+LONG_NAMES_FLOOD = """
+import os
+path = "/".join(["d" * 250] * 15)
+os.makedirs(path)
+for n in range(4000):
+    open(f"{path}/{n:0>200}", "w").close()
+"""
+
+
+async def test_a_flood_of_changed_files_leaves_the_service_bounded(
+    neighbour: Neighbour, session: Session
+) -> None:
+    service = psutil.Process()
+    before = service.memory_info().rss
+    await session.run_python(LONG_NAMES_FLOOD, timeout=5)
+
+    assert service.memory_info().rss - before < SERVICE_GROWTH_LIMIT_MB * MB
+    await assert_answers(session)
+    await neighbour.assert_intact()
+
+
+async def test_a_flood_of_changed_files_is_cut_from_the_reply_instead_of_killing_the_worker(
+    session: Session,
+) -> None:
+    await session.run_python("kept = 'namespace'")
+    outcome = await session.run_python(LONG_NAMES_FLOOD, timeout=5)
+
+    assert outcome.reply.status == "ok", outcome.reply.error
+    assert not outcome.restarted
+    assert (await session.run_python("kept")).reply.value == "'namespace'"
 
 
 # -- time -------------------------------------------------------------------------------
@@ -660,7 +690,9 @@ STDIN_READERS_COMMAND = ["cat", "grep anything", "sort", "head -n 1"]
 
 
 @pytest.mark.parametrize("code", STDIN_READERS_PYTHON.values(), ids=STDIN_READERS_PYTHON.keys())
-async def test_python_reading_stdin_returns_at_once(session: Session, code: str) -> None:
+async def test_python_reading_stdin_returns_at_once(
+    neighbour: Neighbour, session: Session, code: str
+) -> None:
     started = time.monotonic()
     outcome = await session.run_python(code, timeout=3)
 
@@ -669,10 +701,13 @@ async def test_python_reading_stdin_returns_at_once(session: Session, code: str)
     assert outcome.reply.value in {None, "''", "b''"}
     assert outcome.reply.exc_type in {None, "EOFError"}
     await assert_answers(session)
+    await neighbour.assert_intact()
 
 
 @pytest.mark.parametrize("line", STDIN_READERS_COMMAND)
-async def test_command_reading_stdin_returns_at_once(session: Session, line: str) -> None:
+async def test_command_reading_stdin_returns_at_once(
+    neighbour: Neighbour, session: Session, line: str
+) -> None:
     started = time.monotonic()
     outcome = await session.run_command(line, timeout=3)
 
@@ -680,3 +715,4 @@ async def test_command_reading_stdin_returns_at_once(session: Session, line: str
     assert outcome.reply.status in {"ok", "error"}
     assert outcome.reply.exit_code in {0, 1}
     await assert_answers(session)
+    await neighbour.assert_intact()
