@@ -15,12 +15,12 @@ from typing import Any, Literal, get_args, get_origin
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
+from sandbox.launchers import LAUNCHERS, Launcher, launcher_for
 from sandbox.policy import (
     ALL_LAYERS,
     COMMANDS_CHECKS,
     INTERPRETER_FOOTPRINT_MB,
     ISOLATION_CHECKS,
-    LAUNCHERS,
     LIMITS_CHECKS,
     POLICY_CHECKS,
     PRELOAD_FOOTPRINT,
@@ -28,11 +28,9 @@ from sandbox.policy import (
     SESSIONS_CHECKS,
     UNIT_SUFFIXES,
     Check,
-    Launcher,
     Policy,
     ProgramRule,
     format_number,
-    launcher_for,
 )
 
 REGENERATE = "python -m sandbox.policy_docs > docs/POLICY.md"

@@ -8,14 +8,11 @@ import pytest
 from pydantic import BaseModel
 
 from sandbox.errors import PolicyError
+from sandbox.launchers import LAUNCHERS, Reach, launcher_exposures, launcher_for
 from sandbox.policy import (
     ALL_LAYERS,
-    LAUNCHERS,
     UNIT_SUFFIXES,
     Policy,
-    Reach,
-    launcher_exposures,
-    launcher_for,
     load_policy,
     parse_policy,
     policy_warnings,
