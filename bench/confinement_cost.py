@@ -62,7 +62,8 @@ async def measure(rounds: int) -> dict[str, float]:
             times = await start_times(variant(base, confined, pool), rounds)
             results[f"{pool_name}_{name}_median_ms"] = round(statistics.median(times), 2)
         results[f"{pool_name}_ratio"] = round(
-            results[f"{pool_name}_confined_median_ms"] / results[f"{pool_name}_unconfined_median_ms"],
+            results[f"{pool_name}_confined_median_ms"]
+            / results[f"{pool_name}_unconfined_median_ms"],
             2,
         )
     return results
