@@ -55,6 +55,9 @@ class Session:
     def __init__(self, zygote: ZygoteClient, policy: Policy, worker: WorkerHandle) -> None:
         self._zygote = zygote
         self.policy = policy
+        # Computed once: the session's policy never changes, and every run's audit
+        # line names it.
+        self.policy_digest = policy.digest()
         self.worker: WorkerHandle | None = worker
         self.workspace = worker.workspace
         self.created_at = time.time()

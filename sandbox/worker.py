@@ -2,8 +2,10 @@
 
 It reads framed requests from its channel, runs them, and writes one reply per
 request.  It never trusts that user code left the process tidy: standard streams are
-re-pointed for every run, the SIGINT handler is restored, and every process a run
-left behind is killed before the reply goes out.
+re-pointed for every run, the SIGINT handler is restored, and every process that a
+command or an interrupted run left behind is killed before the reply goes out (the
+service then sweeps the session's cgroup too).  A Python run that finishes may keep
+background processes, as in Jupyter.
 """
 
 from __future__ import annotations

@@ -75,7 +75,16 @@ def serve(args: argparse.Namespace) -> int:
 
     app = create_app(settings, zygote, isolation)
     # One process: sessions live in this process's memory and workers are its children.
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info")
+    # No access log by default: the audit log records every run, and a line per
+    # request cost a measurable share of a trivial round trip.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        workers=1,
+        log_level="info",
+        access_log=args.access_log,
+    )
     return 0
 
 
@@ -187,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve_parser.add_argument("--host", default="127.0.0.1")
     serve_parser.add_argument("--port", type=int, default=8000)
     serve_parser.add_argument("--policy", help="policy file (default: CODESHERPA_POLICY)")
+    serve_parser.add_argument(
+        "--access-log", action="store_true", help="log one line per HTTP request"
+    )
     serve_parser.set_defaults(handler=serve)
 
     policy_parser = commands.add_parser("policy", help="check, show or compare policies")

@@ -95,7 +95,7 @@ def _observe(
         status=reply.status,
         duration_ms=outcome.duration_ms,
         limit=limit,
-        policy=record.session.policy.digest(),
+        policy=record.session.policy_digest,
         denied_rule=reply.denied_rule,
     )
 

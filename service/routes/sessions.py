@@ -61,7 +61,7 @@ def _info(record: SessionRecord) -> SessionInfo:
             "processes": limits.processes,
             "workspace_mb": limits.workspace_mb,
         },
-        policy=session.policy.digest(),
+        policy=session.policy_digest,
         isolation=dict(worker.hello.layers) if worker and worker.hello else {},
     )
 
@@ -80,7 +80,7 @@ async def create_session(tenant: CurrentTenant, registry: Registry) -> SessionCr
         session_id=record.session_id,
         created_at=record.created_at,
         expires_at=record.expires_at(),
-        policy=record.session.policy.digest(),
+        policy=record.session.policy_digest,
     )
 
 
