@@ -28,6 +28,14 @@ run: install
 test: install
 	$(PIDNS) $(BIN)/python -m pytest -q
 
+# CodeSherpa beside an empty FastAPI endpoint and a Jupyter kernel, in one run; prints
+# the table of targets and writes bench/results/ (latest.json, scaling.png, profiles).
+# Needs root, like the service.  BENCH_ARGS=--quick for a short run that checks it works.
+BENCH_ARGS ?= --profile 10
+bench: install
+	$(BIN)/pip install --quiet -e '.[bench]'
+	$(PIDNS) $(BIN)/python -m bench $(BENCH_ARGS)
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .

@@ -16,6 +16,9 @@ Control messages are JSON datagrams on a SOCK_SEQPACKET socket:
     zygote → service  {"ok": true, "pid", "workspace", "uid", "session_key", "quota"}
                       with the worker's channel and a pidfd attached (SCM_RIGHTS)
                       or {"ok": false, "error": str}
+    service → zygote  {"op": "status"}  →  {"ok": true, "pool": int}
+    service → zygote  {"op": "drain"}   →  {"ok": true} with the killed ready workers'
+                      pidfds attached, for the service (their parent) to reap
 """
 
 from __future__ import annotations
@@ -127,11 +130,19 @@ class Zygote:
     def pool_size(self) -> int:
         return len(self._pool)
 
-    def drain_pool(self) -> None:
-        """End the ready workers and delete their workspaces and cgroups."""
+    def drain_pool(self, reply_to: socket.socket | None = None) -> None:
+        """End the ready workers and delete their workspaces and cgroups.
+
+        The workers are the service's children, not ours: with ``reply_to`` their
+        pidfds go back to the service, which reaps them.
+        """
         for ready in self._pool:
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(ready.pidfd, signal.SIGKILL)
+        if reply_to is not None:
+            pidfds = [ready.pidfd for ready in self._pool]
+            socket.send_fds(reply_to, [json.dumps({"ok": True}).encode()], pidfds)
+        for ready in self._pool:
             ready.close()
             workspaces.remove(ready.workspace)
             with contextlib.suppress(OSError, ValueError):
@@ -263,6 +274,9 @@ def serve(control: socket.socket, zygote: Zygote) -> None:
             request = json.loads(data)
             if request.get("op") == "status":
                 control.send(json.dumps({"ok": True, "pool": zygote.pool_size}).encode())
+                continue
+            if request.get("op") == "drain":
+                zygote.drain_pool(reply_to=control)
                 continue
             if request.get("op") != "spawn":
                 raise ValueError(f"unknown op {request.get('op')!r}")

@@ -117,8 +117,10 @@ class ZygoteClient:
         return self._process is not None and self._process.poll() is None
 
     def stop(self) -> None:
-        """Close the control socket (the zygote then ends its ready workers), then reap it."""
+        """End the ready workers and reap them, close the control socket, reap the zygote."""
         if self._control is not None:
+            if self.alive():
+                self._reap_drained_pool()
             self._control.close()
             self._control = None
         if self._process is not None:
@@ -128,6 +130,19 @@ class ZygoteClient:
                 self._process.kill()
                 self._process.wait()
             self._process = None
+
+    def _reap_drained_pool(self) -> None:
+        # The ready workers were re-parented to us: only we can collect them.
+        assert self._control is not None
+        try:
+            self._control.send(json.dumps({"op": "drain"}).encode())
+            _data, pidfds, _flags, _addr = socket.recv_fds(self._control, 65536, 64)
+        except OSError:
+            return
+        for pidfd in pidfds:
+            with contextlib.suppress(ChildProcessError, OSError):
+                os.waitid(os.P_PIDFD, pidfd, os.WEXITED)
+            os.close(pidfd)
 
     def ensure_running(self) -> bool:
         """Restart a dead zygote; True if it had to be restarted.

@@ -13,105 +13,25 @@ one) must answer ``1 + 1``.
 from __future__ import annotations
 
 import asyncio
-import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import psutil
 import pytest
 
-from sandbox import Session, WorkerHandle, ZygoteClient, workspaces
+from sandbox import Session, ZygoteClient
 from sandbox.confine import cgroup
+from tests.security.harness import (
+    Neighbour,
+    assert_a_fresh_session_answers,
+    assert_answers,
+    open_session,
+    processes_of_uid,
+    running_others_of_uid,
+    uid_of,
+    worker_of,
+    zombies_of_uid,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack, pytest.mark.timeout(30)]
-
-
-# -- helpers shared by the attacks in this file -----------------------------------------
-
-
-def processes_of_uid(uid: int) -> list[psutil.Process]:
-    """Every host process whose real uid is ``uid``."""
-    found = []
-    for process in psutil.process_iter(["uids"]):
-        uids = process.info["uids"]
-        if uids is not None and uids.real == uid:
-            found.append(process)
-    return found
-
-
-def zombies_of_uid(uid: int) -> list[int]:
-    zombies = []
-    for process in processes_of_uid(uid):
-        try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                zombies.append(process.pid)
-        except psutil.NoSuchProcess:
-            continue
-    return zombies
-
-
-def worker_of(session: Session) -> WorkerHandle:
-    assert session.worker is not None, "the session has no live worker"
-    return session.worker
-
-
-def uid_of(session: Session) -> int:
-    uid = worker_of(session).uid
-    assert uid is not None, "these attacks need per-session uids: run the suite as root"
-    return uid
-
-
-def others_of_uid(session: Session) -> list[int]:
-    """Pids of the session's uid other than its worker that still run: what escaped the
-    sweep.  A killed process the worker has not reaped yet is a zombie: it runs nothing
-    and the worker collects it at its next request."""
-    worker = worker_of(session).pid
-    zombies = set(zombies_of_uid(uid_of(session)))
-    return [
-        p.pid for p in processes_of_uid(uid_of(session)) if p.pid != worker and p.pid not in zombies
-    ]
-
-
-async def assert_answers(session: Session) -> None:
-    outcome = await session.run_python("1 + 1")
-    assert outcome.reply.status == "ok", outcome.reply.error
-    assert outcome.reply.value == "2"
-
-
-async def assert_a_fresh_session_answers(zygote: ZygoteClient) -> None:
-    fresh = await Session.start(zygote)
-    try:
-        await assert_answers(fresh)
-    finally:
-        await fresh.close()
-        workspaces.remove(fresh.workspace)
-
-
-@dataclass
-class Neighbour:
-    """A session started before the attacker's, holding a value it must keep."""
-
-    session: Session
-    pid: int
-    token: str
-
-    async def assert_intact(self) -> None:
-        outcome = await self.session.run_python("kept")
-        assert outcome.reply.value == repr(self.token), outcome.reply.error
-        assert not outcome.restarted
-        assert worker_of(self.session).pid == self.pid
-        assert self.session.restarts == 0
-
-
-@pytest.fixture
-async def neighbour(zygote: ZygoteClient) -> AsyncIterator[Neighbour]:
-    started = await Session.start(zygote)
-    token = secrets.token_hex(8)
-    outcome = await started.run_python(f"kept = {token!r}")
-    assert outcome.reply.status == "ok"
-    yield Neighbour(started, worker_of(started).pid, token)
-    await started.close()
-    workspaces.remove(started.workspace)
 
 
 # -- background jobs from the command line ----------------------------------------------
@@ -138,7 +58,7 @@ async def test_a_background_job_on_the_command_line_is_denied_and_leaves_nothing
 
     assert outcome.reply.status == "denied", outcome.reply
     assert outcome.reply.denied_rule
-    assert others_of_uid(session) == []
+    assert running_others_of_uid(session) == []
     await assert_answers(session)
     await neighbour.assert_intact()
 
@@ -175,11 +95,11 @@ async def test_a_detached_child_of_the_repl_does_not_outlive_the_next_command(
 ) -> None:
     outcome = await session.run_python(code)
     assert outcome.reply.status == "ok", outcome.reply.error
-    assert len(others_of_uid(session)) == 1, "no child was left: the test proves nothing"
+    assert len(running_others_of_uid(session)) == 1, "no child was left: the test proves nothing"
 
     swept = await session.run_command("echo swept")
     assert swept.reply.stdout == "swept\n"
-    assert others_of_uid(session) == []
+    assert running_others_of_uid(session) == []
     await assert_answers(session)
     await neighbour.assert_intact()
 
@@ -226,7 +146,7 @@ async def test_unwaited_children_do_not_accumulate_as_zombies(
     assert seen_zombies > 0, "no zombie was ever seen: the test proves nothing"
     await assert_answers(session)
     assert zombies_of_uid(uid) == []
-    assert others_of_uid(session) == []
+    assert running_others_of_uid(session) == []
     await neighbour.assert_intact()
 
 
@@ -236,8 +156,7 @@ async def test_closed_and_killed_sessions_leave_no_zombie_and_no_cgroup(
     service = psutil.Process()
     groups = []
     for ending in ("close", "kill", "close"):
-        session = await Session.start(zygote)
-        try:
+        async with open_session(zygote) as session:
             handle = worker_of(session)
             groups.append((handle.session_key, handle.cgroup_parent))
             assert cgroup.session_paths(handle.session_key, handle.cgroup_parent)
@@ -250,9 +169,6 @@ async def test_closed_and_killed_sessions_leave_no_zombie_and_no_cgroup(
                 replaced = worker_of(session)
                 groups.append((replaced.session_key, replaced.cgroup_parent))
                 assert not psutil.pid_exists(handle.pid)
-        finally:
-            await session.close()
-            workspaces.remove(session.workspace)
 
     zombies = [p.pid for p in service.children() if p.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []
@@ -334,10 +250,12 @@ async def test_processes_started_by_a_timed_out_cell_are_gone_after_the_timeout(
 ) -> None:
     task = asyncio.ensure_future(session.run_python(TIMED_OUT_CELL + ending, timeout=0.5))
     await asyncio.sleep(0.3)
-    assert len(others_of_uid(session)) == 2, "the cell started nothing: the test proves nothing"
+    assert len(running_others_of_uid(session)) == 2, (
+        "the cell started nothing: the test proves nothing"
+    )
     outcome = await task
 
-    assert others_of_uid(session) == []
+    assert running_others_of_uid(session) == []
     assert outcome.reply.status == "timeout"
     assert outcome.reply.limit == "wall_time"
     await assert_answers(session)
@@ -356,10 +274,10 @@ async def test_user_code_cannot_switch_off_the_sweep_after_a_command(
 ) -> None:
     assert (await session.run_python(SWITCH_OFF_THE_SWEEP)).reply.status == "ok"
     await session.run_python(DETACHED_CHILDREN["Popen in a new session"])
-    assert len(others_of_uid(session)) == 1
+    assert len(running_others_of_uid(session)) == 1
 
     await session.run_command("true")
-    assert others_of_uid(session) == []
+    assert running_others_of_uid(session) == []
     await neighbour.assert_intact()
 
 
@@ -370,5 +288,5 @@ async def test_user_code_cannot_switch_off_the_sweep_after_a_timeout(
     outcome = await session.run_python(TIMED_OUT_CELL + "time.sleep(100)", timeout=0.5)
 
     assert outcome.reply.status == "timeout"
-    assert others_of_uid(session) == []
+    assert running_others_of_uid(session) == []
     await neighbour.assert_intact()

@@ -12,9 +12,7 @@ started.  Controls show the markers do appear when the policy allows the action.
 
 from __future__ import annotations
 
-import json
 import os
-import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +20,7 @@ import pytest
 
 from sandbox import Session
 from sandbox.confine.landlock_layer import elf_interpreter
+from tests.security.harness import probe
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack]
 
@@ -122,30 +121,8 @@ async def test_programs_copied_into_the_workspace_cannot_be_run_by_command(
 
 # --- the kernel layer, from the REPL ----------------------------------------------------
 
-_PRELUDE = """
-import json, os, shutil, subprocess, sys
-results = {}
-def attempt(name, action):
-    try:
-        value = action()
-    except OSError as exc:
-        results[name] = {"ok": False, "errno": exc.errno, "error": type(exc).__name__}
-    except Exception as exc:
-        results[name] = {"ok": False, "errno": None, "error": type(exc).__name__}
-    else:
-        results[name] = {"ok": True, "value": repr(value)[:300]}
-"""
-
 # A shell builtin makes the marker, so a shell that ran would need no other program.
 SHELL_MARKER = "echo x > pwned"
-
-
-async def probe(session: Session, body: str) -> dict[str, dict[str, Any]]:
-    code = _PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(results))"
-    reply = (await session.run_python(code, timeout=10)).reply
-    assert reply.status == "ok", reply.error
-    results: dict[str, dict[str, Any]] = json.loads(reply.stdout)
-    return results
 
 
 def permission_denied(result: dict[str, Any]) -> bool:

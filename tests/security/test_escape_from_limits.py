@@ -13,95 +13,29 @@ state, and the attacked session (or its replacement) must answer ``1 + 1``.
 from __future__ import annotations
 
 import asyncio
-import secrets
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 
-from sandbox import Session, WorkerHandle, ZygoteClient, workspaces
+from sandbox import Session, WorkerHandle, ZygoteClient
 from sandbox.confine import cgroup
+from tests.security.harness import (
+    MB,
+    Neighbour,
+    assert_a_fresh_session_answers,
+    assert_answers,
+    others_of_uid,
+    processes_of_uid,
+    uid_of,
+    worker_of,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack, pytest.mark.timeout(30)]
 
-MB = 1024 * 1024
 # Beyond timeout + grace, what the service may take to kill and replace a worker.
 KILL_SLACK_S = 1.5
-
-
-# -- helpers shared by the attacks in this file -----------------------------------------
-
-
-def processes_of_uid(uid: int) -> list[psutil.Process]:
-    """Every host process whose real uid is ``uid``."""
-    found = []
-    for process in psutil.process_iter(["uids"]):
-        uids = process.info["uids"]
-        if uids is not None and uids.real == uid:
-            found.append(process)
-    return found
-
-
-def worker_of(session: Session) -> WorkerHandle:
-    assert session.worker is not None, "the session has no live worker"
-    return session.worker
-
-
-def uid_of(session: Session) -> int:
-    uid = worker_of(session).uid
-    assert uid is not None, "these attacks need per-session uids: run the suite as root"
-    return uid
-
-
-def others_of_uid(session: Session) -> list[int]:
-    """Pids of the session's uid other than its worker: what escaped the sweep."""
-    worker = worker_of(session).pid
-    return [p.pid for p in processes_of_uid(uid_of(session)) if p.pid != worker]
-
-
-async def assert_answers(session: Session) -> None:
-    outcome = await session.run_python("1 + 1")
-    assert outcome.reply.status == "ok", outcome.reply.error
-    assert outcome.reply.value == "2"
-
-
-async def assert_a_fresh_session_answers(zygote: ZygoteClient) -> None:
-    fresh = await Session.start(zygote)
-    try:
-        await assert_answers(fresh)
-    finally:
-        await fresh.close()
-        workspaces.remove(fresh.workspace)
-
-
-@dataclass
-class Neighbour:
-    """A session started before the attacker's, holding a value it must keep."""
-
-    session: Session
-    pid: int
-    token: str
-
-    async def assert_intact(self) -> None:
-        outcome = await self.session.run_python("kept")
-        assert outcome.reply.value == repr(self.token), outcome.reply.error
-        assert not outcome.restarted
-        assert worker_of(self.session).pid == self.pid
-        assert self.session.restarts == 0
-
-
-@pytest.fixture
-async def neighbour(zygote: ZygoteClient) -> AsyncIterator[Neighbour]:
-    started = await Session.start(zygote)
-    token = secrets.token_hex(8)
-    outcome = await started.run_python(f"kept = {token!r}")
-    assert outcome.reply.status == "ok"
-    yield Neighbour(started, worker_of(started).pid, token)
-    await started.close()
-    workspaces.remove(started.workspace)
 
 
 # -- loops that refuse the interrupt ----------------------------------------------------

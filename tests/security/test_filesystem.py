@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import json
 import os
 import secrets
 import shutil
 import stat
+import sys
 import tempfile
-import textwrap
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,47 +33,24 @@ import pytest
 
 from sandbox import RunReply, Session, ZygoteClient, workspaces
 from sandbox.policy import Policy
+from tests.security.harness import (
+    VISIBLE_TMP,
+    Results,
+    everything_said,
+    open_session,
+    probe,
+    probe_with_reply,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack]
 
-# Not covered by any of the worker's tmpfs mounts: the worker sees paths here.
-VISIBLE_TMP = "/opt" if os.path.isdir("/opt") else "/"
 # The sandbox's refusals; ENOENT only where the mount namespace hides the target.
 DENIED = frozenset({errno.EACCES, errno.EPERM})
 HIDDEN = DENIED | {errno.ENOENT}
 
-Results = dict[str, dict[str, Any]]
-
-_PRELUDE = """
-import errno, json, os
-results = {}
-def attempt(name, action):
-    try:
-        value = action()
-    except OSError as exc:
-        results[name] = {"ok": False, "errno": exc.errno}
-    except Exception as exc:
-        results[name] = {"ok": False, "errno": None, "error": type(exc).__name__}
-    else:
-        results[name] = {"ok": True, "value": repr(value)[:300]}
-"""
-
-
-async def probe(session: Session, body: str) -> tuple[Results, RunReply]:
-    """Run ``attempt(...)`` calls in the worker; return what each did, and the reply."""
-    code = _PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(results))"
-    reply = (await session.run_python(code, timeout=10)).reply
-    assert reply.status == "ok", reply.error
-    return json.loads(reply.stdout), reply
-
 
 def refused(result: dict[str, Any], allowed: frozenset[int] = HIDDEN) -> bool:
     return result["ok"] is False and result["errno"] in allowed
-
-
-def everything_said(*replies: RunReply) -> str:
-    """Every field of every reply, as one string to search for a secret."""
-    return "\n".join(reply.model_dump_json() for reply in replies)
 
 
 def host_entries(path: Path) -> list[str]:
@@ -138,14 +114,8 @@ def visible_zygote(policy: Policy) -> Iterator[ZygoteClient]:
 
 @contextlib.asynccontextmanager
 async def two_sessions(zygote: ZygoteClient) -> AsyncIterator[tuple[Session, Session]]:
-    first = await Session.start(zygote)
-    second = await Session.start(zygote)
-    try:
+    async with open_session(zygote) as first, open_session(zygote) as second:
         yield first, second
-    finally:
-        for started in (first, second):
-            await started.close()
-            workspaces.remove(started.workspace)
 
 
 # --- writes outside the workspace -------------------------------------------------------
@@ -155,7 +125,7 @@ async def test_absolute_path_writes_from_the_repl_never_reach_the_host(
     session: Session, outside: Outside
 ) -> None:
     drop = str(outside.drop)
-    results, _ = await probe(
+    results = await probe(
         session,
         f"""
         import shutil
@@ -211,7 +181,7 @@ async def test_reading_a_host_file_by_absolute_path_reveals_nothing(
 ) -> None:
     canary = str(outside.canary)
     assert outside.secret in outside.canary.read_text()  # control: the secret is there
-    results, reply = await probe(
+    results, reply = await probe_with_reply(
         session,
         f"""
         canary = {canary!r}
@@ -249,7 +219,7 @@ async def test_dot_dot_traversal_from_the_workspace_stays_inside(
     up = "../" * 12
     canary = up + str(outside.canary).lstrip("/")
     drop = up + str(outside.drop).lstrip("/")
-    results, reply = await probe(
+    results, reply = await probe_with_reply(
         session,
         f"""
         attempt("read", lambda: open({canary!r}).read())
@@ -297,7 +267,7 @@ async def test_symlink_planted_in_the_workspace_reads_nothing(
     if planted_by == "host":
         os.symlink(destination, os.path.join(session.workspace, "link"))
         os.symlink(write_target, os.path.join(session.workspace, "write-link"))
-    results, reply = await probe(
+    results, reply = await probe_with_reply(
         session,
         f"""
         if {planted_by == "session"}:
@@ -324,7 +294,7 @@ async def test_symlink_planted_in_the_workspace_reads_nothing(
 async def test_hard_link_to_a_file_outside_the_workspace_cannot_be_made(
     session: Session, outside: Outside
 ) -> None:
-    results, _ = await probe(
+    results = await probe(
         session,
         f"""
         open("own.txt", "w").write("own")
@@ -353,7 +323,7 @@ async def test_hard_link_to_a_file_outside_the_workspace_cannot_be_made(
 async def test_proc_root_links_lead_nowhere_outside(session: Session, outside: Outside) -> None:
     canary = str(outside.canary)
     drop = str(outside.drop)
-    results, reply = await probe(
+    results, reply = await probe_with_reply(
         session,
         f"""
         open("own.txt", "w").write("own-through-proc")
@@ -388,7 +358,7 @@ async def test_proc_and_sys_writes_change_nothing_on_the_host(session: Session) 
     rogue_group = cgroup_root / f"codesherpa-attack-{secrets.token_hex(6)}"
     core_pattern = Path("/proc/sys/kernel/core_pattern").read_text()
     try:
-        results, _ = await probe(
+        results = await probe(
             session,
             f"""
             before = open("/proc/self/cgroup").read()
@@ -427,7 +397,7 @@ async def test_device_nodes_cannot_be_made_or_opened(session: Session) -> None:
     planted = f"/dev/codesherpa-attack-{secrets.token_hex(6)}"
     exclusive = "os.O_WRONLY | os.O_CREAT | os.O_EXCL"  # never writes an existing device
     try:
-        results, _ = await probe(
+        results = await probe(
             session,
             f"""
             attempt("control fifo", lambda: os.mkfifo("fifo"))
@@ -468,7 +438,7 @@ async def _attack_neighbour(
 ) -> tuple[Results, list[RunReply]]:
     """Everything ``attacker`` can try against ``victim``'s workspace, by every path."""
     host = victim.workspace
-    results, reply = await probe(
+    results, reply = await probe_with_reply(
         attacker,
         f"""
         import glob
@@ -539,7 +509,7 @@ async def test_private_tmp_and_shm_are_shared_with_no_one(
     name = f"codesherpa-private-{secrets.token_hex(8)}"
     secret = f"tmp-secret-{secrets.token_hex(12)}"
     async with two_sessions(visible_zygote) as (first, second):
-        written, _ = await probe(
+        written = await probe(
             first,
             f"""
             for base in ("/tmp", "/dev/shm"):
@@ -548,9 +518,9 @@ async def test_private_tmp_and_shm_are_shared_with_no_one(
             """,
         )
         assert all(result["ok"] for result in written.values()), written
-        kept, _ = await probe(first, f'attempt("read back", lambda: open("/tmp/{name}").read())')
+        kept = await probe(first, f'attempt("read back", lambda: open("/tmp/{name}").read())')
         assert kept["read back"] == {"ok": True, "value": repr(secret)}
-        results, reply = await probe(
+        results, reply = await probe_with_reply(
             second,
             f"""
             for base in ("/tmp", "/dev/shm"):
@@ -558,7 +528,16 @@ async def test_private_tmp_and_shm_are_shared_with_no_one(
                 attempt("read " + base, lambda base=base: open(base + "/" + {name!r}).read())
             """,
         )
-        assert results["list /tmp"] == {"ok": True, "value": "[]"}
+        # Only what the worker's mount view binds back (an interpreter or checkout that
+        # lives under /tmp on this host) may be listed there; nothing of the other session.
+        bound_back = sorted(
+            {
+                path.split("/")[2]
+                for path in map(os.path.realpath, (sys.prefix, *sys.path))
+                if path.startswith("/tmp/") and len(path.split("/")) > 2
+            }
+        )
+        assert results["list /tmp"] == {"ok": True, "value": repr(bound_back)}
         assert results["list /dev/shm"] == {"ok": True, "value": "[]"}
         assert refused(results["read /tmp"], frozenset({errno.ENOENT}))
         assert refused(results["read /dev/shm"], frozenset({errno.ENOENT}))

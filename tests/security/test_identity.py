@@ -14,41 +14,16 @@ from __future__ import annotations
 
 import os
 import secrets
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 import pytest
 
-from sandbox import Session, WorkerHandle, ZygoteClient, workspaces
+from sandbox import Session, ZygoteClient
 from sandbox.zygote import UID_RANGE_SIZE, UID_RANGE_START
+from tests.security.harness import Neighbour, assert_answers, uid_of, worker_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack, pytest.mark.timeout(30)]
-
-
-# -- helpers shared by the attacks in this file -----------------------------------------
-
-
-def processes_of_uid(uid: int) -> list[psutil.Process]:
-    """Every host process whose real uid is ``uid``."""
-    found = []
-    for process in psutil.process_iter(["uids"]):
-        uids = process.info["uids"]
-        if uids is not None and uids.real == uid:
-            found.append(process)
-    return found
-
-
-def worker_of(session: Session) -> WorkerHandle:
-    assert session.worker is not None, "the session has no live worker"
-    return session.worker
-
-
-def uid_of(session: Session) -> int:
-    uid = worker_of(session).uid
-    assert uid is not None, "these attacks need per-session uids: run the suite as root"
-    return uid
 
 
 def status_fields(pid: int | str) -> dict[str, str]:
@@ -58,39 +33,6 @@ def status_fields(pid: int | str) -> dict[str, str]:
         name, _, value = line.partition(":")
         fields[name] = value.strip()
     return fields
-
-
-async def assert_answers(session: Session) -> None:
-    outcome = await session.run_python("1 + 1")
-    assert outcome.reply.status == "ok", outcome.reply.error
-    assert outcome.reply.value == "2"
-
-
-@dataclass
-class Neighbour:
-    """A session started before the attacker's, holding a value it must keep."""
-
-    session: Session
-    pid: int
-    token: str
-
-    async def assert_intact(self) -> None:
-        outcome = await self.session.run_python("kept")
-        assert outcome.reply.value == repr(self.token), outcome.reply.error
-        assert not outcome.restarted
-        assert worker_of(self.session).pid == self.pid
-        assert self.session.restarts == 0
-
-
-@pytest.fixture
-async def neighbour(zygote: ZygoteClient) -> AsyncIterator[Neighbour]:
-    started = await Session.start(zygote)
-    token = secrets.token_hex(8)
-    outcome = await started.run_python(f"kept = {token!r}")
-    assert outcome.reply.status == "ok"
-    yield Neighbour(started, worker_of(started).pid, token)
-    await started.close()
-    workspaces.remove(started.workspace)
 
 
 # -- credentials ------------------------------------------------------------------------

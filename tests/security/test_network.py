@@ -12,13 +12,11 @@ namespace, mode 0o777 so that only the sandbox can refuse the connection).
 from __future__ import annotations
 
 import errno
-import json
 import os
 import secrets
 import shutil
 import socket
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -26,36 +24,11 @@ from typing import Any
 import pytest
 
 from sandbox import Session
+from tests.security.harness import VISIBLE_TMP, probe
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack]
 
-# Not covered by the worker's tmpfs mounts (/tmp, /var, /run, /home, ...).
-VISIBLE_TMP = "/opt" if os.path.isdir("/opt") else "/"
 QUIET_WAIT_S = 0.5  # how long a listener waits for a connection that must not come
-
-Results = dict[str, dict[str, Any]]
-
-_PRELUDE = """
-import json, os, socket
-results = {}
-def attempt(name, action):
-    try:
-        value = action()
-    except OSError as exc:
-        results[name] = {"ok": False, "errno": exc.errno, "error": type(exc).__name__}
-    except Exception as exc:
-        results[name] = {"ok": False, "errno": None, "error": type(exc).__name__}
-    else:
-        results[name] = {"ok": True, "value": repr(value)[:300]}
-"""
-
-
-async def probe(session: Session, body: str) -> Results:
-    code = _PRELUDE + textwrap.dedent(body) + "\nprint(json.dumps(results))"
-    reply = (await session.run_python(code, timeout=10)).reply
-    assert reply.status == "ok", reply.error
-    results: Results = json.loads(reply.stdout)
-    return results
 
 
 def nothing_connects(listener: socket.socket) -> bool:

@@ -14,50 +14,33 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 import psutil
 import pytest
 
-from sandbox import RunOutcome, Session, WorkerHandle, ZygoteClient, workspaces
+from sandbox import RunOutcome, Session, WorkerHandle, ZygoteClient
 from sandbox.confine.namespaces import PRIVATE_TMP_MB
+from tests.security.harness import (
+    MB,
+    Neighbour,
+    assert_a_fresh_session_answers,
+    assert_answers,
+    processes_of_uid,
+    uid_of,
+    worker_of,
+)
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack, pytest.mark.timeout(30)]
 
-MB = 1024 * 1024
 # What the host may lose beyond the session's own memory limit while a bomb runs:
 # page cache, the service's buffers and whatever else the machine is doing.
 HOST_MEMORY_SLACK_MB = 512
 # How much the service (this process) may grow while it collects a flood.
 SERVICE_GROWTH_LIMIT_MB = 64
 SAMPLE_INTERVAL_S = 0.02
-
-
-# -- helpers shared by the attacks in this file -----------------------------------------
-
-
-def processes_of_uid(uid: int) -> list[psutil.Process]:
-    """Every host process whose real uid is ``uid``."""
-    found = []
-    for process in psutil.process_iter(["uids"]):
-        uids = process.info["uids"]
-        if uids is not None and uids.real == uid:
-            found.append(process)
-    return found
-
-
-def worker_of(session: Session) -> WorkerHandle:
-    assert session.worker is not None, "the session has no live worker"
-    return session.worker
-
-
-def uid_of(session: Session) -> int:
-    uid = worker_of(session).uid
-    assert uid is not None, "these attacks need per-session uids: run the suite as root"
-    return uid
 
 
 @dataclass
@@ -108,46 +91,11 @@ async def run_sampled(
     return await task, sampler
 
 
-async def assert_answers(session: Session) -> None:
-    outcome = await session.run_python("1 + 1")
-    assert outcome.reply.status == "ok", outcome.reply.error
-    assert outcome.reply.value == "2"
-
-
-async def assert_a_fresh_session_answers(zygote: ZygoteClient) -> None:
-    fresh = await Session.start(zygote)
-    try:
-        await assert_answers(fresh)
-    finally:
-        await fresh.close()
-        workspaces.remove(fresh.workspace)
-
-
-@dataclass
-class Neighbour:
-    """A session started before the attacker's, holding a value it must keep."""
-
-    session: Session
-    pid: int
-    token: str
-
-    async def assert_intact(self) -> None:
-        outcome = await self.session.run_python("kept")
-        assert outcome.reply.value == repr(self.token), outcome.reply.error
-        assert not outcome.restarted
-        assert worker_of(self.session).pid == self.pid
-        assert self.session.restarts == 0
-
-
-@pytest.fixture
-async def neighbour(zygote: ZygoteClient) -> AsyncIterator[Neighbour]:
-    started = await Session.start(zygote)
-    token = secrets.token_hex(8)
-    outcome = await started.run_python(f"kept = {token!r}")
-    assert outcome.reply.status == "ok"
-    yield Neighbour(started, worker_of(started).pid, token)
-    await started.close()
-    workspaces.remove(started.workspace)
+async def assert_a_kill_names_the_limit(session: Session, outcome: RunOutcome, limit: str) -> None:
+    """Neither the attack's reply nor that of the call after it is a kill for another cause."""
+    follow_up = await session.run_python("1 + 1")
+    for reply in (outcome.reply, follow_up.reply):
+        assert reply.status != "killed" or reply.limit == limit, reply.error
 
 
 # -- processes and threads --------------------------------------------------------------
@@ -272,10 +220,7 @@ async def test_threads_that_hold_every_pid_are_reported_as_the_process_limit(
 ) -> None:
     outcome, seen = await run_sampled(session, session.run_python(PID_HOARDER, timeout=2))
     assert seen.peak_tasks <= session.policy.limits.processes
-    follow_up = await session.run_python("1 + 1")
-
-    for reply in (outcome.reply, follow_up.reply):
-        assert reply.status != "killed" or reply.limit == "processes", reply.error
+    await assert_a_kill_names_the_limit(session, outcome, "processes")
     await assert_answers(session)
     await neighbour.assert_intact()
 
@@ -529,9 +474,7 @@ async def test_descriptors_held_past_the_cell_are_reported_as_the_open_files_lim
         "    os.close(held.pop())"
     )
     outcome = await session.run_python(attack, timeout=3)
-    follow_up = await session.run_python("1 + 1")
-    for reply in (outcome.reply, follow_up.reply):
-        assert reply.status != "killed" or reply.limit == "open_files", reply.error
+    await assert_a_kill_names_the_limit(session, outcome, "open_files")
     await assert_answers(session)
     await neighbour.assert_intact()
 

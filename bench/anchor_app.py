@@ -1,0 +1,41 @@
+"""The empty-endpoint anchor: one ``POST /echo`` returning ``{}``, on CodeSherpa's stack.
+
+Served exactly as ``codesherpa serve`` serves the service (``service/cli.py``): FastAPI
+under ``uvicorn.run`` with one worker, log level info (access log on), same logging
+setup.  What the service costs beyond this is the price of its routes and its sandbox.
+
+    python -m bench.anchor_app --port 8001
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+import uvicorn
+from fastapi import FastAPI
+
+app = FastAPI(title="empty endpoint")
+
+
+@app.post("/echo")
+async def echo() -> dict[str, str]:
+    return {}
+
+
+@app.get("/readyz")
+async def readyz() -> dict[str, str]:
+    return {}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="bench.anchor_app")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8001)
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info")
+
+
+if __name__ == "__main__":
+    main()
