@@ -12,6 +12,7 @@ from fastapi import FastAPI
 from starlette.routing import Route
 
 from sandbox import ZygoteClient
+from sandbox.confine import cgroup
 from service.audit import AuditLog
 from service.body_limit import BodySizeLimit
 from service.errors import install_error_handlers
@@ -56,7 +57,12 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
             with contextlib.suppress(asyncio.CancelledError):
                 await reaper
             await registry.close_all()
-            zygote.stop()
+            # After a reload the serving zygote is no longer the one we started with.
+            serving = registry.zygote
+            await asyncio.to_thread(serving.stop)
+            # Every session has ended: the service's own cgroup parent goes too.
+            with contextlib.suppress(OSError, ValueError):
+                await asyncio.to_thread(cgroup.remove_all_sessions, serving.cgroup_parent)
             app.state.audit.close()
 
     app = FastAPI(

@@ -14,6 +14,7 @@ import httpx
 import psutil
 import pytest
 
+from sandbox.zygote_client import cgroup_parent_for
 from tests.api.server import Server, start_server, stop_server
 
 
@@ -104,6 +105,8 @@ def test_graceful_shutdown_ends_every_worker_and_removes_workspaces(tmp_path: Pa
     assert _wait_until(lambda: _processes_of(uid) == [])
     assert list((server.state_dir / "workspaces").iterdir()) == []
     assert _mounts_under(server.state_dir) == []
+    parent = cgroup_parent_for(str(server.state_dir))
+    assert not any(Path("/sys/fs/cgroup").glob(f"*/**/{parent}")), "cgroup parent left behind"
 
 
 @pytest.mark.timeout(180)
