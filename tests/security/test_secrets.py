@@ -63,7 +63,11 @@ places["/proc/self/environ"] = read("/proc/self/environ")
 child = subprocess.run(["cat", "/proc/self/environ"], capture_output=True)
 places["child environ"] = child.stdout.decode(errors="replace")
 for root in ("/mnt/data", "/tmp", os.path.expanduser("~")):
-    for directory, _, files in os.walk(root):
+    for directory, subdirectories, files in os.walk(root):
+        if os.statvfs(directory).f_flag & os.ST_RDONLY:
+            # The interpreter or checkout the mount view binds back, read-only: code.
+            subdirectories[:] = []
+            continue
         for name in files:
             places[os.path.join(directory, name)] = read(os.path.join(directory, name))
 print(json.dumps({{
