@@ -39,7 +39,14 @@ from dataclasses import dataclass
 
 from sandbox import protocol, workspaces
 from sandbox.commands import resolve_program
-from sandbox.confine import WorkerSpec, cgroup, confine_worker, unshare_for_worker
+from sandbox.confine import (
+    WorkerSpec,
+    cgroup,
+    confine_worker,
+    landlock_layer,
+    seccomp_layer,
+    unshare_for_worker,
+)
 from sandbox.confine.process import die_with_parent
 from sandbox.errors import ConfinementError
 from sandbox.policy import Policy
@@ -121,6 +128,12 @@ class Zygote:
             if path is not None
         )
         workspaces.prepare_root(state_dir)
+        # Work every worker would repeat, done once here so forks share its pages.
+        wanted = policy.isolation.wanted()
+        if "seccomp" in wanted:
+            seccomp_layer.prepare(policy.isolation.network)
+        if "landlock" in wanted:
+            landlock_layer.prepare(self._executables)
 
     def fill_pool(self) -> None:
         while len(self._pool) < self._policy.sessions.warm_pool:

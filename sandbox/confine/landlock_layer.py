@@ -58,6 +58,7 @@ from __future__ import annotations
 import ctypes
 import enum
 import errno
+import functools
 import os
 import stat
 import struct
@@ -327,8 +328,15 @@ def program_rules(spec: WorkerSpec) -> list[PathRule]:
     a script whose interpreter is not itself allowed fails, rather than silently
     widening the allowlist to, say, /bin/sh.
     """
+    return list(_program_rules(spec.executables))
+
+
+@functools.lru_cache(maxsize=8)
+def _program_rules(executables: tuple[str, ...]) -> tuple[PathRule, ...]:
+    # Cached: the zygote computes it once (see ``prepare``), and every worker forked
+    # from it skips reading the ELF headers of every allowed program again.
     programs = [os.path.realpath(sys.executable)]
-    programs += [os.path.realpath(path) for path in spec.executables]
+    programs += [os.path.realpath(path) for path in executables]
     programs = [path for path in _unique(programs) if _is_regular_file(path)]
     rules = [PathRule(path, RUN_PROGRAM, "allowed program") for path in programs]
     loaders: list[str] = []
@@ -343,7 +351,7 @@ def program_rules(spec: WorkerSpec) -> list[PathRule]:
         for path in _unique(loaders)
         if path not in programs and _is_regular_file(path)
     ]
-    return rules
+    return tuple(rules)
 
 
 def _interpreter_paths() -> Iterator[str]:
@@ -352,6 +360,11 @@ def _interpreter_paths() -> Iterator[str]:
         # "" is the current directory, the workspace, which is read-write anyway.
         if entry:
             yield os.path.abspath(entry)
+
+
+def prepare(executables: tuple[str, ...]) -> None:
+    """Resolve the execute rules once, in the zygote, before it forks workers."""
+    _program_rules(executables)
 
 
 def path_rules(spec: WorkerSpec, workspace: str, private_tmp: bool = True) -> list[PathRule]:

@@ -360,11 +360,22 @@ def build_filter(network: bool) -> BuiltFilter:
     return BuiltFilter(handle, rule_count, tuple(absent), tuple(unknown))
 
 
+# Filters built ahead of time in the zygote, by network setting: each worker forked
+# from it then only loads one, and shares the built filter's pages with the others.
+_prepared: dict[bool, BuiltFilter] = {}
+
+
+def prepare(network: bool) -> None:
+    """Build the filter once, in the zygote, before it forks workers."""
+    if _pyseccomp is not None and network not in _prepared:
+        _prepared[network] = build_filter(network)
+
+
 def apply(spec: WorkerSpec) -> LayerStatus:
     network = spec.policy.isolation.network
     if _pyseccomp is None:
         return LayerStatus(LAYER_NAME, False, _import_error or "libseccomp is missing")
-    built = build_filter(network)
+    built = _prepared.get(network) or build_filter(network)
     built.handle.load()
     uncovered = set(built.absent) | set(built.unknown)
     denied_count = sum(name not in uncovered for _why, names in DENIED_SYSCALLS for name in names)
