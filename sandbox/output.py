@@ -12,6 +12,7 @@ import select
 import threading
 import time
 from collections import deque
+from collections.abc import Sequence
 
 OMISSION_MARKER = "\n[... {omitted} characters omitted ...]\n"
 
@@ -65,14 +66,18 @@ class BoundedBuffer:
         return head_text + marker + tail_text, True
 
 
-class PipeCollector:
-    """Drain a pipe into a ``BoundedBuffer`` on a background thread."""
+class StreamCollector:
+    """Drain several pipes into ``BoundedBuffer``s on one background thread.
+
+    One thread for stdout and stderr together: starting a thread is a visible share of
+    a trivial run's cost.
+    """
 
     _POLL_MS = 50
 
-    def __init__(self, read_fd: int, keep: int) -> None:
-        self._fd = read_fd
-        self.buffer = BoundedBuffer(keep)
+    def __init__(self, read_fds: Sequence[int], keep: int) -> None:
+        self._fds = list(read_fds)
+        self.buffers = [BoundedBuffer(keep) for _ in self._fds]
         self._finishing = threading.Event()
         self._deadline = float("inf")
         self._thread = threading.Thread(target=self._drain, daemon=True)
@@ -80,28 +85,33 @@ class PipeCollector:
 
     def _drain(self) -> None:
         poller = select.poll()
-        poller.register(self._fd, select.POLLIN)
-        while True:
+        buffer_of = dict(zip(self._fds, self.buffers, strict=True))
+        for fd in self._fds:
+            poller.register(fd, select.POLLIN)
+        while buffer_of:
             events = poller.poll(self._POLL_MS)
             if self._finishing.is_set() and (not events or time.monotonic() > self._deadline):
                 return
-            if not events:
-                continue
-            try:
-                data = os.read(self._fd, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            self.buffer.write(data)
+            for fd, _event in events:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    data = b""
+                if data:
+                    buffer_of[fd].write(data)
+                else:
+                    # Every writer is gone: this stream is complete.
+                    poller.unregister(fd)
+                    del buffer_of[fd]
 
-    def finish(self, linger_s: float = 0.2) -> BoundedBuffer:
-        """Stop once the writers are gone or ``linger_s`` passes with the pipe quiet.
+    def finish(self, linger_s: float = 0.2) -> list[BoundedBuffer]:
+        """Stop once the writers are gone or ``linger_s`` passes with the pipes quiet.
 
-        A background process that keeps the write end open must not hold the reply.
+        A background process that keeps a write end open must not hold the reply.
         """
         self._deadline = time.monotonic() + linger_s
         self._finishing.set()
         self._thread.join()
-        os.close(self._fd)
-        return self.buffer
+        for fd in self._fds:
+            os.close(fd)
+        return self.buffers

@@ -25,7 +25,7 @@ from sandbox import protocol, reaper, workspace
 from sandbox.command_runner import CommandRunner
 from sandbox.commands import CommandDenied, parse_and_check
 from sandbox.executor import CellOutcome, PythonSession
-from sandbox.output import BoundedBuffer, PipeCollector, truncate_output
+from sandbox.output import BoundedBuffer, StreamCollector, truncate_output
 from sandbox.policy import Policy
 
 
@@ -51,7 +51,7 @@ MAX_CHANGED_FILES = 100
 
 
 @contextmanager
-def _captured_output(keep: int, devnull: int) -> Iterator[tuple[PipeCollector, PipeCollector]]:
+def _captured_output(keep: int, devnull: int) -> Iterator[StreamCollector]:
     """Point fds 1 and 2 at bounded pipes for the duration of one run."""
     try:
         out_read, out_write = os.pipe()
@@ -61,7 +61,7 @@ def _captured_output(keep: int, devnull: int) -> Iterator[tuple[PipeCollector, P
             os._exit(EXIT_OUT_OF_DESCRIPTORS)
         raise
     try:
-        collectors = (PipeCollector(out_read, keep), PipeCollector(err_read, keep))
+        collector = StreamCollector([out_read, err_read], keep)
     except RuntimeError:  # "can't start new thread": user threads hold every pid
         os._exit(EXIT_OUT_OF_PROCESSES)
     os.dup2(out_write, 1)
@@ -69,7 +69,7 @@ def _captured_output(keep: int, devnull: int) -> Iterator[tuple[PipeCollector, P
     os.close(out_write)
     os.close(err_write)
     try:
-        yield collectors
+        yield collector
     finally:
         for stream in (sys.stdout, sys.stderr):
             with contextlib.suppress(OSError, ValueError):
@@ -152,7 +152,7 @@ class Worker:
     def _run_python(self, request: protocol.RunPython) -> protocol.RunReply:
         before = workspace.snapshot()
         outcome: CellOutcome | None = None
-        with _captured_output(self._keep, self._devnull) as (out, err):
+        with _captured_output(self._keep, self._devnull) as collector:
             try:
                 _RunState.running = True
                 outcome = self._session.run(request.code)
@@ -169,10 +169,11 @@ class Worker:
                 reaper.kill_descendants()
             workspace.save_open_figures(self._session.execution_count)
         reaper.reap_zombies()
+        stdout, stderr = collector.finish()
         return self._reply(
             request.run_id,
-            out.finish(),
-            err.finish(),
+            stdout,
+            stderr,
             status="error" if outcome.error else "ok",
             value=outcome.value,
             error=outcome.error,
@@ -192,7 +193,7 @@ class Worker:
                 execution_count=self._session.execution_count,
             )
         before = workspace.snapshot()
-        with _captured_output(self._keep, self._devnull) as (out, err):
+        with _captured_output(self._keep, self._devnull) as collector:
             try:
                 _RunState.running = True
                 result = self._commands.run(plan, 1, 2)
@@ -205,7 +206,7 @@ class Worker:
             reaper.kill_descendants()
         interrupted = result is None or result.interrupted
         exit_code = None if result is None else result.exit_code
-        stdout, stderr = out.finish(), err.finish()
+        stdout, stderr = collector.finish()
         if interrupted:
             status, error = "error", "KeyboardInterrupt: the command was interrupted"
         elif exit_code:

@@ -7,7 +7,7 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sandbox.output import BoundedBuffer, PipeCollector, truncate_output
+from sandbox.output import BoundedBuffer, StreamCollector, truncate_output
 
 
 @given(text=st.text(max_size=500), limit=st.integers(min_value=60, max_value=400))
@@ -40,19 +40,24 @@ def test_bounded_buffer_holds_at_most_twice_its_keep_whatever_is_written() -> No
     assert len(text) <= 1500
 
 
-def test_pipe_collector_drains_a_writer_and_stops_at_end_of_file() -> None:
-    read_fd, write_fd = os.pipe()
-    collector = PipeCollector(read_fd, keep=100)
-    os.write(write_fd, b"a" * 50_000)
-    os.close(write_fd)
-    buffer = collector.finish()
-    assert buffer.total == 50_000
+def test_collector_drains_every_stream_and_stops_at_end_of_file() -> None:
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    collector = StreamCollector([out_read, err_read], keep=100)
+    os.write(out_write, b"a" * 50_000)
+    os.write(err_write, b"b" * 30)
+    os.close(out_write)
+    os.close(err_write)
+    out, err = collector.finish()
+    assert out.total == 50_000
+    assert err.total == 30
+    assert err.text(limit=100) == ("b" * 30, False)
 
 
-def test_pipe_collector_does_not_wait_for_a_writer_that_never_closes() -> None:
+def test_collector_does_not_wait_for_a_writer_that_never_closes() -> None:
     read_fd, write_fd = os.pipe()
-    collector = PipeCollector(read_fd, keep=100)
+    collector = StreamCollector([read_fd], keep=100)
     os.write(write_fd, b"partial")
-    buffer = collector.finish(linger_s=0.1)
+    (buffer,) = collector.finish(linger_s=0.1)
     os.close(write_fd)
     assert buffer.total == 7
