@@ -194,7 +194,10 @@ class WorkerHandle:
             raise WorkerLost(f"channel error: {exc.strerror}") from None
 
     async def read_hello(self, timeout: float) -> protocol.Hello:
-        message = await asyncio.wait_for(self.receive(), timeout)
+        try:
+            message = await asyncio.wait_for(self.receive(), timeout)
+        except TimeoutError:
+            raise WorkerLost(f"the worker sent no hello within {timeout:g} s") from None
         if not isinstance(message, protocol.Hello):
             raise ProtocolError("the worker did not start with a hello")
         self.hello = message

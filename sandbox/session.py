@@ -12,10 +12,10 @@ import asyncio
 import signal
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from sandbox import protocol
-from sandbox.errors import ProtocolError, WorkerBusy, WorkerLost
+from sandbox.errors import ProtocolError, SandboxError, WorkerBusy, WorkerLost
 from sandbox.handle import WorkerHandle, describe_returncode
 from sandbox.policy import Policy
 from sandbox.worker import EXIT_OUT_OF_DESCRIPTORS, EXIT_OUT_OF_PROCESSES
@@ -48,7 +48,6 @@ class RunOutcome:
     duration_ms: float = 0.0
     limit: str | None = None
     interrupted_by: str | None = None  # "timeout" or "request" when a SIGINT was sent
-    extra_notes: list[str] = field(default_factory=list)
 
 
 class Session:
@@ -220,14 +219,14 @@ class Session:
 
     async def _killed(self, run_id: int, reason: str, limit: str | None) -> RunOutcome:
         await self._discard_worker()
-        reply = protocol.RunReply(run_id=run_id, status="killed", error=reason, limit=limit)
-        outcome = RunOutcome(reply=reply, limit=limit)
+        restarted = True
         try:
             await self._replace_worker()
-            outcome.restarted = True
-        except Exception as exc:  # noqa: BLE001 - the next call tries again
-            outcome.extra_notes.append(f"restart failed: {exc}")
-        return outcome
+        except SandboxError as exc:
+            restarted = False
+            reason += f"; no fresh worker could be started yet ({exc}), the next call tries again"
+        reply = protocol.RunReply(run_id=run_id, status="killed", error=reason, limit=limit)
+        return RunOutcome(reply=reply, limit=limit, restarted=restarted)
 
     async def _discard_worker(self) -> None:
         if self.worker is not None:
