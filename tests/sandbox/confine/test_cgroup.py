@@ -199,14 +199,14 @@ def test_apply_writes_the_policy_limits_and_moves_the_caller(key: str) -> None:
             "memory.memsw.limit_in_bytes": limit,
             "pids.max": str(PROCESS_LIMIT),
             "cpu.shares": "1024",
-            "cpu.cfs_quota_us": "100000",
+            "cpu.cfs_quota_us": str(cgroup.CPU_PERIOD_US),  # one CPU
         },
         "v2": {
             "memory.max": limit,
             "memory.swap.max": "0",
             "pids.max": str(PROCESS_LIMIT),
             "cpu.weight": "100",
-            "cpu.max": "100000 100000",
+            "cpu.max": f"{cgroup.CPU_PERIOD_US} {cgroup.CPU_PERIOD_US}",
         },
     }[version.name]
     found = {
