@@ -382,9 +382,6 @@ def path_rules(spec: WorkerSpec, workspace: str, private_tmp: bool = True) -> li
     ]
     rules += [PathRule(path, READ_ONLY, "system path") for path in READ_ONLY_SYSTEM_PATHS]
     rules += [PathRule(path, READ_ONLY, "system path") for path in _usr_without_programs()]
-    # Program directories may be listed, not read: `ls /usr/bin` works, `ld.so /bin/sh`
-    # cannot open its target.
-    rules += [PathRule(path, FsAccess.READ_DIR, "listable") for path in ("/usr", "/bin", "/sbin")]
     rules += [PathRule(path, READ_ONLY, "Python") for path in _unique(_interpreter_paths())]
     rules += program_rules(spec)
     rules = [rule for rule in rules if os.path.exists(rule.path)]

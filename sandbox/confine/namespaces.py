@@ -32,10 +32,26 @@ MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
 
 WORKSPACE_MOUNT = "/mnt/data"
-# Each gets a fresh tmpfs in the session's mount namespace.
-# /run, /var, /home, /srv and /media hold host sockets (D-Bus, databases, agents) that
-# Landlock does not govern connecting to, and other people's files.
-COVERED_DIRECTORIES = ("/tmp", "/dev/shm", "/mnt", "/run", "/var", "/home", "/srv", "/media")
+# The top-level directories a session sees as they are on the host.  Every other one
+# (/run, /var, /home, /opt, /srv, a checkout's /work, ...) is covered by an empty tmpfs:
+# they hold host sockets (D-Bus, databases, agents) that Landlock does not govern
+# connecting to, and other people's files.  What the interpreter needs beneath a
+# covered directory is bound back, read-only.
+VISIBLE_TOP_LEVEL = frozenset(
+    {"bin", "sbin", "lib", "lib32", "lib64", "libx32", "usr", "etc", "proc", "sys", "dev"}
+)
+# Covered with options of their own: the session's /tmp and /dev/shm, and /mnt, which
+# holds the workspace.
+PRIVATE_DIRECTORIES = ("/tmp", "/dev/shm", "/mnt")
+# The devices a session's /dev holds, bound from the host's, and the usual links.
+DEVICES = ("null", "zero", "full", "random", "urandom", "tty")
+DEVICE_LINKS = {
+    "fd": "/proc/self/fd",
+    "stdin": "/proc/self/fd/0",
+    "stdout": "/proc/self/fd/1",
+    "stderr": "/proc/self/fd/2",
+    "ptmx": "pts/ptmx",
+}
 PRIVATE_TMP_MB = 64
 
 _libc = ctypes.CDLL(None, use_errno=True)
@@ -95,39 +111,56 @@ def _closed_ancestor(path: str) -> str | None:
     return None
 
 
-def _cover_of(path: str) -> str | None:
+def covered_directories() -> tuple[str, ...]:
+    """Every directory this layer lays an empty tmpfs over."""
+    others = sorted(
+        f"/{name}"
+        for name in os.listdir("/")
+        if name not in VISIBLE_TOP_LEVEL
+        and f"/{name}" not in PRIVATE_DIRECTORIES
+        and os.path.isdir(f"/{name}")
+        and not os.path.islink(f"/{name}")
+    )
+    return (*PRIVATE_DIRECTORIES, *others)
+
+
+def _cover_of(path: str, covered: tuple[str, ...]) -> str | None:
     """Which mount of ours hides ``path`` from the session: a tmpfs we lay over a
     directory, or the highest ancestor its uid could not traverse."""
-    for covered in COVERED_DIRECTORIES:
-        if path.startswith(covered + "/"):
-            return covered
+    for directory in covered:
+        if path.startswith(directory + "/"):
+            return directory
     return _closed_ancestor(path)
 
 
-def _hidden_runtime_paths() -> dict[str, str]:
+def _hidden_runtime_paths(covered: tuple[str, ...], executables: tuple[str, ...]) -> dict[str, str]:
     """Interpreter and library directories the session could not reach, and what hides each.
 
     A Python installed under a 0700 /root, or a checkout under /tmp, must still be
     importable once the session runs as its own uid behind its own /tmp.
     """
     candidates = {sys.base_prefix, sys.prefix, *(p for p in sys.path if os.path.isdir(p))}
+    # The directory of each allowed program too (say, one installed under /opt).
+    candidates |= {os.path.dirname(os.path.realpath(program)) for program in executables}
     hidden: dict[str, str] = {}
     for path in sorted(os.path.realpath(c) for c in candidates):
-        if path in COVERED_DIRECTORIES or any(path.startswith(h + "/") for h in hidden):
+        if path in covered or any(path.startswith(h + "/") for h in hidden):
             continue
-        cover = _cover_of(path)
+        cover = _cover_of(path, covered)
         if cover is not None:
             hidden[path] = cover
     return hidden
 
 
-def _expose_runtime(runtime: dict[str, str], runtime_fds: dict[str, int]) -> None:
+def _expose_runtime(
+    runtime: dict[str, str], runtime_fds: dict[str, int], covered: tuple[str, ...]
+) -> None:
     """Bind each hidden runtime directory back in, read-only, at its own path.
 
     A closed ancestor is first replaced by an empty tmpfs, so the rest of it (say,
     root's home) stays invisible.
     """
-    mounted = set(COVERED_DIRECTORIES)
+    mounted = set(covered)
     for path, cover in runtime.items():
         if cover not in mounted:
             mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
@@ -135,6 +168,23 @@ def _expose_runtime(runtime: dict[str, str], runtime_fds: dict[str, int]) -> Non
         os.makedirs(path, mode=0o755, exist_ok=True)
         mount(f"/proc/self/fd/{runtime_fds[path]}", path, None, MS_BIND | MS_REC)
         mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _minimal_dev(device_fds: dict[str, int], writable: int, shm_options: str) -> None:
+    """A /dev of its own: the harmless devices, a private /dev/shm, nothing else.
+
+    The host's /dev holds sockets such as /dev/log (the host's syslog, mode 0666), which
+    Landlock does not govern connecting to, and devices no session needs.
+    """
+    mount("tmpfs", "/dev", "tmpfs", MS_NOSUID | MS_NOEXEC, "size=1m,mode=0755")
+    for name, fd in device_fds.items():
+        path = f"/dev/{name}"
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o666))
+        mount(f"/proc/self/fd/{fd}", path, None, MS_BIND)
+    os.mkdir("/dev/shm", 0o1777)
+    mount("tmpfs", "/dev/shm", "tmpfs", writable, shm_options)
+    for link, target in DEVICE_LINKS.items():
+        os.symlink(target, f"/dev/{link}")
 
 
 def _forbid_executable_memfds() -> None:
@@ -161,7 +211,13 @@ def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
     # Held open so the workspace can be bound even when the mounts below hide its
     # host path (a state directory under /tmp or /mnt).
     workspace_fd = os.open(spec.workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
-    runtime = _hidden_runtime_paths()
+    covered = covered_directories()
+    runtime = _hidden_runtime_paths(covered, spec.executables)
+    device_fds = {
+        name: os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC)
+        for name in DEVICES
+        if os.path.exists(f"/dev/{name}")
+    }
     runtime_fds = {
         path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in runtime
     }
@@ -171,13 +227,13 @@ def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
         mount("proc", "/proc", "proc", nodev_nosuid | MS_NOEXEC)
         tmp_options = f"size={PRIVATE_TMP_MB}m,mode=1777"
         mount("tmpfs", "/tmp", "tmpfs", writable, tmp_options)
-        mount("tmpfs", "/dev/shm", "tmpfs", writable, tmp_options)
-        for hidden in ("/run", "/var", "/home", "/srv", "/media"):
-            if os.path.isdir(hidden):
+        _minimal_dev(device_fds, writable, tmp_options)
+        for hidden in covered:
+            if hidden not in PRIVATE_DIRECTORIES:
                 mount("tmpfs", hidden, "tmpfs", writable, "size=1m,mode=0755")
         # /mnt becomes an empty tmpfs so the workspace path is the same on every host.
         mount("tmpfs", "/mnt", "tmpfs", nodev_nosuid, "size=1m,mode=0755")
-        _expose_runtime(runtime, runtime_fds)
+        _expose_runtime(runtime, runtime_fds, covered)
         _forbid_executable_memfds()
         os.mkdir(WORKSPACE_MOUNT, 0o755)
         mount(f"/proc/self/fd/{workspace_fd}", WORKSPACE_MOUNT, None, MS_BIND | MS_REC)
@@ -188,13 +244,13 @@ def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
             mount("tmpfs", others, "tmpfs", writable, "size=1m,mode=0711")
     finally:
         os.close(workspace_fd)
-        for fd in runtime_fds.values():
+        for fd in (*runtime_fds.values(), *device_fds.values()):
             os.close(fd)
     os.chdir(WORKSPACE_MOUNT)
     _libc.sethostname(b"sandbox", 7)
     detail = (
-        "pid (worker is init), mount (/proc, private noexec /tmp, /dev/shm and workspace, "
-        "no /run), ipc, uts"
+        "pid (worker is init), mount (/proc, private noexec /tmp, /dev/shm and workspace; "
+        "only system directories of the host), ipc, uts"
     )
     if not spec.policy.isolation.network:
         detail += ", net (loopback only, down)"

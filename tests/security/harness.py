@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import textwrap
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ import psutil
 from sandbox import RunReply, Session, WorkerHandle, ZygoteClient, workspaces
 
 MB = 1024 * 1024
-# Not covered by any of the worker's tmpfs mounts (/tmp, /var, /run, /home, ...): the
-# worker sees paths here.
-VISIBLE_TMP = "/opt" if os.path.isdir("/opt") else "/"
+# A worker sees only the host's system directories (every other top-level directory,
+# and /dev, is replaced); a program directory there is visible but neither listable
+# nor readable, so attack targets made in it test Landlock, not the mount view.
+VISIBLE_TMP = "/usr/local/bin"
 
 Results = dict[str, dict[str, Any]]
 

@@ -133,7 +133,7 @@ async def test_allowed_programs_still_run_from_the_repl(session: Session) -> Non
     results = await probe(
         session,
         """
-        attempt("ls", lambda: subprocess.run(["ls", "/usr"], capture_output=True).returncode)
+        attempt("ls", lambda: subprocess.run(["ls", "/usr/lib"], capture_output=True).returncode)
         attempt("touch", lambda: subprocess.run(["touch", "control"]).returncode)
         """,
     )

@@ -5,9 +5,9 @@ Every attack runs inside a confined session; the test then looks at the *host* f
 its effect: a file that must not exist, a secret that must not appear in any field of
 any reply.  Host targets live in two places:
 
-* ``/opt`` — the worker's mount namespace shows it (unlike /tmp, /var and /home,
-  which it covers), so only Landlock (and the per-session uid, which the 0o777/0o644
-  modes take out of the way) stops the attack;
+* ``/usr/local/bin`` — the worker's mount namespace shows it (every non-system
+  top-level directory it covers), so only Landlock (and the per-session uid, which the
+  0o777/0o644 modes take out of the way) stops the attack;
 * pytest's ``tmp_path`` under ``/tmp`` — hidden behind the worker's private ``/tmp``.
 
 Controls show that the same action works on an allowed target (the workspace), so a

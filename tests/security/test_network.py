@@ -5,7 +5,7 @@ leaves the sandbox, unix and abstract sockets to the host included).
 The test opens the listeners itself, on the host, and proves each one works with a
 connection of its own (the control); after the worker's attack the listener must have
 seen nothing.  Pathname unix sockets are made twice: under pytest's ``tmp_path`` (behind
-the worker's private ``/tmp``) and under ``/opt`` (visible in the worker's mount
+the worker's private ``/tmp``) and under ``/usr/local/bin`` (visible in the worker's mount
 namespace, mode 0o777 so that only the sandbox can refuse the connection).
 """
 
@@ -204,14 +204,12 @@ async def test_only_the_loopback_interface_exists_inside(session: Session) -> No
 _UNIX_VISIBLE_HOLE = pytest.mark.xfail(
     strict=True,
     reason=(
-        "HOLE: a pathname unix socket the worker's mount namespace shows is reachable when "
-        "its mode lets the worker's uid in: Landlock ABI <= 7 does not govern connect() "
-        "to pathname sockets and seccomp cannot see the path. On a host with 0666 "
-        "sockets (dbus system bus, journald, nscd) a session talks to them. Fix: build "
-        "the worker's root from an allowlist (pivot_root into a tmpfs with read-only "
-        "binds of /usr, /lib*, /etc) or cover /var, /run and every other writable host "
-        "tree with empty tmpfs mounts (done for /tmp, /run, /var, /home, /srv, /media; "
-        "/opt, /etc and /usr stay visible); LANDLOCK_ACCESS_FS_RESOLVE_UNIX where available."
+        "GAP (SECURITY.md): a pathname unix socket in a directory the worker still sees "
+        "is reachable when its mode lets the worker's uid in: Landlock ABI <= 7 does not "
+        "govern connect() to pathname sockets and seccomp cannot see the path. The mount "
+        "view leaves only system directories (/usr, /etc, /lib*) and a /dev of its own, "
+        "so only a socket placed there by the host is exposed. Closing it fully needs "
+        "LANDLOCK_ACCESS_FS_RESOLVE_UNIX or a root built from an allowlist."
     ),
 )
 
