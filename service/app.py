@@ -38,7 +38,12 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = SessionRegistry(zygote)
         app.state.registry = registry
-        reloader = PolicyReloader(registry, settings.policy, settings.state_dir)
+        reloader = PolicyReloader(
+            registry,
+            settings.policy,
+            settings.state_dir,
+            on_applied=lambda policy: mcp.describe_policy(settings, policy),
+        )
         app.state.reloader = reloader
         reloads: set[asyncio.Task[ReloadResult]] = set()
 

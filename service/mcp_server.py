@@ -350,6 +350,12 @@ class McpEndpoint:
         self.server = build_server(settings, policy)
         self.server.streamable_http_app()  # creates the session manager we dispatch to
 
+    def describe_policy(self, settings: Settings, policy: Policy) -> None:
+        """After a reload: what a client is told at initialize names the new policy."""
+        instructions = INSTRUCTIONS.format(**policy_facts(settings.public_url, policy))
+        # FastMCP exposes its instructions read-only; the low-level server holds them.
+        self.server._mcp_server.instructions = instructions
+
     def running(self) -> AbstractAsyncContextManager[None]:
         """The session manager's lifetime; the app's lifespan holds it open."""
         return self.server.session_manager.run()

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from sandbox import PolicyError, ZygoteClient, load_policy, workspaces
+from sandbox import Policy, PolicyError, ZygoteClient, load_policy, workspaces
 from sandbox.errors import SandboxError
 from service.registry import SessionRegistry
 
@@ -25,10 +26,17 @@ class ReloadResult:
 
 
 class PolicyReloader:
-    def __init__(self, registry: SessionRegistry, policy_path: str, state_dir: str) -> None:
+    def __init__(
+        self,
+        registry: SessionRegistry,
+        policy_path: str,
+        state_dir: str,
+        on_applied: Callable[[Policy], None] | None = None,
+    ) -> None:
         self._registry = registry
         self._policy_path = policy_path
         self._state_dir = state_dir
+        self._on_applied = on_applied
         self._lock = asyncio.Lock()
 
     async def reload(self) -> ReloadResult:
@@ -55,6 +63,8 @@ class PolicyReloader:
                 log.error("policy reload refused, keeping %s: %s", current.digest(), exc)
                 return ReloadResult(False, current.digest(), f"the new policy cannot start: {exc}")
             await self._registry.replace_zygote(zygote)
+            if self._on_applied is not None:
+                self._on_applied(policy)
             log.info(
                 "policy %s now serves new sessions (was %s)", policy.digest(), current.digest()
             )

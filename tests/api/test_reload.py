@@ -8,8 +8,11 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
 
 from tests.api.server import TEST_POLICY, Server, start_server, stop_server
 
@@ -97,3 +100,24 @@ def test_admin_reload_needs_the_admin_token(server: Server, policy_file: Path) -
         f"{server.url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120
     ).json()
     assert applied["applied"] is True
+
+
+def test_mcp_clients_are_told_the_reloaded_policy(server: Server, policy_file: Path) -> None:
+    async def instructions() -> str:
+        async with (
+            httpx.AsyncClient(timeout=30) as http,
+            streamable_http_client(f"{server.url}/mcp", http_client=http) as (read, write, _),
+            ClientSession(read, write) as session,
+        ):
+            result = await session.initialize()
+            return result.instructions or ""
+
+    assert "stops after 3 s" in anyio.run(instructions)
+    policy_file.write_text(
+        policy_file.read_text().replace("wall_timeout_s = 3", "wall_timeout_s = 7")
+    )
+    applied = httpx.post(
+        f"{server.url}/admin/reload", headers={"Authorization": f"Bearer {ADMIN}"}, timeout=120
+    ).json()
+    assert applied["applied"] is True
+    assert "stops after 7 s" in anyio.run(instructions)
