@@ -10,7 +10,7 @@ ifneq ($(shell id -u),0)
 PIDNS := unshare --user --map-root-user --pid --fork --kill-child --mount-proc
 endif
 
-.PHONY: install run test test-fast lint bench clean
+.PHONY: install run test lint bench clean
 
 install: $(STAMP)
 
