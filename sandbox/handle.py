@@ -114,10 +114,8 @@ class WorkerHandle:
 
         Read it before ``cleanup``, which removes the cgroup and its counters.
         """
-        try:
-            return cgroup.oom_killed(self.session_key, self.cgroup_parent)
-        except (OSError, ValueError):
-            return False
+        version = self._cgroup()
+        return version.oom_killed(self.session_key) if version else False
 
     def _cgroup(self) -> cgroup.CgroupVersion | None:
         # Resolved once: which cgroup version and trees hold this worker does not change.
@@ -149,10 +147,8 @@ class WorkerHandle:
 
     def usage(self) -> dict[str, int]:
         """Memory, pids and CPU of the whole session, from its cgroup."""
-        try:
-            return cgroup.usage(self.session_key, self.cgroup_parent)
-        except (OSError, ValueError):
-            return {}
+        version = self._cgroup()
+        return version.usage(self.session_key) if version else {}
 
     async def cleanup(self) -> None:
         """Kill the worker (its PID namespace dies with it), reap it, close everything."""
@@ -163,8 +159,10 @@ class WorkerHandle:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
-        with contextlib.suppress(OSError, ValueError):
-            await asyncio.to_thread(cgroup.kill_and_remove, self.session_key, self.cgroup_parent)
+        version = self._cgroup()
+        if version is not None:
+            with contextlib.suppress(OSError):
+                await asyncio.to_thread(version.kill_and_remove, self.session_key)
 
     # -- the channel -------------------------------------------------------------------
 

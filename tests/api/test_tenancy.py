@@ -149,16 +149,24 @@ def test_metrics_count_runs_denials_and_sessions(
     assert "codesherpa_run_duration_seconds_bucket" in body
 
 
-def test_service_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
+def _serve_refused(arguments: list[str], env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run `codesherpa serve` where it must refuse to start; return what it said."""
     result = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--host", "0.0.0.0", "--port", "1"],
-        env={"PATH": "/usr/bin:/bin", "CODESHERPA_STATE_DIR": str(tmp_path)},
+        [sys.executable, "-m", "service", "serve", *arguments],
+        env={"PATH": "/usr/bin:/bin", **env},
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode != 0
+    return result
+
+
+def test_service_refuses_a_public_address_without_tokens(tmp_path: Path) -> None:
+    result = _serve_refused(
+        ["--host", "0.0.0.0", "--port", "1"], {"CODESHERPA_STATE_DIR": str(tmp_path)}
+    )
     assert "without tokens" in result.stderr
     assert not (tmp_path / "workspaces").exists()
 
@@ -167,13 +175,5 @@ def test_tokens_file_readable_by_others_is_refused(tmp_path: Path) -> None:
     tokens = tmp_path / "tokens"
     tokens.write_text(f"alice:{ALICE}\n")
     tokens.chmod(0o644)
-    result = subprocess.run(
-        [sys.executable, "-m", "service", "serve", "--port", "1"],
-        env={"PATH": "/usr/bin:/bin", "CODESHERPA_TOKENS_FILE": str(tokens)},
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode != 0
+    result = _serve_refused(["--port", "1"], {"CODESHERPA_TOKENS_FILE": str(tokens)})
     assert "chmod 600" in result.stderr
