@@ -161,7 +161,6 @@ class Session:
             # Nothing a command or an interrupted run started may outlive it, whatever
             # user code did to the worker's own sweep.
             await asyncio.to_thread(worker.kill_strays)
-        self._note_memory_kills(worker, outcome)
         if self._interrupt_reason == "timeout":
             # Even a run that caught the KeyboardInterrupt and went on ran out of time.
             outcome.reply = outcome.reply.model_copy(
@@ -173,6 +172,9 @@ class Session:
                 }
             )
             outcome.limit = "wall_time"
+        # Noted last: a run whose processes were killed at the memory limit and then
+        # ran out of time was stopped by memory first, and the reply names that limit.
+        self._note_memory_kills(worker, outcome)
         return outcome
 
     def _note_memory_kills(self, worker: WorkerHandle, outcome: RunOutcome) -> None:
