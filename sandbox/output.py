@@ -7,12 +7,11 @@ counts the rest.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import select
 import threading
-import time
 from collections import deque
-from collections.abc import Sequence
 
 OMISSION_MARKER = "\n[... {omitted} characters omitted ...]\n"
 
@@ -66,52 +65,110 @@ class BoundedBuffer:
         return head_text + marker + tail_text, True
 
 
-class StreamCollector:
-    """Drain several pipes into ``BoundedBuffer``s on one background thread.
+class CaptureBroken(Exception):
+    """The capture's pipes or thread are gone (user code closed them): build a new one."""
 
-    One thread for stdout and stderr together: starting a thread is a visible share of
-    a trivial run's cost.
+
+class OutputCapture:
+    """Standard output and error of every run, drained by one thread for the worker's life.
+
+    Starting a thread and making pipes for each run cost more than a trivial run
+    itself.  Here the pipes and the draining thread stay: fds 1 and 2 point at the
+    pipes while a run lasts, and the thread moves whatever arrives into the run's
+    ``BoundedBuffer``s, so a writer never blocks on a full pipe.  At the end of a run
+    the caller takes what is left in the pipes itself: whatever a finished ``write``
+    put there is there, so no waiting is needed.  A process the run left behind may
+    keep writing; between runs that output is read and dropped, and during a later run
+    it is that run's, as in Jupyter.
     """
 
-    _POLL_MS = 50
+    def __init__(self, keep: int) -> None:
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._buffers: list[BoundedBuffer] | None = None
+        self._read_fds: list[int] = []
+        self._write_fds: list[int] = []
+        try:
+            for _ in range(2):
+                read_fd, write_fd = os.pipe2(os.O_CLOEXEC)
+                os.set_blocking(read_fd, False)
+                self._read_fds.append(read_fd)
+                self._write_fds.append(write_fd)
+            self._identity = [_identity(fd) for fd in self._read_fds + self._write_fds]
+            self._thread = threading.Thread(target=self._drain_forever, daemon=True)
+            self._thread.start()
+        except BaseException:
+            self.close()
+            raise
 
-    def __init__(self, read_fds: Sequence[int], keep: int) -> None:
-        self._fds = list(read_fds)
-        self.buffers = [BoundedBuffer(keep) for _ in self._fds]
-        self._finishing = threading.Event()
-        self._deadline = float("inf")
-        self._thread = threading.Thread(target=self._drain, daemon=True)
-        self._thread.start()
+    @property
+    def intact(self) -> bool:
+        """Whether the pipes are still this capture's and its thread still drains them."""
+        if not self._thread.is_alive():
+            return False
+        try:
+            return [_identity(fd) for fd in self._read_fds + self._write_fds] == self._identity
+        except OSError:
+            return False
 
-    def _drain(self) -> None:
+    def _drain_forever(self) -> None:
         poller = select.poll()
-        buffer_of = dict(zip(self._fds, self.buffers, strict=True))
-        for fd in self._fds:
+        for fd in self._read_fds:
             poller.register(fd, select.POLLIN)
-        while buffer_of:
-            events = poller.poll(self._POLL_MS)
-            if self._finishing.is_set() and (not events or time.monotonic() > self._deadline):
-                return
-            for fd, _event in events:
+        while True:
+            events = poller.poll()
+            if any(event & _GONE for _fd, event in events):
+                return  # user code closed a pipe: ``intact`` is now false
+            with self._lock:
+                self._take_available()
+
+    def _take_available(self) -> None:
+        for index, fd in enumerate(self._read_fds):
+            while True:
                 try:
                     data = os.read(fd, 65536)
+                except (BlockingIOError, InterruptedError):
+                    break
                 except OSError:
-                    data = b""
-                if data:
-                    buffer_of[fd].write(data)
-                else:
-                    # Every writer is gone: this stream is complete.
-                    poller.unregister(fd)
-                    del buffer_of[fd]
+                    return
+                if not data:
+                    break
+                if self._buffers is not None:
+                    self._buffers[index].write(data)
 
-    def finish(self, linger_s: float = 0.2) -> list[BoundedBuffer]:
-        """Stop once the writers are gone or ``linger_s`` passes with the pipes quiet.
+    def begin(self) -> tuple[int, int]:
+        """Open a run's buffers; returns the write ends to point fds 1 and 2 at."""
+        with self._lock:
+            self._take_available()  # what arrived between runs is not this run's
+            self._buffers = [BoundedBuffer(self._keep) for _ in self._read_fds]
+        return self._write_fds[0], self._write_fds[1]
 
-        A background process that keeps a write end open must not hold the reply.
+    def end(self) -> list[BoundedBuffer]:
+        """Close the run's buffers, with everything written to the pipes so far.
+
+        Call it once fds 1 and 2 no longer point at the pipes.
         """
-        self._deadline = time.monotonic() + linger_s
-        self._finishing.set()
-        self._thread.join()
-        for fd in self._fds:
-            os.close(fd)
-        return self.buffers
+        with self._lock:
+            self._take_available()
+            buffers, self._buffers = self._buffers, None
+        if buffers is None:
+            raise CaptureBroken("end() without begin()")
+        return buffers
+
+    def close(self) -> None:
+        """Close the pipes that are still this capture's (user code may reuse the numbers)."""
+        fds = self._read_fds + self._write_fds
+        for fd, identity in zip(fds, getattr(self, "_identity", [None] * len(fds)), strict=True):
+            with contextlib.suppress(OSError):
+                if identity is None or _identity(fd) == identity:
+                    os.close(fd)
+        self._read_fds, self._write_fds = [], []
+
+
+# Poll results that mean a pipe is no longer ours to read.
+_GONE = select.POLLNVAL | select.POLLERR | select.POLLHUP
+
+
+def _identity(fd: int) -> tuple[int, int]:
+    status = os.fstat(fd)
+    return status.st_dev, status.st_ino

@@ -25,7 +25,7 @@ from sandbox import protocol, reaper, workspace
 from sandbox.command_runner import CommandRunner
 from sandbox.commands import CommandDenied, parse_and_check
 from sandbox.executor import CellOutcome, PythonSession
-from sandbox.output import BoundedBuffer, StreamCollector, truncate_output
+from sandbox.output import BoundedBuffer, OutputCapture, truncate_output
 from sandbox.policy import Policy
 
 
@@ -50,34 +50,15 @@ EXIT_OUT_OF_PROCESSES = 76
 MAX_CHANGED_FILES = 100
 
 
-@contextmanager
-def _captured_output(keep: int, devnull: int) -> Iterator[StreamCollector]:
-    """Point fds 1 and 2 at bounded pipes for the duration of one run."""
+def _new_capture(keep: int) -> OutputCapture:
     try:
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
+        return OutputCapture(keep)
     except OSError as exc:
         if exc.errno in (errno.EMFILE, errno.ENFILE):
             os._exit(EXIT_OUT_OF_DESCRIPTORS)
         raise
-    try:
-        collector = StreamCollector([out_read, err_read], keep)
     except RuntimeError:  # "can't start new thread": user threads hold every pid
         os._exit(EXIT_OUT_OF_PROCESSES)
-    os.dup2(out_write, 1)
-    os.dup2(err_write, 2)
-    os.close(out_write)
-    os.close(err_write)
-    try:
-        yield collector
-    finally:
-        for stream in (sys.stdout, sys.stderr):
-            with contextlib.suppress(OSError, ValueError):
-                stream.flush()
-        # A descriptor opened at start: a cell that took every free one cannot stop
-        # the worker from putting its standard streams back.
-        os.dup2(devnull, 1)
-        os.dup2(devnull, 2)
 
 
 def _text_stream(fd: int) -> io.TextIOWrapper:
@@ -103,6 +84,33 @@ class Worker:
         self._commands = CommandRunner(policy.commands, dict(os.environ))
         self._keep = policy.limits.output_chars
         self._devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        self._capture = _new_capture(self._keep)
+
+    @contextmanager
+    def _captured_output(self) -> Iterator[list[BoundedBuffer]]:
+        """Point fds 1 and 2 at the capture for the duration of one run.
+
+        Yields the run's stdout and stderr buffers, complete once the block has left.
+        """
+        if not self._capture.intact:
+            # User code closed or replaced the capture's pipes: start over.
+            self._capture.close()
+            self._capture = _new_capture(self._keep)
+        out_fd, err_fd = self._capture.begin()
+        os.dup2(out_fd, 1)
+        os.dup2(err_fd, 2)
+        buffers: list[BoundedBuffer] = []
+        try:
+            yield buffers
+        finally:
+            for stream in (sys.stdout, sys.stderr):
+                with contextlib.suppress(OSError, ValueError):
+                    stream.flush()
+            # A descriptor opened at start: a cell that took every free one cannot stop
+            # the worker from putting its standard streams back.
+            os.dup2(self._devnull, 1)
+            os.dup2(self._devnull, 2)
+            buffers.extend(self._capture.end())
 
     # -- channel ----------------------------------------------------------------------
 
@@ -152,7 +160,7 @@ class Worker:
     def _run_python(self, request: protocol.RunPython) -> protocol.RunReply:
         before = workspace.snapshot()
         outcome: CellOutcome | None = None
-        with _captured_output(self._keep, self._devnull) as collector:
+        with self._captured_output() as streams:
             try:
                 _RunState.running = True
                 outcome = self._session.run(request.code)
@@ -169,7 +177,7 @@ class Worker:
                 reaper.kill_descendants()
             workspace.save_open_figures(self._session.execution_count)
         reaper.reap_zombies()
-        stdout, stderr = collector.finish()
+        stdout, stderr = streams
         return self._reply(
             request.run_id,
             stdout,
@@ -193,7 +201,7 @@ class Worker:
                 execution_count=self._session.execution_count,
             )
         before = workspace.snapshot()
-        with _captured_output(self._keep, self._devnull) as collector:
+        with self._captured_output() as streams:
             try:
                 _RunState.running = True
                 result = self._commands.run(plan, 1, 2)
@@ -206,7 +214,7 @@ class Worker:
             reaper.kill_descendants()
         interrupted = result is None or result.interrupted
         exit_code = None if result is None else result.exit_code
-        stdout, stderr = collector.finish()
+        stdout, stderr = streams
         if interrupted:
             status, error = "error", "KeyboardInterrupt: the command was interrupted"
         elif exit_code:

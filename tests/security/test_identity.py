@@ -134,14 +134,18 @@ async def test_the_worker_holds_no_descriptor_of_the_service_zygote_or_neighbour
 ) -> None:
     # A descriptor shared with another process (its control socket, a pipe, another
     # session's channel) would be a way to reach it.  Everything the worker holds is
-    # /dev/null or its own channel, and no other process holds the same object.
+    # /dev/null, its own channel or its output capture's two pipes, and no other process
+    # holds the same object.
     assert zygote.pid is not None
     worker = descriptors_of(worker_of(session).pid)
-    sockets = [target for target in worker.values() if target.startswith("socket:")]
+    objects = set(worker.values()) - {"/dev/null"}
+    sockets = {target for target in objects if target.startswith("socket:")}
+    pipes = {target for target in objects if target.startswith("pipe:")}
     assert len(sockets) == 1, worker
-    assert set(worker.values()) - set(sockets) <= {"/dev/null"}, worker
+    assert len(pipes) == 2, worker
+    assert objects == sockets | pipes, worker
     for other in (os.getpid(), zygote.pid, neighbour.pid):
-        shared = set(sockets) & set(descriptors_of(other).values())
+        shared = objects & set(descriptors_of(other).values())
         assert shared == set(), (other, shared)
     await neighbour.assert_intact()
 

@@ -7,7 +7,7 @@ import os
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sandbox.output import BoundedBuffer, StreamCollector, truncate_output
+from sandbox.output import BoundedBuffer, OutputCapture, truncate_output
 
 
 @given(text=st.text(max_size=500), limit=st.integers(min_value=60, max_value=400))
@@ -40,24 +40,64 @@ def test_bounded_buffer_holds_at_most_twice_its_keep_whatever_is_written() -> No
     assert len(text) <= 1500
 
 
-def test_collector_drains_every_stream_and_stops_at_end_of_file() -> None:
-    out_read, out_write = os.pipe()
-    err_read, err_write = os.pipe()
-    collector = StreamCollector([out_read, err_read], keep=100)
-    os.write(out_write, b"a" * 50_000)
-    os.write(err_write, b"b" * 30)
-    os.close(out_write)
-    os.close(err_write)
-    out, err = collector.finish()
-    assert out.total == 50_000
-    assert err.total == 30
+def test_capture_drains_more_than_a_pipe_holds_while_the_run_writes() -> None:
+    capture = OutputCapture(keep=100)
+    out_fd, err_fd = capture.begin()
+    # Far beyond a pipe's 64 KiB: without the draining thread this write would block.
+    os.write(out_fd, b"a" * 1_000_000)
+    os.write(err_fd, b"b" * 30)
+    out, err = capture.end()
+    capture.close()
+    assert out.total == 1_000_000
+    assert len(out._head) + sum(len(chunk) for chunk in out._tail) <= 2 * 100 + 65536
     assert err.text(limit=100) == ("b" * 30, False)
 
 
-def test_collector_does_not_wait_for_a_writer_that_never_closes() -> None:
+def test_output_written_between_runs_belongs_to_no_run() -> None:
+    capture = OutputCapture(keep=100)
+    out_fd, _ = capture.begin()
+    os.write(out_fd, b"first")
+    first, _ = capture.end()
+    os.write(out_fd, b"between")  # a background process, say
+    capture.begin()
+    os.write(out_fd, b"second")
+    second, _ = capture.end()
+    capture.close()
+    assert first.text(limit=100) == ("first", False)
+    assert second.text(limit=100) == ("second", False)
+
+
+def test_a_run_ends_without_waiting_for_writers_that_keep_the_pipe() -> None:
+    capture = OutputCapture(keep=100)
+    out_fd, _ = capture.begin()
+    kept = os.dup(out_fd)  # a background process still holding stdout
+    os.write(kept, b"partial")
+    out, _ = capture.end()
+    os.close(kept)
+    capture.close()
+    assert out.total == 7
+
+
+def test_a_capture_whose_pipe_user_code_closed_is_not_intact() -> None:
+    capture = OutputCapture(keep=100)
+    assert capture.intact
+    out_fd, _ = capture.begin()
+    capture.end()
+    os.close(out_fd)
+    assert not capture.intact
+    capture.close()
+
+
+def test_closing_a_capture_leaves_a_reused_descriptor_number_alone() -> None:
+    capture = OutputCapture(keep=100)
+    out_fd, _ = capture.begin()
+    capture.end()
+    os.close(out_fd)
     read_fd, write_fd = os.pipe()
-    collector = StreamCollector([read_fd], keep=100)
-    os.write(write_fd, b"partial")
-    (buffer,) = collector.finish(linger_s=0.1)
-    os.close(write_fd)
-    assert buffer.total == 7
+    os.dup2(write_fd, out_fd)  # user code's own pipe now holds the freed number
+    capture.close()
+    try:
+        assert os.fstat(out_fd).st_ino == os.fstat(write_fd).st_ino
+    finally:
+        for fd in {read_fd, write_fd, out_fd}:  # read_fd may be out_fd's number
+            os.close(fd)
