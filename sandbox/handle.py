@@ -8,6 +8,7 @@ child of the process holding the handle (it was re-parented there, see
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import signal
@@ -16,6 +17,8 @@ import socket
 from sandbox import protocol
 from sandbox.confine import cgroup
 from sandbox.errors import ProtocolError, WorkerLost
+
+_READ_SIZE = 1 << 16
 
 
 def describe_returncode(returncode: int | None) -> str:
@@ -56,6 +59,8 @@ class WorkerHandle:
         self._channel = channel
         self._channel.setblocking(False)
         self._max_frame = max_frame
+        self._decoder = protocol.FrameDecoder(max_frame)
+        self._frames: collections.deque[bytes] = collections.deque()
 
     # -- the Popen verbs ---------------------------------------------------------------
 
@@ -166,23 +171,28 @@ class WorkerHandle:
 
     # -- the channel -------------------------------------------------------------------
 
-    async def _read_exactly(self, size: int) -> bytes:
+    async def receive(self) -> protocol.Hello | protocol.RunReply:
+        # One recv usually brings a whole frame; the decoder caps what it buffers, and
+        # only one read's worth of frames can queue up.
         loop = asyncio.get_running_loop()
-        buffer = bytearray()
-        while len(buffer) < size:
+        while not self._frames:
             try:
-                data = await loop.sock_recv(self._channel, min(size - len(buffer), 1 << 20))
+                data = await loop.sock_recv(self._channel, _READ_SIZE)
             except OSError as exc:
                 raise WorkerLost(f"channel error: {exc.strerror}") from None
             if not data:
                 raise WorkerLost("channel closed")
-            buffer += data
-        return bytes(buffer)
+            self._frames.extend(self._decoder.feed(data))
+        return protocol.decode_worker_message(self._frames.popleft())
 
-    async def receive(self) -> protocol.Hello | protocol.RunReply:
-        header = await self._read_exactly(protocol.HEADER.size)
-        length = protocol.payload_length(header, self._max_frame)
-        return protocol.decode_worker_message(await self._read_exactly(length))
+    def hang_up(self) -> None:
+        """End the channel from this side: a pending ``receive`` fails at once.
+
+        A killed worker's end closes only when its whole PID namespace is gone; this
+        does not wait for that.
+        """
+        with contextlib.suppress(OSError):
+            self._channel.shutdown(socket.SHUT_RDWR)
 
     async def send(self, message: protocol.RunPython | protocol.RunCommand) -> None:
         loop = asyncio.get_running_loop()

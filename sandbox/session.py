@@ -103,10 +103,14 @@ class Session:
         )
 
     async def _run(self, build: Callable[[int], Request], timeout: float | None) -> RunOutcome:
-        try:
-            await asyncio.wait_for(self._run_lock.acquire(), self.policy.sessions.queue_wait_s)
-        except TimeoutError:
-            raise WorkerBusy("the session is still running a previous request") from None
+        if self._run_lock.locked():
+            try:
+                await asyncio.wait_for(self._run_lock.acquire(), self.policy.sessions.queue_wait_s)
+            except TimeoutError:
+                raise WorkerBusy("the session is still running a previous request") from None
+        else:
+            # Free: taken at once, without the task wait_for would make.
+            await self._run_lock.acquire()
         try:
             started = time.monotonic()
             restarted_before = False
@@ -131,27 +135,42 @@ class Session:
         worker = self.worker
         assert worker is not None
         self._interrupt_reason = None
+        # The clock runs on timers rather than a task racing the reply: a trivial run
+        # is cheaper than a task and a wait.  At the wall time the run is interrupted;
+        # if it ignores that for the grace period the worker is killed and the channel
+        # hung up, which ends the pending receive.
+        loop = asyncio.get_running_loop()
+        grace = self.policy.limits.interrupt_grace_s
+        timers: list[asyncio.TimerHandle] = []
+        killed_for_time = False
+
+        def on_grace_over() -> None:
+            nonlocal killed_for_time
+            killed_for_time = True
+            worker.kill()
+            worker.hang_up()
+
+        def on_timeout() -> None:
+            self._interrupt_reason = "timeout"
+            worker.interrupt()
+            timers.append(loop.call_later(grace, on_grace_over))
+
+        timers.append(loop.call_later(timeout, on_timeout))
         try:
             await worker.send(request)
-            receiving = asyncio.ensure_future(worker.receive())
-            done, _ = await asyncio.wait({receiving}, timeout=timeout)
-            if not done:
-                self._interrupt_reason = "timeout"
-                worker.interrupt()
-                done, _ = await asyncio.wait(
-                    {receiving}, timeout=self.policy.limits.interrupt_grace_s
-                )
-                if not done:
-                    receiving.cancel()
-                    return await self._killed(
-                        request.run_id,
-                        f"the run ignored the interrupt and was killed after "
-                        f"{timeout:g} s + {self.policy.limits.interrupt_grace_s:g} s grace",
-                        limit="wall_time",
-                    )
-            message = receiving.result()
+            message = await worker.receive()
         except (WorkerLost, ProtocolError) as exc:
+            if killed_for_time:
+                return await self._killed(
+                    request.run_id,
+                    f"the run ignored the interrupt and was killed after "
+                    f"{timeout:g} s + {grace:g} s grace",
+                    limit="wall_time",
+                )
             return await self._lost(request.run_id, exc)
+        finally:
+            for timer in timers:
+                timer.cancel()
         if not isinstance(message, protocol.RunReply) or message.run_id != request.run_id:
             return await self._lost(
                 request.run_id, ProtocolError("the worker sent an unexpected frame")
