@@ -53,6 +53,7 @@ class WorkerHandle:
         self.quota = quota
         self.cgroup_parent = cgroup_parent
         self._cgroup_version: cgroup.CgroupVersion | str | None = None  # str: why none
+        self._oom_counter: cgroup.OomKillCounter | None = None
         self.hello: protocol.Hello | None = None
         self.returncode: int | None = None
         self._pidfd: int | None = pidfd
@@ -136,8 +137,15 @@ class WorkerHandle:
 
     def oom_kills(self) -> int:
         """Processes of this worker's session the OOM killer has ended so far."""
-        version = self._cgroup()
-        return version.oom_kills(self.session_key) if version else 0
+        if self._oom_counter is None:
+            version = self._cgroup()
+            if version is None:
+                return 0
+            try:
+                self._oom_counter = cgroup.OomKillCounter(version.oom_kills_file(self.session_key))
+            except OSError:
+                return 0
+        return self._oom_counter.read()
 
     def kill_strays(self) -> None:
         """Kill every process of the session but the worker, from outside it.
@@ -164,6 +172,8 @@ class WorkerHandle:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        if self._oom_counter is not None:
+            self._oom_counter.close()
         version = self._cgroup()
         if version is not None:
             with contextlib.suppress(OSError):
