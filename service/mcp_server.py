@@ -163,10 +163,10 @@ async def run_python(
     request, tenant, record = await _session(ctx, session_id)
     body = ReplRequest(code=code, session_id=record.session_id, timeout=timeout)
     try:
-        reply = await execution.repl(request, body, tenant, request.app.state.registry)
+        reply = await execution.run_python(request, body, tenant, request.app.state.registry)
     except ApiError as exc:
         raise _tool_error(exc) from None
-    return [_text(reply, exclude={"stdout"}), *_images(record, reply.files)]
+    return [_text(reply.model, exclude={"stdout"}), *_images(record, reply.model.files)]
 
 
 async def run_command(
@@ -182,10 +182,10 @@ async def run_command(
     request, tenant, record = await _session(ctx, session_id)
     body = CommandRequest(command=command, session_id=record.session_id, timeout=timeout)
     try:
-        reply = await execution.command(request, body, tenant, request.app.state.registry)
+        reply = await execution.run_command(request, body, tenant, request.app.state.registry)
     except ApiError as exc:
         raise _tool_error(exc) from None
-    return [_text(reply, exclude={"stdout"}), *_images(record, reply.files)]
+    return [_text(reply.model, exclude={"stdout"}), *_images(record, reply.model.files)]
 
 
 async def list_files(ctx: McpContext, session_id: SessionId = None) -> Content:

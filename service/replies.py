@@ -6,9 +6,11 @@ caller that output was cut.
 
 from __future__ import annotations
 
-import json
 import mimetypes
 from collections.abc import Callable
+from dataclasses import dataclass
+
+from fastapi import Response
 
 from sandbox import Policy, RunOutcome
 from sandbox.output import truncate_output
@@ -67,23 +69,28 @@ def _outcome_for_rules(outcome: RunOutcome, kind: str, truncated: bool) -> Outco
     )
 
 
+@dataclass(frozen=True)
+class Reply:
+    model: ReplResponse | CommandResponse
+    body: str  # the JSON the client receives, as measured against the cap
+
+    def response(self) -> Response:
+        # Sent as it was measured: FastAPI would validate and encode the model again.
+        return Response(self.body, media_type="application/json")
+
+
 def build_reply(
     outcome: RunOutcome, kind: str, session_id: str, policy: Policy, link: FileLinker
-) -> ReplResponse | CommandResponse:
+) -> Reply:
     cap = policy.limits.reply_chars
     budget = int(cap * _ESCAPE_HEADROOM) - 2_000
     while True:
         built = _build(outcome, kind, session_id, policy, link, budget)
-        size = len(encoded_body(built))
-        if size <= cap or budget <= 0:
-            return built
+        body = built.model_dump_json()
+        if len(body) <= cap or budget <= 0:
+            return Reply(built, body)
         # Escaped characters made the body longer than its text: shrink in proportion.
-        budget = int(budget * cap / size * 0.95)
-
-
-def encoded_body(model: ReplResponse | CommandResponse) -> str:
-    """The body exactly as the JSON response will send it."""
-    return json.dumps(model.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
+        budget = int(budget * cap / len(body) * 0.95)
 
 
 def _build(

@@ -2,20 +2,18 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Header, Request
+from fastapi import APIRouter, Request, Response
 
 from sandbox import CommandDenied, RunOutcome, RunReply, WorkerBusy, parse_and_check
 from sandbox.errors import SandboxError
 from service.audit import AuditLog
-from service.deps import CurrentTenant, Registry
+from service.deps import CONVERSATION_PARAMETER, Caller
 from service.errors import ApiError
 from service.links import LinkSigner
 from service.metrics import Metrics
 from service.quotas import TenantQuotas
-from service.registry import SessionRecord
-from service.replies import FileLinker, build_reply
+from service.registry import SessionRecord, SessionRegistry
+from service.replies import FileLinker, Reply, build_reply
 from service.schemas import (
     CommandRequest,
     CommandResponse,
@@ -25,15 +23,6 @@ from service.schemas import (
 )
 
 router = APIRouter(tags=["execution"])
-
-ConversationId = Annotated[
-    str | None,
-    Header(
-        alias="openai-conversation-id",
-        max_length=256,
-        description="Sent by ChatGPT; keys your implicit session when session_id is omitted.",
-    ),
-]
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 410, 413, 422, 429, 503)
@@ -110,22 +99,28 @@ def _observe(
         "Figures come back in `files` with links to show the user. Network is off. Read "
         "`suggestion` when `error` is set."
     ),
+    response_model=ReplResponse,
     responses=_ERRORS,
+    openapi_extra={"parameters": [CONVERSATION_PARAMETER]},
 )
-async def repl(
+async def repl(request: Request, body: ReplRequest, caller: Caller) -> Response:
+    reply = await run_python(request, body, caller.tenant, caller.registry, caller.conversation)
+    return reply.response()
+
+
+async def run_python(
     request: Request,
     body: ReplRequest,
-    tenant: CurrentTenant,
-    registry: Registry,
-    conversation: ConversationId = None,
-) -> ReplResponse:
+    tenant: str,
+    registry: SessionRegistry,
+    conversation: str | None = None,
+) -> Reply:
+    """POST /repl without HTTP: the MCP tool runs Python through this too."""
     record = await registry.resolve(tenant, body.session_id, conversation)
     outcome = await _run(request, tenant, record, "python", body.source(), body.timeout)
-    reply = build_reply(
+    return build_reply(
         outcome, "python", record.session_id, record.session.policy, _linker(request, record)
     )
-    assert isinstance(reply, ReplResponse)
-    return reply
 
 
 @router.post(
@@ -137,15 +132,23 @@ async def repl(
         "programs, pipes, &&, || and redirections. Shares files with runPython. A refused "
         "command names the rule, and `suggestion` lists what is allowed."
     ),
+    response_model=CommandResponse,
     responses=_ERRORS,
+    openapi_extra={"parameters": [CONVERSATION_PARAMETER]},
 )
-async def command(
+async def command(request: Request, body: CommandRequest, caller: Caller) -> Response:
+    reply = await run_command(request, body, caller.tenant, caller.registry, caller.conversation)
+    return reply.response()
+
+
+async def run_command(
     request: Request,
     body: CommandRequest,
-    tenant: CurrentTenant,
-    registry: Registry,
-    conversation: ConversationId = None,
-) -> CommandResponse:
+    tenant: str,
+    registry: SessionRegistry,
+    conversation: str | None = None,
+) -> Reply:
+    """POST /command without HTTP: the MCP tool runs commands through this too."""
     record = await registry.resolve(tenant, body.session_id, conversation)
     session_policy = record.session.policy
     try:
@@ -164,8 +167,6 @@ async def command(
         _observe(request, tenant, record, "command", body.command, outcome)
     else:
         outcome = await _run(request, tenant, record, "command", body.command, body.timeout)
-    reply = build_reply(
+    return build_reply(
         outcome, "command", record.session_id, session_policy, _linker(request, record)
     )
-    assert isinstance(reply, CommandResponse)
-    return reply

@@ -51,6 +51,19 @@ def test_implicit_session_is_keyed_by_conversation(client: httpx.Client) -> None
     assert again["session_id"] == first.json()["session_id"]
 
 
+def test_an_overlong_conversation_id_is_refused_naming_the_header(client: httpx.Client) -> None:
+    before = {entry["session_id"] for entry in client.get("/sessions").json()}
+    reply = client.post(
+        "/repl",
+        json={"code": "marker = 1"},
+        headers={"openai-conversation-id": "c" * 257},
+    )
+    assert reply.status_code == 422
+    assert "openai-conversation-id" in reply.json()["error"]
+    # Refused before anything ran: no implicit session was made for it.
+    assert {entry["session_id"] for entry in client.get("/sessions").json()} == before
+
+
 def test_explicit_session_lifecycle(client: httpx.Client) -> None:
     created = client.post("/sessions")
     assert created.status_code == 201
