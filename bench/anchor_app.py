@@ -1,8 +1,9 @@
 """The empty-endpoint anchor: one ``POST /echo`` returning ``{}``, on CodeSherpa's stack.
 
 Served exactly as ``codesherpa serve`` serves the service (``service/cli.py``): FastAPI
-under ``uvicorn.run`` with one worker, log level info (access log on), same logging
-setup.  What the service costs beyond this is the price of its routes and its sandbox.
+under ``uvicorn.run`` with one worker, log level info, no access log (the service's
+default), same logging setup.  What the service costs beyond this is the price of its
+routes and its sandbox.
 
     python -m bench.anchor_app --port 8001
 """
@@ -34,7 +35,9 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info")
+    # As ``codesherpa serve`` runs by default: a line per request would cost the anchor
+    # a share of its round trip the service does not pay.
+    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info", access_log=False)
 
 
 if __name__ == "__main__":
