@@ -130,6 +130,10 @@ class Zygote:
         workspaces.prepare_root(state_dir)
         # Work every worker would repeat, done once here so forks share its pages.
         wanted = policy.isolation.wanted()
+        if "cgroup" in wanted:
+            # Read-only; the worker selects again.  Done here, the lazy set-up it
+            # triggers (the regular expressions it compiles and caches) is shared.
+            cgroup.select_version(cgroup_parent)
         if "seccomp" in wanted:
             seccomp_layer.prepare(policy.isolation.network)
         if "landlock" in wanted:

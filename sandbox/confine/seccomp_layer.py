@@ -15,7 +15,10 @@ container without extra capabilities, then adds what this sandbox needs:
 
 The filter is built with libseccomp through ``pyseccomp``.  ``pyseccomp`` is imported
 when this module is (in the zygote): it locates libseccomp by running ``ldconfig``,
-which a confined worker may no longer execute.
+which a confined worker may no longer execute.  The zygote also compiles the filter
+to BPF once (``prepare``); a worker then only hands that program to seccomp(2), as
+``seccomp_load`` would after compiling it again: compiling in every worker allocates
+and frees throughout the heap it shares with the zygote, and so copies much of it.
 """
 
 from __future__ import annotations
@@ -360,23 +363,95 @@ def build_filter(network: bool) -> BuiltFilter:
     return BuiltFilter(handle, rule_count, tuple(absent), tuple(unknown))
 
 
-# Filters built ahead of time in the zygote, by network setting: each worker forked
-# from it then only loads one, and shares the built filter's pages with the others.
-_prepared: dict[bool, BuiltFilter] = {}
+# seccomp(2) and prctl(2) constants (linux/seccomp.h, linux/prctl.h).
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1
+PR_SET_NO_NEW_PRIVS = 38
+BPF_INSTRUCTION_BYTES = 8  # struct sock_filter
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_syscall = _libc.syscall
+_syscall.restype = ctypes.c_long
+_prctl = _libc.prctl
+
+
+class _SockFprog(ctypes.Structure):
+    """struct sock_fprog: what SECCOMP_SET_MODE_FILTER takes."""
+
+    _fields_ = (("len", ctypes.c_ushort), ("filter", ctypes.c_void_p))
+
+
+@dataclass(frozen=True)
+class CompiledFilter:
+    """A built filter and its BPF program, ready for seccomp(2) without libseccomp.
+
+    What ``seccomp_load`` does with the attributes ``build_filter`` sets: no-new-privs
+    first (CTL_NNP), then SECCOMP_SET_MODE_FILTER with SECCOMP_FILTER_FLAG_TSYNC.
+    """
+
+    built: BuiltFilter
+    program: Any  # ctypes char array holding the sock_filter instructions
+    fprog: _SockFprog  # points into ``program``
+    seccomp_number: int
+
+    def load(self) -> None:
+        if _prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), 0, 0, 0) != 0:
+            number = ctypes.get_errno()
+            raise OSError(number, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(number)}")
+        result = _syscall(
+            ctypes.c_long(self.seccomp_number),
+            ctypes.c_long(SECCOMP_SET_MODE_FILTER),
+            ctypes.c_long(SECCOMP_FILTER_FLAG_TSYNC),
+            ctypes.byref(self.fprog),
+        )
+        if result < 0:
+            number = ctypes.get_errno()
+            raise OSError(number, f"seccomp(SECCOMP_SET_MODE_FILTER): {os.strerror(number)}")
+        if result > 0:
+            # TSYNC names a thread it could not synchronize; libseccomp answers ESRCH.
+            raise OSError(errno.ESRCH, f"seccomp: thread {result} could not be synchronized")
+
+
+def compile_filter(network: bool) -> CompiledFilter:
+    """Build the filter and export its BPF program (libseccomp's own code generator).
+
+    Raises OSError if libseccomp is missing, rejects a rule or exports nothing usable.
+    """
+    built = build_filter(network)
+    assert _pyseccomp is not None  # build_filter raised otherwise
+    with open(os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC), "w+b", buffering=0) as exported:
+        built.handle.export_bpf(exported)
+        size = os.fstat(exported.fileno()).st_size
+        code = os.pread(exported.fileno(), size, 0)
+    count = len(code) // BPF_INSTRUCTION_BYTES
+    if not code or len(code) % BPF_INSTRUCTION_BYTES or count > 0xFFFF:
+        raise OSError(errno.EINVAL, f"libseccomp exported a {len(code)}-byte program")
+    program = ctypes.create_string_buffer(code, len(code))
+    fprog = _SockFprog(count, ctypes.addressof(program))
+    number: int = _pyseccomp.resolve_syscall(_pyseccomp.Arch.NATIVE, "seccomp")
+    if number < 0:
+        raise OSError(errno.ENOSYS, "libseccomp does not know the seccomp syscall's number")
+    return CompiledFilter(built, program, fprog, number)
+
+
+# Filters compiled ahead of time in the zygote, by network setting: each worker forked
+# from it then only loads one, and shares the compiled filter's pages with the others.
+_prepared: dict[bool, CompiledFilter] = {}
 
 
 def prepare(network: bool) -> None:
-    """Build the filter once, in the zygote, before it forks workers."""
+    """Build and compile the filter once, in the zygote, before it forks workers."""
     if _pyseccomp is not None and network not in _prepared:
-        _prepared[network] = build_filter(network)
+        _prepared[network] = compile_filter(network)
 
 
 def apply(spec: WorkerSpec) -> LayerStatus:
     network = spec.policy.isolation.network
     if _pyseccomp is None:
         return LayerStatus(LAYER_NAME, False, _import_error or "libseccomp is missing")
-    built = _prepared.get(network) or build_filter(network)
-    built.handle.load()
+    compiled = _prepared.get(network) or compile_filter(network)
+    compiled.load()
+    built = compiled.built
     uncovered = set(built.absent) | set(built.unknown)
     denied_count = sum(name not in uncovered for _why, names in DENIED_SYSCALLS for name in names)
     sockets = "no AF_VSOCK sockets" if network else "AF_UNIX sockets only"
