@@ -37,7 +37,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from sandbox import protocol, workspaces
+from sandbox import protocol, scheduling, workspaces
 from sandbox.commands import resolve_program
 from sandbox.confine import (
     WorkerSpec,
@@ -327,6 +327,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--cgroup-parent", required=True)
     args = parser.parse_args(argv)
     die_with_parent(args.service_pid)
+    # The service's short time slice is for its requests, not for session code.
+    scheduling.use_default_slice()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     policy = Policy.model_validate_json(sys.stdin.buffer.read())
     _preload(policy)

@@ -11,11 +11,10 @@ import sys
 
 from pydantic import ValidationError
 
-from sandbox import Policy, PolicyError, ZygoteClient, load_policy, workspaces
+from sandbox import Policy, PolicyError, ZygoteClient, load_policy, scheduling, workspaces
 from sandbox.errors import SandboxError
 from sandbox.policy import ALL_LAYERS, policy_warnings
 from sandbox.policy_docs import render_reference, review_changes
-from service import scheduling
 from service.settings import Settings, is_loopback
 
 
@@ -63,9 +62,8 @@ def serve(args: argparse.Namespace) -> int:
     except PolicyError as exc:
         return _fail(f"invalid policy:\n{exc}")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    # Before the zygote starts: it must not inherit the short slice (it would not anyway,
-    # the flag resets it on fork, but the order makes that plain).
-    logging.getLogger("codesherpa.scheduling").info("event loop: %s", scheduling.apply())
+    # The zygote inherits it and drops it again before it forks a worker.
+    logging.getLogger("codesherpa.scheduling").info("event loop: %s", scheduling.use_short_slice())
     try:
         zygote, isolation = start_sandbox(policy, settings.state_dir)
     except SandboxError as exc:

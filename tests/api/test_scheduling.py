@@ -10,7 +10,7 @@ import psutil
 import pytest
 
 from bench.stats import uid_from_isolation
-from service import scheduling
+from sandbox import scheduling
 from tests.api.server import ROOT, Server
 
 
@@ -18,7 +18,11 @@ from tests.api.server import ROOT, Server
 def custom_slices() -> None:
     # Asked of a throwaway process: this kernel may predate custom slices (6.12).
     probe = subprocess.run(
-        [sys.executable, "-c", "from service import scheduling; print(scheduling.apply())"],
+        [
+            sys.executable,
+            "-c",
+            "from sandbox import scheduling; print(scheduling.use_short_slice())",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -43,7 +47,7 @@ def test_the_event_loop_has_the_short_slice_and_no_session_process_inherits_it(
     assert zygotes
 
     # The main thread serves every request.
-    assert scheduling.slice_of(service.pid) == scheduling.SLICE_NS
+    assert scheduling.slice_of(service.pid) == scheduling.SHORT_SLICE_NS
     for process in zygotes + workers:
         for thread in process.threads():
-            assert scheduling.slice_of(thread.id) != scheduling.SLICE_NS, process
+            assert scheduling.slice_of(thread.id) != scheduling.SHORT_SLICE_NS, process
