@@ -37,7 +37,7 @@ import sys
 import traceback
 from dataclasses import dataclass
 
-from sandbox import protocol, scheduling, workspaces
+from sandbox import heap, protocol, scheduling, workspaces
 from sandbox.commands import resolve_program
 from sandbox.confine import (
     WorkerSpec,
@@ -337,6 +337,7 @@ def main(argv: list[str] | None = None) -> None:
     # Everything imported so far is shared, read-only, by every worker: keep the
     # collector from touching (and so copying) those pages in each fork.
     gc.collect()
+    heap.pack()
     gc.freeze()
     serve(control, zygote)
 
