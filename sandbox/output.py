@@ -123,8 +123,14 @@ class OutputCapture:
                 self._take_available()
 
     def _take_available(self) -> None:
+        """Read what the pipes hold now, at most ``_TAKE_BYTES`` from each.
+
+        Bounded: a process writing without pause must not keep the lock (and so the end
+        of a run) waiting for the pipe to run dry.
+        """
         for index, fd in enumerate(self._read_fds):
-            while True:
+            taken = 0
+            while taken < _TAKE_BYTES:
                 try:
                     data = os.read(fd, 65536)
                 except (BlockingIOError, InterruptedError):
@@ -133,6 +139,7 @@ class OutputCapture:
                     return
                 if not data:
                     break
+                taken += len(data)
                 if self._buffers is not None:
                     self._buffers[index].write(data)
 
@@ -165,6 +172,9 @@ class OutputCapture:
         self._read_fds, self._write_fds = [], []
 
 
+# At most this much is read from one pipe while the lock is held: more than a pipe
+# holds (64 KiB by default, 1 MiB at most without privilege).
+_TAKE_BYTES = 2 * 1024 * 1024
 # Poll results that mean a pipe is no longer ours to read.
 _GONE = select.POLLNVAL | select.POLLERR | select.POLLHUP
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import time
 
 from hypothesis import given
 from hypothesis import strategies as st
@@ -76,6 +78,23 @@ def test_a_run_ends_without_waiting_for_writers_that_keep_the_pipe() -> None:
     os.close(kept)
     capture.close()
     assert out.total == 7
+
+
+def test_a_run_ends_beside_processes_that_write_without_pause() -> None:
+    capture = OutputCapture(keep=100)
+    out_fd, _ = capture.begin()
+    # `yes` left running in the background by earlier cells, writing into the run.
+    floods = [subprocess.Popen(["yes", "y" * 4000], stdout=out_fd) for _ in range(3)]
+    try:
+        time.sleep(0.2)
+        out, _ = capture.end()  # returns although the pipe never stays empty for long
+    finally:
+        for flood in floods:
+            flood.kill()
+            flood.wait()
+        capture.close()
+    assert out.total > 1_000_000
+    assert len(out._head) + sum(len(chunk) for chunk in out._tail) <= 2 * 100 + 65536
 
 
 def test_a_capture_whose_pipe_user_code_closed_is_not_intact() -> None:
