@@ -103,14 +103,12 @@ class Session:
         )
 
     async def _run(self, build: Callable[[int], Request], timeout: float | None) -> RunOutcome:
-        if self._run_lock.locked():
-            try:
-                await asyncio.wait_for(self._run_lock.acquire(), self.policy.sessions.queue_wait_s)
-            except TimeoutError:
-                raise WorkerBusy("the session is still running a previous request") from None
-        else:
-            # Free: taken at once, without the task wait_for would make.
-            await self._run_lock.acquire()
+        try:
+            # asyncio.timeout rather than wait_for: no task is made for a free lock.
+            async with asyncio.timeout(self.policy.sessions.queue_wait_s):
+                await self._run_lock.acquire()
+        except TimeoutError:
+            raise WorkerBusy("the session is still running a previous request") from None
         try:
             started = time.monotonic()
             restarted_before = False

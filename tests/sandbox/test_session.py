@@ -9,6 +9,7 @@ import psutil
 import pytest
 
 from sandbox import Session, ZygoteClient, workspaces
+from sandbox.errors import WorkerBusy
 
 pytestmark = pytest.mark.anyio
 
@@ -186,6 +187,24 @@ async def test_matplotlib_figures_are_saved_to_the_workspace(session: Session) -
     assert names == ["figure-1.png"]
     with open(os.path.join(session.workspace, "figure-1.png"), "rb") as png:
         assert png.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+async def test_a_request_behind_a_long_run_waits_its_queue_time_then_is_refused(
+    session: Session,
+) -> None:
+    # The test policy lets a request wait 2 s for the previous run, and runs last 3 s.
+    slow = asyncio.create_task(session.run_python("import time\ntime.sleep(2.6)\n'slow'"))
+    await asyncio.sleep(0.2)
+    with pytest.raises(WorkerBusy):
+        await session.run_python("'queued'")
+    assert not slow.done()  # the refused request did not disturb the run it queued behind
+    assert (await slow).reply.value == "'slow'"
+    # A request queued behind a run that ends in time is served.
+    slow = asyncio.create_task(session.run_python("time.sleep(0.5)\n'second'"))
+    await asyncio.sleep(0.1)
+    queued = await session.run_python("'served'")
+    assert (await slow).reply.value == "'second'"
+    assert queued.reply.value == "'served'"
 
 
 async def test_two_sessions_run_in_parallel(zygote: ZygoteClient, session: Session) -> None:
