@@ -1,4 +1,4 @@
-"""The wire protocol between the service and a session worker.
+"""Wire protocols: frames between the service and a worker; the zygote's start order.
 
 A channel is a byte stream of frames: a 4-byte big-endian length, then that many
 bytes of UTF-8 JSON holding one message.  This module knows nothing of sockets: it
@@ -15,6 +15,7 @@ from typing import Annotated, Literal
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
 from sandbox.errors import FrameTooLarge, ProtocolError
+from sandbox.policy import Policy
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
@@ -24,6 +25,25 @@ RunStatus = Literal["ok", "error", "timeout", "killed", "denied"]
 
 class _Message(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# --- service → zygote --------------------------------------------------------------
+
+
+class StartOrder(BaseModel):
+    """What the service tells a new zygote on its stdin, rather than on its command line.
+
+    Every worker inherits the zygote's /proc/self/cmdline and readable environment
+    block; neither names the state directory or the service's pid this way.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    policy: Policy
+    control_fd: int  # the zygote's end of the control socket
+    state_dir: str
+    service_pid: int
+    cgroup_parent: str
 
 
 # --- service → worker -------------------------------------------------------------

@@ -10,7 +10,10 @@ namespaces and forks the worker as init of its PID namespace, then exits.  The
 worker is thus re-parented to the service (a child subreaper), which can wait for it
 through a pidfd and read how it ended.
 
-Control messages are JSON datagrams on a SOCK_SEQPACKET socket:
+It reads its start order (``protocol.StartOrder``: the policy, its control socket,
+the state directory, the service's pid) on stdin, so that its command line and
+environment, which every worker inherits, name none of them.  Control messages are
+then JSON datagrams on a SOCK_SEQPACKET socket:
 
     service → zygote  {"op": "spawn", "workspace": str | null}
     zygote → service  {"ok": true, "pid", "workspace", "uid", "session_key", "quota"}
@@ -23,7 +26,6 @@ Control messages are JSON datagrams on a SOCK_SEQPACKET socket:
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import importlib
@@ -319,21 +321,20 @@ def _preload(policy: Policy) -> None:
         importlib.import_module("matplotlib.pyplot")
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="sandbox.zygote")
-    parser.add_argument("--control-fd", type=int, required=True)
-    parser.add_argument("--state-dir", required=True)
-    parser.add_argument("--service-pid", type=int, required=True)
-    parser.add_argument("--cgroup-parent", required=True)
-    args = parser.parse_args(argv)
-    die_with_parent(args.service_pid)
+def main() -> None:
+    start = protocol.StartOrder.model_validate_json(sys.stdin.buffer.read())
+    die_with_parent(start.service_pid)
     # The service's short time slice is for its requests, not for session code.
     scheduling.use_default_slice()
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    policy = Policy.model_validate_json(sys.stdin.buffer.read())
+    # Set here, not in the environment the zygote was started with: that block is what
+    # a worker's /proc/self/environ shows.
+    os.environ["HOME"] = start.state_dir
+    os.environ["MPLCONFIGDIR"] = os.path.join(start.state_dir, "matplotlib")
+    policy = start.policy
     _preload(policy)
-    control = socket.socket(fileno=args.control_fd)
-    zygote = Zygote(policy, args.state_dir, args.service_pid, args.cgroup_parent)
+    control = socket.socket(fileno=start.control_fd)
+    zygote = Zygote(policy, start.state_dir, start.service_pid, start.cgroup_parent)
     # Everything imported so far is shared, read-only, by every worker: keep the
     # collector from touching (and so copying) those pages in each fork.
     gc.collect()

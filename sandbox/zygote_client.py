@@ -19,6 +19,7 @@ from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
 from sandbox.errors import ConfinementError, ZygoteUnavailable
 from sandbox.handle import WorkerHandle
 from sandbox.policy import Policy
+from sandbox.protocol import StartOrder
 
 # Preloading numpy, pandas and matplotlib takes a few seconds on a cold disk.
 ZYGOTE_START_TIMEOUT_S = 120.0
@@ -27,16 +28,18 @@ ZYGOTE_STOP_TIMEOUT_S = 10.0
 _PACKAGE_PARENT = str(Path(__file__).resolve().parent.parent)
 
 
-def zygote_environment(state_dir: str) -> dict[str, str]:
-    """The zygote's whole environment: nothing of the service's, so no secret."""
+def zygote_environment() -> dict[str, str]:
+    """The zygote's whole environment: nothing of the service's, so no secret.
+
+    A worker's /proc/self/environ shows this block (the zygote's at exec), so it names
+    no host path but the package's; the state directory comes through stdin instead.
+    """
     return {
         "PATH": "/usr/local/bin:/usr/bin:/bin",
         "LANG": "C.UTF-8",
         "PYTHONPATH": _PACKAGE_PARENT,
         "PYTHONDONTWRITEBYTECODE": "1",
         "MPLBACKEND": "Agg",
-        "MPLCONFIGDIR": os.path.join(state_dir, "matplotlib"),
-        "HOME": state_dir,
         "OPENBLAS_NUM_THREADS": "1",
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
@@ -70,6 +73,11 @@ class ZygoteClient:
                 cgroup.remove_all_sessions(self.cgroup_parent)
             workspaces.remove_all(self.state_dir)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        control_fd = theirs.fileno()
+        # Every worker's /proc/self/cmdline is this command line: it names the interpreter
+        # (which /proc/self/exe shows anyway, and which must be argv[0] for Python to
+        # find its standard library) and nothing else of the host; the rest of what the
+        # zygote needs to know comes through stdin.
         command = [
             sys.executable,
             # -P: no working directory on sys.path, so nothing there becomes importable
@@ -77,26 +85,25 @@ class ZygoteClient:
             "-P",
             "-m",
             "sandbox.zygote",
-            "--control-fd",
-            str(theirs.fileno()),
-            "--state-dir",
-            self.state_dir,
-            "--service-pid",
-            str(os.getpid()),
-            "--cgroup-parent",
-            self.cgroup_parent,
         ]
         self._process = subprocess.Popen(
             command,
             stdin=subprocess.PIPE,
-            env=zygote_environment(self.state_dir),
-            pass_fds=(theirs.fileno(),),
+            env=zygote_environment(),
+            pass_fds=(control_fd,),
             cwd="/",
             close_fds=True,
         )
         theirs.close()
         assert self._process.stdin is not None
-        self._process.stdin.write(self.policy.model_dump_json().encode())
+        start = StartOrder(
+            policy=self.policy,
+            control_fd=control_fd,
+            state_dir=self.state_dir,
+            service_pid=os.getpid(),
+            cgroup_parent=self.cgroup_parent,
+        )
+        self._process.stdin.write(start.model_dump_json().encode())
         self._process.stdin.close()
         ours.settimeout(ZYGOTE_START_TIMEOUT_S)
         try:

@@ -150,6 +150,22 @@ async def test_the_services_environment_is_nowhere_a_worker_can_read(
     assert CANARY not in everything_said(outcome.reply, *commands)
 
 
+async def test_a_worker_reads_neither_the_state_directory_nor_the_service_pid(
+    secret_holding_session: tuple[ZygoteClient, Session],
+) -> None:
+    # The zygote's command line and environment block are every worker's; the start
+    # order that names the host's paths and pids came on the zygote's stdin.
+    zygote, session = secret_holding_session
+    outcome = await session.run_python(search_code(zygote.state_dir), timeout=10)
+    assert outcome.reply.status == "ok", outcome.reply.error
+    report = json.loads(outcome.reply.stdout)
+    assert report["found"] == []
+    assert "/proc/1/cmdline" in report["readable"]
+    command_line = await session.run_python("open('/proc/1/cmdline', 'rb').read()")
+    expected = b"\0".join([sys.executable.encode(), b"-P", b"-m", b"sandbox.zygote", b""])
+    assert command_line.reply.value == repr(expected)
+
+
 async def test_a_worker_has_only_its_channel_and_standard_streams(
     secret_holding_session: tuple[ZygoteClient, Session],
 ) -> None:
