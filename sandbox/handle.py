@@ -20,6 +20,15 @@ from sandbox.errors import ProtocolError, WorkerLost
 
 _READ_SIZE = 1 << 16
 
+# Workers a handle holds and will reap.  Any other exited child of the service that is
+# not a zygote was a ready worker of a zygote that died before handing it over: see
+# ZygoteClient.reap_orphans.
+_held: set[int] = set()
+
+
+def held_worker_pids() -> frozenset[int]:
+    return frozenset(_held)
+
 
 def describe_returncode(returncode: int | None) -> str:
     if returncode is None:
@@ -47,6 +56,7 @@ class WorkerHandle:
         max_frame: int = protocol.DEFAULT_MAX_FRAME,
     ) -> None:
         self.pid = pid
+        _held.add(pid)
         self.workspace = workspace
         self.uid = uid
         self.session_key = session_key
@@ -80,6 +90,7 @@ class WorkerHandle:
             self.returncode = result.si_status
         else:
             self.returncode = -result.si_status
+        _held.discard(self.pid)  # reaped: the pid may be reused from now on
         return self.returncode
 
     async def wait(self, timeout: float | None = None) -> int | None:
@@ -172,6 +183,8 @@ class WorkerHandle:
         if self._pidfd is not None:
             os.close(self._pidfd)
             self._pidfd = None
+        # Not reaped within the wait: it is an orphan now, for ZygoteClient.reap_orphans.
+        _held.discard(self.pid)
         if self._oom_counter is not None:
             self._oom_counter.close()
         version = self._cgroup()

@@ -13,11 +13,13 @@ import sys
 import threading
 from pathlib import Path
 
+import psutil
+
 from sandbox import workspaces
 from sandbox.confine import cgroup
 from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
 from sandbox.errors import ConfinementError, ZygoteUnavailable
-from sandbox.handle import WorkerHandle
+from sandbox.handle import WorkerHandle, held_worker_pids
 from sandbox.policy import Policy
 from sandbox.protocol import StartOrder
 
@@ -44,6 +46,11 @@ def zygote_environment() -> dict[str, str]:
         "OMP_NUM_THREADS": "1",
         "MKL_NUM_THREADS": "1",
     }
+
+
+# The zygotes this process started and has not yet reaped (after a policy reload, the
+# old one lives on beside the new until its sessions end).
+_zygote_pids: set[int] = set()
 
 
 def cgroup_parent_for(state_dir: str) -> str:
@@ -94,6 +101,7 @@ class ZygoteClient:
             cwd="/",
             close_fds=True,
         )
+        _zygote_pids.add(self._process.pid)
         theirs.close()
         assert self._process.stdin is not None
         start = StartOrder(
@@ -136,6 +144,7 @@ class ZygoteClient:
             except subprocess.TimeoutExpired:
                 self._process.kill()
                 self._process.wait()
+            _zygote_pids.discard(self._process.pid)
             self._process = None
 
     def _reap_drained_pool(self) -> None:
@@ -178,6 +187,8 @@ class ZygoteClient:
 
     def _spawn_blocking(self, workspace: str | None) -> WorkerHandle:
         self.ensure_running()
+        # The handle is made under the lock: reap_orphans must never see the new
+        # worker's pid before a handle holds it.
         with self._lock:
             if self._control is None or not self.alive():
                 raise ZygoteUnavailable("the zygote is not running")
@@ -186,24 +197,46 @@ class ZygoteClient:
                 data, fds, _flags, _addr = socket.recv_fds(self._control, 65536, 2)
             except OSError as exc:
                 raise ZygoteUnavailable(f"the zygote did not answer: {exc}") from None
-        if not data:
-            raise ZygoteUnavailable("the zygote closed its control socket")
-        reply = json.loads(data)
-        if not reply.get("ok") or len(fds) != 2:
-            for fd in fds:
-                os.close(fd)
-            raise ZygoteUnavailable(f"the zygote could not make a worker: {reply.get('error')}")
-        channel_fd, pidfd = fds
-        return WorkerHandle(
-            pid=reply["pid"],
-            pidfd=pidfd,
-            channel=socket.socket(fileno=channel_fd),
-            workspace=reply["workspace"],
-            uid=reply["uid"],
-            session_key=reply["session_key"],
-            quota=reply["quota"],
-            cgroup_parent=self.cgroup_parent,
-        )
+            if not data:
+                raise ZygoteUnavailable("the zygote closed its control socket")
+            reply = json.loads(data)
+            if not reply.get("ok") or len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                raise ZygoteUnavailable(f"the zygote could not make a worker: {reply.get('error')}")
+            channel_fd, pidfd = fds
+            return WorkerHandle(
+                pid=reply["pid"],
+                pidfd=pidfd,
+                channel=socket.socket(fileno=channel_fd),
+                workspace=reply["workspace"],
+                uid=reply["uid"],
+                session_key=reply["session_key"],
+                quota=reply["quota"],
+                cgroup_parent=self.cgroup_parent,
+            )
+
+    def reap_orphans(self) -> int:
+        """Reap exited children nothing else will; return how many.
+
+        When a zygote dies, the ready workers of its pool lose their channel and exit;
+        they were re-parented to this process, and no handle holds them.  A child held
+        by a WorkerHandle, or a zygote (its Popen reaps it), is left alone.
+        """
+        reaped = 0
+        with self._lock:
+            spared = held_worker_pids() | frozenset(_zygote_pids)
+            for child in psutil.Process().children():
+                if child.pid in spared:
+                    continue
+                try:
+                    if child.status() != psutil.STATUS_ZOMBIE:
+                        continue
+                    os.waitpid(child.pid, os.WNOHANG)
+                except (psutil.Error, ChildProcessError):
+                    continue
+                reaped += 1
+        return reaped
 
     async def spawn(
         self, workspace: str | None = None, hello_timeout: float = 30.0

@@ -161,11 +161,15 @@ class SessionRegistry:
             await asyncio.sleep(REAP_INTERVAL_S)
             try:
                 ended = await self.end_expired()
+                # Ready workers of a zygote that died exit; nothing else collects them.
+                orphans = await asyncio.to_thread(self.zygote.reap_orphans)
             except Exception:
                 log.exception("session reaper failed")
                 continue
             if ended:
                 log.info("ended %d expired session(s)", ended)
+            if orphans:
+                log.info("reaped %d worker(s) left by a zygote that died", orphans)
 
     async def close_all(self) -> None:
         for record in list(self._sessions.values()):

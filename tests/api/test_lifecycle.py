@@ -42,6 +42,15 @@ def _mounts_under(path: Path) -> list[str]:
         return [line.split()[4] for line in mountinfo if line.split()[4].startswith(str(path))]
 
 
+def _zombie_children(process: psutil.Process) -> list[int]:
+    zombies = []
+    for child in process.children():
+        with contextlib.suppress(psutil.Error):
+            if child.status() == psutil.STATUS_ZOMBIE:
+                zombies.append(child.pid)
+    return zombies
+
+
 def _wait_until(condition: object, timeout_s: float = 10.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -91,6 +100,9 @@ def test_a_killed_zygote_is_restarted_and_live_sessions_keep_their_state(tmp_pat
         assert kept["result"] == "'kept'"
         assert "codesherpa_zygote_restarts 1.0" in client.get("/metrics").text
         assert client.get("/readyz").json()["zygote"]["pid"] != zygote_pid
+        # The dead zygote's ready workers exited with it; the service reaps them too.
+        service = psutil.Process(server.process.pid)
+        assert _wait_until(lambda: not _zombie_children(service), timeout_s=20)
         client.close()
     finally:
         stop_server(server)
