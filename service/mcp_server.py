@@ -343,41 +343,93 @@ def build_server(settings: Settings, policy: Policy) -> FastMCP[Any]:
     return server
 
 
+def mcp_sessions_per_tenant(policy: Policy) -> int:
+    """MCP sessions one tenant may hold open at once.
+
+    A few clients for each CodeSherpa session the tenant may have; without a share of
+    its own, one tenant opening sessions could take every slot of the global cap.
+    """
+    return 4 * policy.sessions.max_per_tenant
+
+
 class McpEndpoint:
     """The ASGI endpoint at /mcp: bearer auth and rate limit, then the SDK's transport."""
 
     def __init__(self, settings: Settings, policy: Policy) -> None:
         self.server = build_server(settings, policy)
         self.server.streamable_http_app()  # creates the session manager we dispatch to
+        self._per_tenant = mcp_sessions_per_tenant(policy)
+        self._idle_ttl_s = policy.sessions.idle_ttl_s
+        self._opened: dict[str, set[str]] = {}  # MCP session ids, by the tenant that opened them
+        self._opening: dict[str, int] = {}  # opening requests in flight, by tenant
 
     def describe_policy(self, settings: Settings, policy: Policy) -> None:
         """After a reload: what a client is told at initialize names the new policy."""
         instructions = INSTRUCTIONS.format(**policy_facts(settings.public_url, policy))
         # FastMCP exposes its instructions read-only; the low-level server holds them.
         self.server._mcp_server.instructions = instructions
+        self._per_tenant = mcp_sessions_per_tenant(policy)
+        self._idle_ttl_s = policy.sessions.idle_ttl_s
 
     def running(self) -> AbstractAsyncContextManager[None]:
         """The session manager's lifetime; the app's lifespan holds it open."""
         return self.server.session_manager.run()
 
+    def _open_sessions(self, tenant: str) -> set[str]:
+        # The SDK ends idle sessions on its own and offers no listing but this: keep
+        # only the ids it still serves.
+        live = self.server.session_manager._server_instances
+        opened = {session_id for session_id in self._opened.get(tenant, ()) if session_id in live}
+        self._opened[tenant] = opened
+        return opened
+
+    def _admit_opening(self, tenant: str) -> None:
+        held = len(self._open_sessions(tenant)) + self._opening.get(tenant, 0)
+        if held >= self._per_tenant:
+            raise ApiError(
+                429,
+                f"this tenant has {held} MCP sessions open, the most it may hold "
+                f"({self._per_tenant})",
+                "End one you no longer use (DELETE /mcp with its Mcp-Session-Id header), or "
+                f"wait for an idle one to expire ({self._idle_ttl_s:g} s).",
+                headers={"Retry-After": "60"},
+            )
+
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state
+        headers = Headers(scope=scope)
         # An ApiError (401, 429) reaches the app's handler: the same body, headers, metrics.
-        tenant = authenticate(state.tokens, Headers(scope=scope).get("authorization"))
+        tenant = authenticate(state.tokens, headers.get("authorization"))
         state.quotas.admit_request(tenant)
         scope["user"] = AuthenticatedUser(
             AccessToken(token=f"tenant:{tenant}", client_id=tenant, subject=tenant, scopes=[])
         )
+        mcp_session_id = headers.get("mcp-session-id")
+        opening = scope["method"] == "POST" and mcp_session_id is None
+        if opening:
+            self._admit_opening(tenant)
         statuses: list[int] = []
+        opened: list[str] = []
 
         async def observed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 statuses.append(message["status"])
+                if opening:
+                    new_id = Headers(raw=message.get("headers", [])).get("mcp-session-id")
+                    if new_id:
+                        opened.append(new_id)
             await send(message)
 
-        await self.server.session_manager.handle_request(scope, receive, observed)
-        mcp_session_id = Headers(scope=scope).get("mcp-session-id")
+        if opening:
+            self._opening[tenant] = self._opening.get(tenant, 0) + 1
+        try:
+            await self.server.session_manager.handle_request(scope, receive, observed)
+        finally:
+            if opening:
+                self._opening[tenant] -= 1
+                self._opened.setdefault(tenant, set()).update(opened)
         if scope["method"] == "DELETE" and statuses == [200] and mcp_session_id:
+            self._opened.get(tenant, set()).discard(mcp_session_id)
             await _end_mapped_session(state.registry, tenant, mcp_session_id)
 
 

@@ -265,6 +265,58 @@ def test_another_tenant_cannot_use_an_mcp_session_id(mcp_server: Server) -> None
     assert anyio.run(main) == 404
 
 
+_INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"},
+    },
+}
+
+
+def _open_mcp_session(server: Server, token: str) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {token}", "Accept": "application/json, text/event-stream"}
+    return httpx.post(f"{server.url}/mcp", json=_INITIALIZE, headers=headers, timeout=30)
+
+
+def _end_mcp_session(server: Server, token: str, session_id: str) -> int:
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "mcp-session-id": session_id,
+        "mcp-protocol-version": "2025-06-18",
+    }
+    return httpx.delete(f"{server.url}/mcp", headers=headers, timeout=30).status_code
+
+
+def test_one_tenant_cannot_take_every_mcp_session(mcp_server: Server) -> None:
+    # The test policy allows 4 sessions per tenant, so 16 MCP sessions.
+    opened: list[str] = []
+    try:
+        for _ in range(20):
+            reply = _open_mcp_session(mcp_server, ALICE)
+            if reply.status_code != 200:
+                break
+            opened.append(reply.headers["mcp-session-id"])
+        assert reply.status_code == 429
+        assert "MCP sessions open" in reply.json()["error"]
+        assert 0 < len(opened) <= 16
+        # The other tenant is not held up by alice's sessions.
+        other = _open_mcp_session(mcp_server, BOB)
+        assert other.status_code == 200
+        assert _end_mcp_session(mcp_server, BOB, other.headers["mcp-session-id"]) == 200
+        # Ending one of alice's sessions frees its slot.
+        assert _end_mcp_session(mcp_server, ALICE, opened.pop()) == 200
+        again = _open_mcp_session(mcp_server, ALICE)
+        assert again.status_code == 200
+        opened.append(again.headers["mcp-session-id"])
+    finally:
+        for session_id in opened:
+            _end_mcp_session(mcp_server, ALICE, session_id)
+
+
 def test_a_host_outside_the_public_url_is_refused(mcp_server: Server) -> None:
     """DNS rebinding: a page of evil.example must not drive the local server."""
     reply = httpx.post(
