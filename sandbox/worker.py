@@ -10,6 +10,7 @@ background processes, as in Jupyter.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import io
@@ -46,6 +47,7 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 # is the only way back.
 EXIT_OUT_OF_DESCRIPTORS = 75
 EXIT_OUT_OF_PROCESSES = 76
+_READ_SIZE = 1 << 16
 # The reply lists at most this many changed files (the frame must stay small).
 MAX_CHANGED_FILES = 100
 
@@ -85,6 +87,8 @@ class Worker:
         self._keep = policy.limits.output_chars
         self._devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self._capture = _new_capture(self._keep)
+        self._decoder = protocol.FrameDecoder()
+        self._frames: collections.deque[bytes] = collections.deque()
 
     @contextmanager
     def _captured_output(self) -> Iterator[list[BoundedBuffer]]:
@@ -118,26 +122,16 @@ class Worker:
         self._channel.sendall(protocol.encode(message))
 
     def _receive(self) -> protocol.RunPython | protocol.RunCommand | None:
-        header = self._read_exactly(protocol.HEADER.size)
-        if header is None:
-            return None
-        length = protocol.payload_length(header)
-        payload = self._read_exactly(length)
-        if payload is None:
-            return None
-        return protocol.decode_request(payload)
-
-    def _read_exactly(self, size: int) -> bytes | None:
-        chunks = bytearray()
-        while len(chunks) < size:
+        # One recv usually brings a whole request (the service sends one and waits).
+        while not self._frames:
             try:
-                data = self._channel.recv(size - len(chunks))
+                data = self._channel.recv(_READ_SIZE)
             except InterruptedError:
                 continue
             if not data:
                 return None
-            chunks += data
-        return bytes(chunks)
+            self._frames.extend(self._decoder.feed(data))
+        return protocol.decode_request(self._frames.popleft())
 
     # -- loop -------------------------------------------------------------------------
 
