@@ -132,6 +132,11 @@ DENIED_SYSCALLS: tuple[tuple[str, tuple[str, ...]], ...] = (
     # (the "shocker" container escape).
     ("file handles that bypass path checks", ("name_to_handle_at", "open_by_handle_at")),
     ("direct hardware and legacy x86 modes", ("iopl", "ioperm", "modify_ldt", "vm86", "vm86old")),
+    # sched_setattr is the only way to ask for a custom (shorter) time slice, which would
+    # let session code wake ahead of other sessions and beside the service, whose event
+    # loop relies on a short slice (sandbox.scheduling); nice and policy changes remain
+    # open through setpriority and sched_setscheduler.
+    ("an earlier claim on the CPU than other sessions get", ("sched_setattr",)),
     # Docker allows these only with CAP_SYS_NICE.
     (
         "NUMA placement of memory",

@@ -23,7 +23,8 @@ from typing import Any
 
 import pytest
 
-from sandbox import Session
+from sandbox import Session, scheduling
+from tests.security.harness import worker_of
 
 pytestmark = [
     pytest.mark.anyio,
@@ -319,3 +320,21 @@ async def test_x32_syscall_numbers_make_nothing(session: Session) -> None:
     assert outcome.reply.status == "killed" or outcome.reply.stdout == "-1\n", outcome.reply
     assert not os.path.exists(os.path.join(session.workspace, "made-by-x32"))
     assert (await session.run_python("'alive'")).reply.value == "'alive'"
+
+
+SHORTEN_MY_SLICE = """
+from sandbox import scheduling
+refused = scheduling._set_slice(scheduling.SHORT_SLICE_NS)
+refused, scheduling.slice_of(0)
+"""
+
+
+async def test_session_code_cannot_take_a_short_time_slice(session: Session) -> None:
+    # The service's event loop wakes ahead of session code by its short slice; a session
+    # giving itself the same would take that lead from it and from its neighbours.
+    outcome = await session.run_python(SHORTEN_MY_SLICE)
+    assert outcome.reply.status == "ok", outcome.reply.error
+    refused, granted = eval(outcome.reply.value or "(None, None)")
+    assert refused == "sched_setattr refused: Operation not permitted"
+    assert granted != scheduling.SHORT_SLICE_NS
+    assert scheduling.slice_of(worker_of(session).pid) != scheduling.SHORT_SLICE_NS
