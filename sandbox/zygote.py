@@ -6,9 +6,9 @@ policy's preload modules once, freezes the garbage collector so forks share thos
 pages, and keeps a small pool of confined workers ready.
 
 Each worker is made by a short-lived intermediate process that enters new
-namespaces and forks the worker as init of its PID namespace, then exits.  The
-worker is thus re-parented to the service (a child subreaper), which can wait for it
-through a pidfd and read how it ended.
+namespaces, forks the worker as init of its PID namespace, puts it in its cgroup
+before letting it start, then exits.  The worker is thus re-parented to the service
+(a child subreaper), which can wait for it through a pidfd and read how it ended.
 
 It reads its start order (``protocol.StartOrder``: the policy, its control socket,
 the state directory, the service's pid) on stdin, so that its command line and
@@ -37,13 +37,15 @@ import signal
 import socket
 import sys
 import traceback
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from sandbox import heap, protocol, scheduling, workspaces
 from sandbox.commands import resolve_program
 from sandbox.confine import (
+    LayerStatus,
     WorkerSpec,
     cgroup,
+    cgroup_for_worker,
     confine_worker,
     landlock_layer,
     seccomp_layer,
@@ -224,13 +226,23 @@ def _read_all(fd: int) -> bytes:
 
 
 def _intermediate(spec: WorkerSpec, pid_write: int, service_pid: int) -> None:
-    """Enter new namespaces, fork the worker as their init, report its pid, exit."""
+    """Enter new namespaces, fork the worker as their init, put it in its cgroup, report
+    its pid, exit."""
     try:
         unshare_error = unshare_for_worker(spec)
+        go_read, go_write = os.pipe()
         worker = os.fork()
         if worker == 0:
             os.close(pid_write)
-            _worker(spec, unshare_error, service_pid)
+            os.close(go_write)
+            _worker(spec, unshare_error, service_pid, go_read)
+        os.close(go_read)
+        # The worker waits for this before it does anything.  What runs here after the
+        # fork copies only this process's pages, which go when it exits.
+        status = cgroup_for_worker(spec, worker)
+        message = b"" if status is None else json.dumps(asdict(status)).encode()
+        os.write(go_write, message)
+        os.close(go_write)
         os.write(pid_write, str(worker).encode())
     except BaseException:  # noqa: BLE001 - a forked child never returns into the zygote
         traceback.print_exc()
@@ -238,16 +250,29 @@ def _intermediate(spec: WorkerSpec, pid_write: int, service_pid: int) -> None:
         os._exit(0)
 
 
-def _worker(spec: WorkerSpec, unshare_error: str | None, service_pid: int) -> None:
+def _cgroup_status(go_read: int) -> LayerStatus | None:
+    """Wait for the intermediate's go; what it reports of the cgroup layer, if it ran it."""
+    try:
+        message = _read_all(go_read)
+    finally:
+        os.close(go_read)
+    if not message:
+        return None
+    fields = json.loads(message)
+    return LayerStatus(str(fields["name"]), bool(fields["active"]), str(fields["detail"]))
+
+
+def _worker(spec: WorkerSpec, unshare_error: str | None, service_pid: int, go_read: int) -> None:
     code = 0
     try:
+        cgroup_status = _cgroup_status(go_read)
         # Every inherited descriptor goes: other workers' channels, the control socket.
         _close_all_but({spec.channel_fd})
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         # Before /proc is remounted for our namespace: it must show the host's pids.
         die_with_parent(service_pid)
         try:
-            layers = confine_worker(spec, unshare_error)
+            layers = confine_worker(spec, unshare_error, cgroup_status)
         except ConfinementError as refusal:
             _refuse(spec.channel_fd, refusal)
             raise

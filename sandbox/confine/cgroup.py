@@ -357,10 +357,10 @@ class CgroupVersion(ABC):
             written[setting.filename] = value
         return written
 
-    def enter(self, key: str) -> None:
+    def enter(self, key: str, pid: int | None = None) -> None:
         # "0" names the writer itself, which works from inside a pid namespace too.
         for directory in self.session_dirs(key):
-            _write(directory / "cgroup.procs", "0")
+            _write(directory / "cgroup.procs", "0" if pid is None else str(pid))
 
     def discard(self, key: str) -> None:
         """Best effort after a failed apply: groups the caller already entered stay for
@@ -739,8 +739,12 @@ def _explain(version: CgroupVersion, exc: OSError) -> str:
 # The layer's functions.
 
 
-def apply(spec: WorkerSpec, parent: str = PARENT_GROUP) -> LayerStatus:
-    """In the worker, while still root: make the session's groups, set limits, move in."""
+def apply(spec: WorkerSpec, parent: str = PARENT_GROUP, pid: int | None = None) -> LayerStatus:
+    """Make the session's groups, set limits, and move the worker in (as root).
+
+    ``pid`` names the worker from outside (the intermediate process does this before it
+    lets the worker start); None moves the calling process.
+    """
     key = _check_key(spec.session_key)
     version = select_version(parent)
     if isinstance(version, str):
@@ -748,7 +752,7 @@ def apply(spec: WorkerSpec, parent: str = PARENT_GROUP) -> LayerStatus:
     limits = SessionLimits.from_policy(spec.policy)
     try:
         written = version.create(key, limits)
-        version.enter(key)
+        version.enter(key, pid)
     except OSError as exc:
         version.discard(key)
         return LayerStatus("cgroup", False, _explain(version, exc))

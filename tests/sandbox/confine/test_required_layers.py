@@ -8,12 +8,14 @@ import tempfile
 
 import pytest
 
-from sandbox.confine import WorkerSpec, confine_worker
+from sandbox.confine import LayerStatus, WorkerSpec, confine_worker
 from sandbox.errors import ConfinementError
 from sandbox.policy import Policy
 
 
-def _confine_in_child(policy: Policy) -> dict[str, object]:
+def _confine_in_child(
+    policy: Policy, cgroup_status: LayerStatus | None = None
+) -> dict[str, object]:
     """Confine a forked child (as root, but with no uid to drop to) and report."""
     read_fd, write_fd = os.pipe()
     workspace = tempfile.mkdtemp()
@@ -24,7 +26,9 @@ def _confine_in_child(policy: Policy) -> dict[str, object]:
             policy=policy, workspace=workspace, uid=None, channel_fd=write_fd, session_key="req"
         )
         try:
-            report: dict[str, object] = {"layers": confine_worker(spec, "not wanted")}
+            report: dict[str, object] = {
+                "layers": confine_worker(spec, "not wanted", cgroup_status)
+            }
         except ConfinementError as refusal:
             report = {"refused": str(refusal), "layers": refusal.report}
         os.write(write_fd, json.dumps(report).encode())
@@ -60,3 +64,23 @@ def test_the_same_failure_in_a_preferred_layer_is_reported_not_fatal() -> None:
     assert isinstance(layers, dict)
     assert layers["identity"].startswith("inactive")
     assert layers["seccomp"] == "inactive: not wanted by the policy"
+
+
+def test_a_required_cgroup_the_intermediate_could_not_make_refuses_the_worker() -> None:
+    # The intermediate process applies the cgroup layer before the worker starts; the
+    # worker refuses to serve on what it reports, like any other required layer.
+    policy = Policy.model_validate(
+        {"isolation": {"required": ["cgroup"], "preferred": []}, "python": {"preload": []}}
+    )
+    failed = LayerStatus("cgroup", False, "v1: writing to memory.max: Permission denied")
+    report = _confine_in_child(policy, failed)
+    assert "required isolation layer 'cgroup'" in str(report["refused"])
+    assert "Permission denied" in str(report["refused"])
+
+
+def test_a_required_cgroup_the_intermediate_never_reported_refuses_the_worker() -> None:
+    policy = Policy.model_validate(
+        {"isolation": {"required": ["cgroup"], "preferred": []}, "python": {"preload": []}}
+    )
+    report = _confine_in_child(policy, None)
+    assert "required isolation layer 'cgroup'" in str(report["refused"])
