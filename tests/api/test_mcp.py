@@ -223,6 +223,18 @@ def test_ending_the_mcp_session_ends_its_codesherpa_session(mcp_server: Server) 
         assert alice.get(f"/sessions/{session_id}").status_code == 410
 
 
+_INITIALIZE = {
+    "jsonrpc": "2.0",
+    "id": 1,
+    "method": "initialize",
+    "params": {
+        "protocolVersion": "2025-06-18",
+        "capabilities": {},
+        "clientInfo": {"name": "test", "version": "1"},
+    },
+}
+
+
 def test_wrong_or_missing_token_is_refused(mcp_server: Server) -> None:
     async def work(session: ClientSession) -> None:
         raise AssertionError("initialize must not succeed")
@@ -231,18 +243,8 @@ def test_wrong_or_missing_token_is_refused(mcp_server: Server) -> None:
     with pytest.raises(BaseExceptionGroup, match="unhandled errors") as refused:
         _using(mcp_server, "wrong-token-0000000000000000", work)
     assert "401 Unauthorized" in repr(refused.value.exceptions)
-    initialize = {
-        "jsonrpc": "2.0",
-        "id": 1,
-        "method": "initialize",
-        "params": {
-            "protocolVersion": "2025-06-18",
-            "capabilities": {},
-            "clientInfo": {"name": "curl", "version": "1"},
-        },
-    }
     headers = {"Accept": "application/json, text/event-stream"}
-    reply = httpx.post(f"{mcp_server.url}/mcp", json=initialize, headers=headers)
+    reply = httpx.post(f"{mcp_server.url}/mcp", json=_INITIALIZE, headers=headers)
     assert reply.status_code == 401
     assert reply.headers["www-authenticate"] == "Bearer"
     assert reply.json()["suggestion"]
@@ -263,18 +265,6 @@ def test_another_tenant_cannot_use_an_mcp_session_id(mcp_server: Server) -> None
             return reply.status_code
 
     assert anyio.run(main) == 404
-
-
-_INITIALIZE = {
-    "jsonrpc": "2.0",
-    "id": 1,
-    "method": "initialize",
-    "params": {
-        "protocolVersion": "2025-06-18",
-        "capabilities": {},
-        "clientInfo": {"name": "test", "version": "1"},
-    },
-}
 
 
 def _open_mcp_session(server: Server, token: str) -> httpx.Response:
