@@ -39,7 +39,7 @@ import sys
 import traceback
 from dataclasses import asdict, dataclass
 
-from sandbox import heap, protocol, scheduling, workspaces
+from sandbox import fork, heap, protocol, scheduling, workspaces
 from sandbox.commands import resolve_program
 from sandbox.confine import (
     LayerStatus,
@@ -196,7 +196,7 @@ class Zygote:
             executables=self._executables,
         )
         pid_read, pid_write = os.pipe()
-        intermediate = os.fork()
+        intermediate = fork.fork()
         if intermediate == 0:
             service_end.close()
             os.close(pid_read)
@@ -231,7 +231,7 @@ def _intermediate(spec: WorkerSpec, pid_write: int, service_pid: int) -> None:
     try:
         unshare_error = unshare_for_worker(spec)
         go_read, go_write = os.pipe()
-        worker = os.fork()
+        worker = fork.fork()
         if worker == 0:
             os.close(pid_write)
             os.close(go_write)
@@ -265,6 +265,7 @@ def _cgroup_status(go_read: int) -> LayerStatus | None:
 def _worker(spec: WorkerSpec, unshare_error: str | None, service_pid: int, go_read: int) -> None:
     code = 0
     try:
+        fork.prepare_worker()
         cgroup_status = _cgroup_status(go_read)
         # Every inherited descriptor goes: other workers' channels, the control socket.
         _close_all_but({spec.channel_fd})
@@ -340,10 +341,11 @@ def serve(control: socket.socket, zygote: Zygote) -> None:
 
 
 def _preload(policy: Policy) -> None:
-    for module in policy.python.preload:
-        importlib.import_module(module)
-    if "matplotlib" in policy.python.preload:
-        importlib.import_module("matplotlib.pyplot")
+    with fork.recording_child_hooks():
+        for module in policy.python.preload:
+            importlib.import_module(module)
+        if "matplotlib" in policy.python.preload:
+            importlib.import_module("matplotlib.pyplot")
 
 
 def main() -> None:
@@ -358,6 +360,7 @@ def main() -> None:
     os.environ["MPLCONFIGDIR"] = os.path.join(start.state_dir, "matplotlib")
     policy = start.policy
     _preload(policy)
+    fork.locate_numpy_state()
     control = socket.socket(fileno=start.control_fd)
     zygote = Zygote(policy, start.state_dir, start.service_pid, start.cgroup_parent)
     # Everything imported so far is shared, read-only, by every worker: keep the

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import asyncio
 import os
 
@@ -220,6 +221,40 @@ async def test_two_sessions_run_in_parallel(zygote: ZygoteClient, session: Sessi
     finally:
         await other.close()
         workspaces.remove(other.workspace)
+
+
+_DRAWS = (
+    "import random, numpy as np\n"
+    "state = np.random.get_state()\n"
+    "(random.getrandbits(64), int(np.random.randint(2**62)), float(np.random.standard_normal()),"
+    " bool(state[1].any()), state[2])"
+)
+
+
+async def test_every_session_draws_its_own_random_numbers(
+    zygote: ZygoteClient, session: Session
+) -> None:
+    # Workers are forks of one zygote: without a new seed each, every session would draw
+    # the numbers of every other one.
+    other = await Session.start(zygote)
+    try:
+        draws = [
+            ast.literal_eval((await each.run_python(_DRAWS)).reply.value or "None")
+            for each in (session, other)
+        ]
+    finally:
+        await other.close()
+        workspaces.remove(other.workspace)
+    (mine_random, mine_numpy, mine_normal, *_), (theirs_random, theirs_numpy, theirs_normal, *_) = (
+        draws
+    )
+    assert mine_random != theirs_random
+    assert mine_numpy != theirs_numpy
+    assert mine_normal != theirs_normal
+    for *_, key_is_set, position in draws:
+        # A valid MT19937 state: a non-zero key, the position within it.
+        assert key_is_set
+        assert 0 <= position <= 624
 
 
 async def test_closing_a_session_ends_every_process_it_started(zygote: ZygoteClient) -> None:
