@@ -47,6 +47,7 @@ from sandbox.confine import (
     cgroup,
     cgroup_for_worker,
     confine_worker,
+    environment,
     landlock_layer,
     seccomp_layer,
     unshare_for_worker,
@@ -363,6 +364,8 @@ def main() -> None:
     fork.locate_numpy_state()
     control = socket.socket(fileno=start.control_fd)
     zygote = Zygote(policy, start.state_dir, start.service_pid, start.cgroup_parent)
+    if "environment" in policy.isolation.wanted():
+        environment.prepare()
     # Everything imported so far is shared, read-only, by every worker: keep the
     # collector from touching (and so copying) those pages in each fork.
     gc.collect()

