@@ -10,6 +10,7 @@ background processes, as in Jupyter.
 
 from __future__ import annotations
 
+import _signal  # type: ignore[import-not-found]  # no stub; signal.py wraps it
 import collections
 import contextlib
 import errno
@@ -141,7 +142,11 @@ class Worker:
             request = self._receive()
             if request is None:
                 return
-            signal.signal(signal.SIGINT, _on_sigint)
+            # User code may have replaced the handler.  The C module's own call: the
+            # signal module's wrapper converts the old handler to an enum, and a function
+            # is none, so each call raised and caught a ValueError.
+            if _signal.getsignal(signal.SIGINT) is not _on_sigint:
+                _signal.signal(signal.SIGINT, _on_sigint)
             _RunState.interrupted = False
             # What the service killed between requests (a command's strays) is collected.
             reaper.reap_zombies()

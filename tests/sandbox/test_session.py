@@ -60,6 +60,17 @@ async def test_timeout_interrupts_and_keeps_the_namespace(session: Session) -> N
     assert after.reply.value == "'still here'"
 
 
+async def test_a_sigint_handler_a_run_left_is_replaced_before_the_next_run(
+    session: Session,
+) -> None:
+    await session.run_python("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)")
+    outcome = await session.run_python("kept = 1\nwhile True:\n    pass", timeout=1)
+    # Interrupted, not killed: the worker's own handler was back in place.
+    assert outcome.reply.status == "timeout"
+    assert outcome.restarted is False
+    assert (await session.run_python("kept")).reply.value == "1"
+
+
 async def test_code_ignoring_sigint_is_killed_and_the_next_call_works(session: Session) -> None:
     await session.run_python("open('kept.txt', 'w').write('file survives')\nlost = 1")
     old_pid = session.worker.pid if session.worker else None
