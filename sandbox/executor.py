@@ -40,7 +40,8 @@ class PythonSession:
             if isinstance(last, ast.Expr):
                 tree.body.pop()
                 last_expression = ast.Expression(last.value)
-            exec(compile(tree, filename, "exec"), self.namespace)
+            if tree.body:  # a cell of one expression has nothing else to run
+                exec(compile(tree, filename, "exec"), self.namespace)
             if last_expression is None:
                 return CellOutcome()
             value = eval(compile(last_expression, filename, "eval"), self.namespace)

@@ -51,6 +51,8 @@ def save_open_figures(execution_count: int) -> None:
     if pyplot is None:
         return
     numbers = pyplot.get_fignums()
+    if not numbers:
+        return
     for index, number in enumerate(numbers, start=1):
         figure = pyplot.figure(number)
         suffix = f"-{index}" if len(numbers) > 1 else ""
