@@ -19,6 +19,8 @@ class Metrics:
             ["kind", "status"],
             registry=self.registry,
         )
+        self._runs_by_label: dict[tuple[str, str], Counter] = {}
+        self._durations_by_kind: dict[str, Histogram] = {}
         self.denials = Counter(
             "codesherpa_denials",
             "Commands refused, by policy rule.",
@@ -59,8 +61,15 @@ class Metrics:
         )
 
     def record_run(self, kind: str, status: str, seconds: float, kill_reason: str | None) -> None:
-        self.runs.labels(kind=kind, status=status).inc()
-        self.run_seconds.labels(kind=kind).observe(seconds)
+        # Looked up once per label set: labels() validates and locks on every call.
+        runs = self._runs_by_label.get((kind, status))
+        if runs is None:
+            runs = self._runs_by_label[kind, status] = self.runs.labels(kind=kind, status=status)
+        durations = self._durations_by_kind.get(kind)
+        if durations is None:
+            durations = self._durations_by_kind[kind] = self.run_seconds.labels(kind=kind)
+        runs.inc()
+        durations.observe(seconds)
         if status == "killed":
             self.kills.labels(reason=kill_reason or "crash").inc()
 
