@@ -16,6 +16,7 @@ from sandbox.confine import cgroup
 from service.audit import AuditLog
 from service.body_limit import BodySizeLimit
 from service.errors import install_error_handlers
+from service.execution_fast_path import ExecutionFastPath
 from service.links import LinkSigner
 from service.mcp_server import McpEndpoint
 from service.metrics import Metrics
@@ -92,6 +93,8 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     app.state.quotas = TenantQuotas(settings.rate_limit, settings.runs_at_once_per_tenant)
     install_error_handlers(app)
     upload_cap = zygote.policy.limits.workspace_mb * 1024 * 1024
+    # Added first, so it runs inside the body cap.
+    app.add_middleware(ExecutionFastPath)
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, upload_max_bytes=upload_cap
     )

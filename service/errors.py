@@ -42,14 +42,18 @@ def _describe_validation(exc: RequestValidationError) -> str:
     return "; ".join(problems)
 
 
+def api_error_response(request: Request, exc: ApiError) -> JSONResponse:
+    if exc.status_code == 429:
+        request.app.state.metrics.rejections.labels(reason=exc.error.split(" ")[0]).inc()
+    return JSONResponse(
+        error_body(exc.error, exc.suggestion), status_code=exc.status_code, headers=exc.headers
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        if exc.status_code == 429:
-            request.app.state.metrics.rejections.labels(reason=exc.error.split(" ")[0]).inc()
-        return JSONResponse(
-            error_body(exc.error, exc.suggestion), status_code=exc.status_code, headers=exc.headers
-        )
+        return api_error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:

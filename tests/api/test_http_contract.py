@@ -111,6 +111,33 @@ def test_command_sees_repl_files_and_denials_name_the_rule(client: httpx.Client)
     client.delete(f"/sessions/{session_id}")
 
 
+def test_the_short_path_answers_as_the_fastapi_routes_do(client: httpx.Client) -> None:
+    # With application/json a valid request takes execution_fast_path; with another JSON
+    # media type, FastAPI's route (which reads any */*+json body as JSON).
+    def exchange(headers: dict[str, str]) -> list[tuple[int, dict[str, object]]]:
+        session_id = client.post("/sessions").json()["session_id"]
+        requests = [
+            ("/repl", {"code": ["print('out')", "6 * 7"]}),
+            ("/repl", {"code": "1 / 0"}),
+            ("/command", {"command": "ls"}),
+            ("/command", {"command": "bash -c id"}),
+        ]
+        replies = []
+        for path, fields in requests:
+            body = json.dumps({**fields, "session_id": session_id}).encode()
+            reply = client.post(path, content=body, headers=headers)
+            answer = reply.json()
+            answer.pop("duration_ms")
+            answer.pop("session_id")
+            replies.append((reply.status_code, answer))
+        client.delete(f"/sessions/{session_id}")
+        return replies
+
+    short = exchange({"Content-Type": "application/json; charset=utf-8"})
+    assert short == exchange({"Content-Type": "application/vnd.api+json"})
+    assert [answer["status"] for _, answer in short] == ["ok", "error", "ok", "denied"]
+
+
 @pytest.mark.parametrize(
     ("body", "field"),
     [

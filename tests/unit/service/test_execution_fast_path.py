@@ -1,0 +1,105 @@
+"""The short path for /repl and /command hands FastAPI every request it does not serve,
+with the body intact."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from service.execution_fast_path import ExecutionFastPath
+
+
+class RecordingApp:
+    """Stands in for FastAPI: reads the body it is given and answers 299."""
+
+    def __init__(self) -> None:
+        self.bodies: list[bytes] = []
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = b""
+        while True:
+            message = await receive()
+            body += message.get("body", b"")
+            if not message.get("more_body", False):
+                break
+        self.bodies.append(body)
+        await send({"type": "http.response.start", "status": 299, "headers": []})
+        await send({"type": "http.response.body", "body": b"from fastapi"})
+
+
+def _scope(method: str, path: str, content_type: bytes | None) -> Scope:
+    headers = [] if content_type is None else [(b"content-type", content_type)]
+    return {"type": "http", "method": method, "path": path, "headers": headers}
+
+
+def _serve(scope: Scope, chunks: list[bytes]) -> tuple[RecordingApp, list[Message]]:
+    inner = RecordingApp()
+    sent: list[Message] = []
+    pending: list[Message] = [
+        {"type": "http.request", "body": chunk, "more_body": index < len(chunks) - 1}
+        for index, chunk in enumerate(chunks)
+    ]
+
+    async def receive() -> Message:
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(ExecutionFastPath(inner)(scope, receive, send))
+    return inner, sent
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"code": "1", "surprise": true}',  # a field the model refuses
+        b'{"code": 5}',
+        b"{not json",
+        b"[" * 10_000 + b"]" * 10_000,  # nested too deep for any parser
+    ],
+)
+@pytest.mark.parametrize("path", ["/repl", "/command"])
+def test_a_body_the_model_refuses_reaches_fastapi_byte_for_byte(body: bytes, path: str) -> None:
+    # Sent in two pieces, as a slow client would.
+    inner, sent = _serve(_scope("POST", path, b"application/json"), [body[:3], body[3:]])
+    assert inner.bodies == [body]
+    assert sent[0]["status"] == 299
+
+
+@pytest.mark.parametrize(
+    "content_type", [None, b"text/plain", b"application/vnd.api+json", b"multipart/form-data"]
+)
+def test_a_body_not_declared_json_is_fastapis_to_read(content_type: bytes | None) -> None:
+    body = b'{"code": "1"}'
+    inner, sent = _serve(_scope("POST", "/repl", content_type), [body])
+    assert inner.bodies == [body]
+    assert sent[0]["status"] == 299
+
+
+@pytest.mark.parametrize(
+    ("method", "path"), [("GET", "/repl"), ("POST", "/sessions"), ("POST", "/repl/")]
+)
+def test_other_routes_and_methods_are_fastapis(method: str, path: str) -> None:
+    inner, _ = _serve(_scope(method, path, b"application/json"), [b'{"code": "1"}'])
+    assert inner.bodies == [b'{"code": "1"}']
+
+
+def test_a_client_gone_before_its_body_gets_nothing_and_runs_nothing() -> None:
+    inner = RecordingApp()
+    sent: list[Any] = []
+
+    async def receive() -> Message:
+        return {"type": "http.disconnect"}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    asyncio.run(
+        ExecutionFastPath(inner)(_scope("POST", "/repl", b"application/json"), receive, send)
+    )
+    assert inner.bodies == []
+    assert sent == []
