@@ -48,9 +48,16 @@ _MT19937_POSITION_END = _MT19937_WORDS.to_bytes(4, sys.byteorder)
 _numpy_state_address: int | None = None
 
 
+def _single_threaded() -> bool:
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False  # no /proc to ask: assume the worst
+
+
 def fork() -> int:
     """Like ``os.fork()``: 0 in the child, the child's pid in the parent."""
-    if len(os.listdir("/proc/self/task")) != 1:
+    if not _single_threaded():
         return os.fork()
     pid = int(_libc_fork())
     if pid < 0:
