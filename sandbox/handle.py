@@ -16,6 +16,7 @@ import socket
 
 from sandbox import protocol
 from sandbox.confine import cgroup
+from sandbox.core_watch import CoreWatch
 from sandbox.errors import ProtocolError, WorkerLost
 
 _READ_SIZE = 1 << 16
@@ -64,6 +65,7 @@ class WorkerHandle:
         self.cgroup_parent = cgroup_parent
         self._cgroup_version: cgroup.CgroupVersion | str | None = None  # str: why none
         self._oom_counter: cgroup.OomKillCounter | None = None
+        self._cores: CoreWatch | None = None
         self.hello: protocol.Hello | None = None
         self.returncode: int | None = None
         self._pidfd: int | None = pidfd
@@ -158,6 +160,13 @@ class WorkerHandle:
                 return 0
         return self._oom_counter.read()
 
+    @property
+    def cores(self) -> CoreWatch:
+        """Holds the session to all cores but one while it would fill them all."""
+        if self._cores is None:
+            self._cores = CoreWatch(self._cgroup(), self.session_key)
+        return self._cores
+
     def kill_strays(self) -> None:
         """Kill every process of the session but the worker, from outside it.
 
@@ -187,6 +196,8 @@ class WorkerHandle:
         _held.discard(self.pid)
         if self._oom_counter is not None:
             self._oom_counter.close()
+        if self._cores is not None:
+            self._cores.close()
         version = self._cgroup()
         if version is not None:
             with contextlib.suppress(OSError):

@@ -154,6 +154,7 @@ class Session:
             timers.append(loop.call_later(grace, on_grace_over))
 
         timers.append(loop.call_later(timeout, on_timeout))
+        worker.cores.run_started()
         try:
             await worker.send(request)
             message = await worker.receive()
@@ -167,6 +168,7 @@ class Session:
                 )
             return await self._lost(request.run_id, exc)
         finally:
+            worker.cores.run_ended()
             for timer in timers:
                 timer.cancel()
         if not isinstance(message, protocol.RunReply) or message.run_id != request.run_id:

@@ -79,7 +79,7 @@ _MB = 1024 * 1024
 _SESSION_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
 _GROUP_NAME = re.compile(r"[A-Za-z0-9_.-]+")
 _REQUIRED_CONTROLLERS = ("memory", "pids")
-_V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer")
+_V1_CONTROLLERS = ("memory", "pids", "cpu", "cpuacct", "freezer", "cpuset")
 _V2_CONTROLLERS = ("memory", "pids", "cpu")
 
 
@@ -94,6 +94,33 @@ class SessionLimits:
 
 
 _PROBE_LIMITS = SessionLimits(memory_bytes=64 * _MB, processes=8)
+
+
+@dataclass(frozen=True)
+class CpuPressure:
+    """A session's CPU counters since its group was made (nanoseconds)."""
+
+    used_ns: int
+    throttled_ns: int  # summed over the cores: how long its quota held it back
+
+
+def parse_cpu_list(text: str) -> list[int]:
+    """The cores of a cpuset list such as ``0-3,6``."""
+    cores: list[int] = []
+    for part in text.strip().split(","):
+        if not part:
+            continue
+        first, _, last = part.partition("-")
+        cores.extend(range(int(first), int(last or first) + 1))
+    return cores
+
+
+def all_cores_but_the_first(cpus: str) -> str | None:
+    """The cpuset list that leaves the first of ``cpus`` free; None with one core."""
+    cores = parse_cpu_list(cpus)
+    if len(cores) < 2:
+        return None
+    return ",".join(str(core) for core in cores[1:])
 
 
 class Need(Enum):
@@ -379,6 +406,33 @@ class CgroupVersion(ABC):
             parts.append(cpu)
         return f"{self.name}: " + ", ".join(parts)
 
+    @abstractmethod
+    def cpu_pressure(self, key: str) -> CpuPressure | None:
+        """The session's CPU use and throttling, if this host counts both."""
+
+    @abstractmethod
+    def cpuset_file(self, key: str) -> Path | None:
+        """The session's cpuset.cpus, if its cores can be narrowed here."""
+
+    @abstractmethod
+    def all_cores(self, key: str) -> str:
+        """What the session's cpuset.cpus holds when it is not confined."""
+
+    def confine_cores(self, key: str, confined: bool) -> str | None:
+        """Hold the session to every core but the first (or give them all back).
+
+        Returns the cores it may now use, or None if this host cannot narrow them.
+        """
+        path = self.cpuset_file(key)
+        if path is None:
+            return None
+        everything = self.all_cores(key)
+        narrowed = all_cores_but_the_first(_read(path.parent.parent / "cpuset.effective_cpus"))
+        if narrowed is None:
+            return None
+        _write(path, narrowed if confined else everything)
+        return _read(path.parent / "cpuset.effective_cpus").strip()
+
     def members(self, directories: Iterable[Path]) -> set[int]:
         pids: set[int] = set()
         for directory in directories:
@@ -446,6 +500,47 @@ class CgroupV1(CgroupVersion):
     def make_parents(self) -> None:
         for tree in self.distinct_trees():
             tree.directory(tree.parent_path).mkdir(parents=True, exist_ok=True)
+        cpuset = self.trees.get("cpuset")
+        if cpuset is not None:
+            try:
+                _prepare_v1_cpuset(cpuset)
+            except OSError:
+                # Optional: without it sessions keep every core; nothing else changes.
+                del self.trees["cpuset"]
+
+    def enter(self, key: str, pid: int | None = None) -> None:
+        cpuset = self.trees.get("cpuset")
+        for tree in self.distinct_trees():
+            if tree is not cpuset:
+                _write(tree.session_dir(key) / "cgroup.procs", "0" if pid is None else str(pid))
+        if cpuset is not None:
+            try:
+                _write(cpuset.session_dir(key) / "cgroup.procs", "0" if pid is None else str(pid))
+            except OSError:
+                del self.trees["cpuset"]
+
+    def cpu_pressure(self, key: str) -> CpuPressure | None:
+        cpu, cpuacct = self.trees.get("cpu"), self.trees.get("cpuacct")
+        if cpu is None or cpuacct is None:
+            return None
+        try:
+            throttled = _keyed("throttled_time")(_read(cpu.session_dir(key) / "cpu.stat"))
+            used = int(_read(cpuacct.session_dir(key) / "cpuacct.usage"))
+        except (OSError, ValueError):
+            return None
+        return None if throttled is None else CpuPressure(used, throttled)
+
+    def cpuset_file(self, key: str) -> Path | None:
+        cpuset = self.trees.get("cpuset")
+        if cpuset is None:
+            return None
+        path = cpuset.session_dir(key) / "cpuset.cpus"
+        return path if path.exists() else None
+
+    def all_cores(self, key: str) -> str:
+        return _read(
+            self.trees["cpuset"].directory(self.trees["cpuset"].parent_path) / "cpuset.cpus"
+        ).strip()
 
     def create(self, key: str, limits: SessionLimits) -> dict[str, str]:
         written = super().create(key, limits)
@@ -514,6 +609,24 @@ class CgroupV2(CgroupVersion):
             tree.directory(path).mkdir(exist_ok=True)
             _enable_controllers(tree.directory(path), wanted)
 
+    def cpu_pressure(self, key: str) -> CpuPressure | None:
+        try:
+            stat = _read(self.tree.session_dir(key) / "cpu.stat")
+        except OSError:
+            return None
+        used, throttled = _keyed("usage_usec")(stat), _keyed("throttled_usec")(stat)
+        if used is None or throttled is None:
+            return None
+        return CpuPressure(used * 1000, throttled * 1000)
+
+    def cpuset_file(self, key: str) -> Path | None:
+        # Only where the host already hands the cpuset controller down to the sessions.
+        path = self.tree.session_dir(key) / "cpuset.cpus"
+        return path if path.exists() else None
+
+    def all_cores(self, key: str) -> str:
+        return "\n"  # empty: the parent's cores (a write of no bytes would not reach it)
+
     def kill_all_at_once(self, key: str) -> None:
         kill = self.tree.session_dir(key) / "cgroup.kill"
         if kill.exists():  # Linux 5.14+
@@ -542,6 +655,23 @@ def _enable_controllers(group: Path, controllers: Iterable[str]) -> None:
             f"{', '.join(missing)} controllers; run the service in a leaf group and use an "
             "absolute parent group",
         ) from exc
+
+
+def _prepare_v1_cpuset(tree: Tree) -> None:
+    """Give each group from the anchor down to the parent its cores and memory nodes.
+
+    A v1 cpuset group starts with none, and takes no process until it has both;
+    clone_children makes the parent hand its own to every session group made in it.
+    """
+    path = tree.anchor_path
+    for name in posixpath.relpath(tree.parent_path, tree.anchor_path).split("/"):
+        above = tree.directory(path)
+        path = posixpath.join(path, name)
+        group = tree.directory(path)
+        for filename in ("cpuset.cpus", "cpuset.mems"):
+            if not _read(group / filename).strip():
+                _write(group / filename, _read(above / filename).strip())
+    _write(tree.directory(tree.parent_path) / "cgroup.clone_children", "1")
 
 
 def _kill_if_member(pid: int, memberships: frozenset[tuple[str, str]]) -> None:
@@ -677,6 +807,8 @@ def _v1_if_usable(
         mount = next((m for m in mounts if m.fstype == "cgroup" and controller in m.options), None)
         if mount is None:
             continue
+        if controller == "cpuset" and mount.options & set(_V1_CONTROLLERS[:-1]):
+            continue  # optional, so only in a tree of its own: its set-up may fail alone
         tree = _tree(mount, own.get(controller), parent)
         if isinstance(tree, Tree):
             trees[controller] = tree

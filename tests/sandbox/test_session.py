@@ -5,11 +5,13 @@ from __future__ import annotations
 import ast
 import asyncio
 import os
+from pathlib import Path
 
 import psutil
 import pytest
 
 from sandbox import Session, ZygoteClient, workspaces
+from sandbox.confine import cgroup
 from sandbox.confine.environment import session_environment
 from sandbox.errors import WorkerBusy
 
@@ -280,6 +282,54 @@ async def test_a_session_sees_exactly_the_allowlisted_environment(session: Sessi
     expected = session_environment(workspace)
     assert mine == expected
     assert programs == expected
+
+
+def _allowed_cores(pid: int) -> list[int]:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return cgroup.parse_cpu_list(line.split()[1])
+    raise AssertionError(f"no Cpus_allowed_list for {pid}")
+
+
+async def _cores_while_running(session: Session, code: str, after_s: float) -> list[list[int]]:
+    """The worker's allowed cores, sampled during a run and for after_s after it."""
+    assert session.worker is not None
+    pid = session.worker.pid
+    run = asyncio.create_task(session.run_python(code, timeout=1.5))
+    seen = []
+    while not run.done():
+        seen.append(_allowed_cores(pid))
+        await asyncio.sleep(0.05)
+    assert (await run).reply.status == "timeout"
+    for _ in range(int(after_s / 0.05)):
+        seen.append(_allowed_cores(pid))
+        await asyncio.sleep(0.05)
+    return seen
+
+
+SPINNING_PROCESSES = (
+    "import os\nfor _ in range(3):\n    if os.fork() == 0:\n        while True: pass\n"
+    "while True: pass"
+)
+
+
+async def test_a_session_that_would_fill_every_core_leaves_one_free_while_it_does(
+    session: Session,
+) -> None:
+    assert session.worker is not None
+    cores = _allowed_cores(session.worker.pid)
+    version = cgroup.select_version(session.worker.cgroup_parent)
+    if len(cores) < 2 or not isinstance(version, cgroup.CgroupVersion):
+        pytest.skip("needs two cores and cgroups")
+    if version.cpuset_file(session.worker.session_key) is None:
+        pytest.skip("no cpuset for session groups on this host")
+    # One busy process leaves a core free already: it keeps them all.
+    assert all(seen == cores for seen in await _cores_while_running(session, "while 1: pass", 0))
+    # Four do not: while they run the session is held to all cores but the first, and it
+    # gets them back once it has gone quiet.
+    seen = await _cores_while_running(session, SPINNING_PROCESSES, 3.0)
+    assert cores[1:] in seen
+    assert seen[-1] == cores
 
 
 async def test_closing_a_session_ends_every_process_it_started(zygote: ZygoteClient) -> None:

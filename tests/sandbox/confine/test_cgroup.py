@@ -223,6 +223,48 @@ def test_apply_writes_the_policy_limits_and_moves_the_caller(key: str) -> None:
     assert killed_by_sigkill(wait_for_exit(pid))
 
 
+def allowed_cores(pid: int) -> str:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("Cpus_allowed_list:"):
+            return line.split()[1]
+    raise AssertionError(f"no Cpus_allowed_list for {pid}")
+
+
+def test_a_session_can_be_held_to_every_core_but_the_first_and_given_them_back(
+    key: str,
+) -> None:
+    def body(fd: int) -> None:
+        apply_and_report(key, fd)
+        time.sleep(30)
+
+    pid, fd = fork_child(body)
+    assert read_report(fd)["active"]
+    version = cgroup.select_version(PARENT)
+    assert isinstance(version, cgroup.CgroupVersion)
+    if version.cpuset_file(key) is None:
+        pytest.skip("no cpuset for session groups on this host")
+    cores = cgroup.parse_cpu_list(allowed_cores(pid))
+    if len(cores) < 2:
+        pytest.skip("one core: none to keep free")
+
+    held = version.confine_cores(key, True)
+    assert cgroup.parse_cpu_list(allowed_cores(pid)) == cores[1:]
+    assert held is not None
+    assert cgroup.parse_cpu_list(held) == cores[1:]
+    version.confine_cores(key, False)
+    assert cgroup.parse_cpu_list(allowed_cores(pid)) == cores
+
+    cgroup.kill_and_remove(key, PARENT)
+    assert killed_by_sigkill(wait_for_exit(pid))
+
+
+def test_cpu_lists_are_read_and_the_first_core_left_free() -> None:
+    assert cgroup.parse_cpu_list("0-3,6\n") == [0, 1, 2, 3, 6]
+    assert cgroup.all_cores_but_the_first("0-3,6") == "1,2,3,6"
+    assert cgroup.all_cores_but_the_first("2,4") == "4"
+    assert cgroup.all_cores_but_the_first("0") is None
+
+
 def members_of(directory: Path) -> set[int]:
     return set(map(int, (directory / "cgroup.procs").read_text().split()))
 
@@ -482,6 +524,26 @@ def test_this_hosts_layout_uses_v1_nested_in_the_callers_groups(tmp_path: Path) 
         "/sys/fs/cgroup/freezer/codesherpa/s1",
     ]
     assert ("memory", "/process_api/abc/codesherpa/s1") in version.memberships("s1")
+
+
+@pytest.mark.parametrize(
+    ("cpuset_options", "held_to_cores"), [("rw,cpuset", True), ("rw,cpuset,cpu", False)]
+)
+def test_a_cpuset_tree_is_used_only_when_it_holds_no_other_controller(
+    cpuset_options: str, held_to_cores: bool
+) -> None:
+    # Its set-up may fail on its own, and then it must take nothing else with it.
+    version = cgroup.select_version(
+        "codesherpa",
+        mountinfo=mountinfo(
+            ("/", "/sys/fs/cgroup/memory", "cgroup", "rw,memory"),
+            ("/", "/sys/fs/cgroup/pids", "cgroup", "rw,pids"),
+            ("/", "/sys/fs/cgroup/cpuset", "cgroup", cpuset_options),
+        ),
+        proc_cgroup="3:cpuset:/\n2:pids:/\n1:memory:/",
+    )
+    assert isinstance(version, cgroup.CgroupV1)
+    assert ("cpuset" in version.trees) is held_to_cores
 
 
 def test_a_pure_v2_host_uses_one_group_under_the_service(tmp_path: Path) -> None:
