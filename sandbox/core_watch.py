@@ -8,7 +8,8 @@ every core at once, then is throttled.  Neither did a weight of 2 against 1024, 
 period, nor a 0.1 ms time slice for the neighbour's worker.  A single busy process
 leaves a core free and delays nobody.
 
-So while a session runs, its group's counters are read every ``CHECK_INTERVAL_S``.  A
+So while a session runs, or has processes besides its worker (a run may leave some
+running), its group's counters are read every ``CHECK_INTERVAL_S``.  A
 session throttled for more than ``THROTTLED_SHARE`` of that time (a single busy process
 is throttled for about 7% of it, one with more busy processes than cores for about
 100%) is held to every core but the first (a cpuset).  It still gets one CPU's worth,
@@ -83,9 +84,11 @@ class CoreWatch:
             self._confine(True, f"throttled {throttled:.0%} of the last {at - then:.2f} s")
         elif self.confined and used < RELEASE_BELOW_CPUS:
             self._confine(False, f"used {used:.2f} CPU over the last {at - then:.2f} s")
+        if self._version is None:
+            return
         if self.confined:
             self._schedule(RELEASE_WINDOW_S)
-        elif self._running:
+        elif self._running or self._version.process_count(self._key) > 1:
             self._schedule(CHECK_INTERVAL_S)
         else:
             self._last = None

@@ -406,6 +406,13 @@ class CgroupVersion(ABC):
             parts.append(cpu)
         return f"{self.name}: " + ", ".join(parts)
 
+    def process_count(self, key: str) -> int:
+        """How many processes the session has (its worker and what it started)."""
+        try:
+            return len(_read(self.trees["pids"].session_dir(key) / "cgroup.procs").split())
+        except OSError:
+            return 0
+
     @abstractmethod
     def cpu_pressure(self, key: str) -> CpuPressure | None:
         """The session's CPU use and throttling, if this host counts both."""

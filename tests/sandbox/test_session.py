@@ -332,6 +332,30 @@ async def test_a_session_that_would_fill_every_core_leaves_one_free_while_it_doe
     assert seen[-1] == cores
 
 
+async def test_busy_processes_a_run_left_running_are_held_to_all_cores_but_one(
+    session: Session,
+) -> None:
+    assert session.worker is not None
+    pid = session.worker.pid
+    cores = _allowed_cores(pid)
+    version = cgroup.select_version(session.worker.cgroup_parent)
+    if len(cores) < 2 or not isinstance(version, cgroup.CgroupVersion):
+        pytest.skip("needs two cores and cgroups")
+    if version.cpuset_file(session.worker.session_key) is None:
+        pytest.skip("no cpuset for session groups on this host")
+    # They start spinning only once the run is over and its first check has passed.
+    started = await session.run_python(
+        "import os, time\nfor _ in range(4):\n    if os.fork() == 0:\n"
+        "        time.sleep(0.5)\n        while True: pass\n'left running'"
+    )
+    assert started.reply.value == "'left running'"
+    seen = []
+    for _ in range(30):
+        seen.append(_allowed_cores(pid))
+        await asyncio.sleep(0.05)
+    assert cores[1:] in seen
+
+
 async def test_closing_a_session_ends_every_process_it_started(zygote: ZygoteClient) -> None:
     session = await Session.start(zygote)
     uid = session.worker.uid if session.worker else None
