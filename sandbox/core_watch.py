@@ -9,14 +9,13 @@ period, nor a 0.1 ms time slice for the neighbour's worker.  A single busy proce
 leaves a core free and delays nobody.
 
 So while a session runs, or has processes besides its worker (a run may leave some
-running), its group's counters are read every ``CHECK_INTERVAL_S``.  A
-session throttled for more than ``THROTTLED_SHARE`` of that time (a single busy process
-is throttled for about 7% of it, one with more busy processes than cores for about
-100%) is held to every core but the first (a cpuset).  It still gets one CPU's worth,
-all that its quota grants.  It gets every core back once it uses less than
-``RELEASE_BELOW_CPUS`` over ``RELEASE_WINDOW_S``, even after its run has ended; the
-long window keeps a session that bursts and pauses from winning every core back
-between its bursts.
+running), its group's counters are read every ``CHECK_INTERVAL_S``.  A session
+throttled for more than ``THROTTLED_SHARE`` of that time (on two cores, a single busy
+process is throttled for about 7% of it, four busy processes for about 100%) is held to
+every core but the first (a cpuset).  It still gets one CPU's worth, all that its quota
+grants.  It gets every core back once it uses less than ``RELEASE_BELOW_CPUS`` over
+``RELEASE_WINDOW_S``, even after its run has ended; the long window keeps a session
+that bursts and pauses from winning every core back between its bursts.
 """
 
 from __future__ import annotations
