@@ -249,7 +249,9 @@ async def test_memory_bomb_in_one_process_ends_in_memory_error_and_spares_the_ho
 # Four children of 400 MB each: every one fits its own address-space limit, together
 # they do not fit the session's memory, so only the cgroup can stop them.  Once the OOM
 # killer has ended two of them the rest fit with room to spare, so the session does not
-# thrash at its limit.
+# thrash at its limit.  Each holds its memory for a second: the four share one CPU's
+# quota while they fill it, and with 0.3 s the first could leave before the last had
+# filled its own (the test failed twice in about forty runs).
 MEMORY_BOMB_IN_CHILDREN = """
 import os, time
 children = []
@@ -259,7 +261,7 @@ for _ in range(4):
         status = 0
         try:
             hog = b"x" * (400 << 20)
-            time.sleep(0.3)
+            time.sleep(1.0)
         except MemoryError:
             status = 7
         finally:
