@@ -6,8 +6,8 @@ implementations behind the same functions:
 - cgroup v2, one unified tree: a single directory per session holding memory.max,
   memory.swap.max, pids.max, cpu.weight and cpu.max; ``cgroup.kill`` ends every process.
 - cgroup v1, one tree per controller: a directory per session in each of the memory,
-  pids and cpu trees, plus cpuacct (cpu time) and freezer (a kill no fork can outrun)
-  when those are mounted.
+  pids and cpu trees, plus cpuacct (cpu time), freezer (a kill no fork can outrun) and
+  cpuset (see ``sandbox/core_watch.py``) when those are mounted.
 
 v2 is chosen when its tree offers the memory and pids controllers where the groups go,
 else v1 when both are mounted; otherwise ``apply`` reports why the layer is inactive.
@@ -814,7 +814,7 @@ def _v1_if_usable(
         mount = next((m for m in mounts if m.fstype == "cgroup" and controller in m.options), None)
         if mount is None:
             continue
-        if controller == "cpuset" and mount.options & set(_V1_CONTROLLERS[:-1]):
+        if controller == "cpuset" and mount.options & (set(_V1_CONTROLLERS) - {"cpuset"}):
             continue  # optional, so only in a tree of its own: its set-up may fail alone
         tree = _tree(mount, own.get(controller), parent)
         if isinstance(tree, Tree):
