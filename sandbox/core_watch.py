@@ -9,7 +9,8 @@ period, nor a 0.1 ms time slice for the neighbour's worker.  A single busy proce
 leaves a core free and delays nobody.
 
 So while a session runs, or has processes besides its worker (a run may leave some
-running), its group's counters are read every ``CHECK_INTERVAL_S``.  A session
+running), its group's counters are read every ``CHECK_INTERVAL_S``, from the end of
+the first interval on.  A session
 throttled for more than ``THROTTLED_SHARE`` of that time (on two cores, a single busy
 process is throttled for about 7% of it, four busy processes for about 100%) is held to
 every core but the first (a cpuset).  It still gets one CPU's worth, all that its quota
@@ -59,8 +60,6 @@ class CoreWatch:
             self._timer = None
 
     def _schedule(self, delay: float) -> None:
-        if self._last is None:
-            self._last = self._read()
         self._timer = asyncio.get_running_loop().call_later(delay, self._check)
 
     def _read(self) -> tuple[float, CpuPressure] | None:
@@ -70,12 +69,30 @@ class CoreWatch:
 
     def _check(self) -> None:
         self._timer = None
+        assert self._version is not None
+        busy = self._running or self._version.process_count(self._key) > 1
+        if self._last is None and not busy:
+            return  # a run that ended within the interval and left nothing running
         now = self._read()
-        if now is None or self._last is None:
+        if now is None:
             self._version = None  # this host does not count both: nothing to watch
             return
-        (then, before), (at, after) = self._last, now
+        # A request's own path only sets a timer; the first check takes the counters,
+        # the ones after it judge.
+        if self._last is not None:
+            self._judge(self._last, now)
         self._last = now
+        if self._version is None:
+            return
+        if self.confined:
+            self._schedule(RELEASE_WINDOW_S)
+        elif busy:
+            self._schedule(CHECK_INTERVAL_S)
+        else:
+            self._last = None
+
+    def _judge(self, last: tuple[float, CpuPressure], now: tuple[float, CpuPressure]) -> None:
+        (then, before), (at, after) = last, now
         elapsed_ns = max((at - then) * 1e9, 1.0)
         throttled = (after.throttled_ns - before.throttled_ns) / elapsed_ns
         used = (after.used_ns - before.used_ns) / elapsed_ns
@@ -83,14 +100,6 @@ class CoreWatch:
             self._confine(True, f"throttled {throttled:.0%} of the last {at - then:.2f} s")
         elif self.confined and used < RELEASE_BELOW_CPUS:
             self._confine(False, f"used {used:.2f} CPU over the last {at - then:.2f} s")
-        if self._version is None:
-            return
-        if self.confined:
-            self._schedule(RELEASE_WINDOW_S)
-        elif self._running or self._version.process_count(self._key) > 1:
-            self._schedule(CHECK_INTERVAL_S)
-        else:
-            self._last = None
 
     def _confine(self, confined: bool, why: str) -> None:
         assert self._version is not None
