@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.confine.base import LayerStatus, WorkerSpec
+from sandbox.confine.process import PR_SET_NO_NEW_PRIVS, prctl
 
 LAYER_NAME = "seccomp"
 
@@ -368,16 +369,14 @@ def build_filter(network: bool) -> BuiltFilter:
     return BuiltFilter(handle, rule_count, tuple(absent), tuple(unknown))
 
 
-# seccomp(2) and prctl(2) constants (linux/seccomp.h, linux/prctl.h).
+# seccomp(2) constants (linux/seccomp.h).
 SECCOMP_SET_MODE_FILTER = 1
 SECCOMP_FILTER_FLAG_TSYNC = 1
-PR_SET_NO_NEW_PRIVS = 38
 BPF_INSTRUCTION_BYTES = 8  # struct sock_filter
 
 _libc = ctypes.CDLL(None, use_errno=True)
 _syscall = _libc.syscall
 _syscall.restype = ctypes.c_long
-_prctl = _libc.prctl
 
 
 class _SockFprog(ctypes.Structure):
@@ -400,9 +399,7 @@ class CompiledFilter:
     seccomp_number: int
 
     def load(self) -> None:
-        if _prctl(PR_SET_NO_NEW_PRIVS, ctypes.c_ulong(1), 0, 0, 0) != 0:
-            number = ctypes.get_errno()
-            raise OSError(number, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(number)}")
+        prctl(PR_SET_NO_NEW_PRIVS, 1)
         result = _syscall(
             ctypes.c_long(self.seccomp_number),
             ctypes.c_long(SECCOMP_SET_MODE_FILTER),
@@ -490,14 +487,13 @@ def probe() -> str | None:
         return _import_error
     if _status_field("Seccomp") is None:
         return "the kernel was built without seccomp (no Seccomp line in /proc/self/status)"
-    libc = ctypes.CDLL(None, use_errno=True)
     seccomp_number = _pyseccomp.resolve_syscall(_pyseccomp.Arch.NATIVE, "seccomp")
     for action, label in (
         (SECCOMP_RET_KILL_PROCESS, "kill-process"),
         (SECCOMP_RET_ERRNO, "errno"),
     ):
         wanted = ctypes.c_uint32(action)
-        if libc.syscall(seccomp_number, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(wanted)) != 0:
+        if _syscall(seccomp_number, SECCOMP_GET_ACTION_AVAIL, 0, ctypes.byref(wanted)) != 0:
             reason = os.strerror(ctypes.get_errno())
             return f"the kernel does not offer the seccomp {label} action ({reason})"
     try:
