@@ -19,8 +19,6 @@ from sandbox.confine import cgroup
 from sandbox.core_watch import CoreWatch
 from sandbox.errors import ProtocolError, WorkerLost
 
-_READ_SIZE = 1 << 16
-
 # Workers a handle holds and will reap.  Any other exited child of the service that is
 # not a zygote was a ready worker of a zygote that died before handing it over: see
 # ZygoteClient.reap_orphans.
@@ -211,7 +209,7 @@ class WorkerHandle:
         loop = asyncio.get_running_loop()
         while not self._frames:
             try:
-                data = await loop.sock_recv(self._channel, _READ_SIZE)
+                data = await loop.sock_recv(self._channel, protocol.READ_SIZE)
             except OSError as exc:
                 raise WorkerLost(f"channel error: {exc.strerror}") from None
             if not data:

@@ -19,6 +19,8 @@ from sandbox.policy import Policy
 
 HEADER = struct.Struct(">I")
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+# What either end asks of one recv: a trivial request or reply arrives in one.
+READ_SIZE = 1 << 16
 
 RunStatus = Literal["ok", "error", "timeout", "killed", "denied"]
 

@@ -48,7 +48,6 @@ def _on_sigint(signum: int, frame: FrameType | None) -> None:
 # is the only way back.
 EXIT_OUT_OF_DESCRIPTORS = 75
 EXIT_OUT_OF_PROCESSES = 76
-_READ_SIZE = 1 << 16
 # The reply lists at most this many changed files (the frame must stay small).
 MAX_CHANGED_FILES = 100
 
@@ -126,7 +125,7 @@ class Worker:
         # One recv usually brings a whole request (the service sends one and waits).
         while not self._frames:
             try:
-                data = self._channel.recv(_READ_SIZE)
+                data = self._channel.recv(protocol.READ_SIZE)
             except InterruptedError:
                 continue
             if not data:
