@@ -1,4 +1,4 @@
-"""Keep one core free of a session that would fill them all.
+"""Keep one core free of a session that would fill them all, and put it behind the rest.
 
 Measured on 2 cores (Linux 6.18, HZ=250, PREEMPT(none)): once one session keeps every
 core busy (four spinning processes do, and so does a fork bomb), a task that wakes waits
@@ -10,13 +10,20 @@ leaves a core free and delays nobody.
 
 So while a session runs, or has processes besides its worker (a run may leave some
 running), its group's counters are read every ``CHECK_INTERVAL_S``, from the end of
-the first interval on.  A session
-throttled for more than ``THROTTLED_SHARE`` of that time (on two cores, a single busy
-process is throttled for about 7% of it, four busy processes for about 100%) is held to
-every core but the first (a cpuset).  It still gets one CPU's worth, all that its quota
-grants.  It gets every core back once it uses less than ``RELEASE_BELOW_CPUS`` over
-``RELEASE_WINDOW_S``, even after its run has ended; the long window keeps a session
-that bursts and pauses from winning every core back between its bursts.
+the first interval on.  A session throttled for more than ``THROTTLED_SHARE`` of that
+time (on two cores, a single busy process is throttled for about 7% of it, four busy
+processes for about 100%) is held to every core but the first (a cpuset), and its group
+is made idle (cpu.idle).  It still gets one CPU's worth when nobody else wants it.
+
+Both are needed.  With the cpuset alone, a neighbour's worker that last ran on the
+held core is woken there, and a sched_switch trace showed it waiting 1-4.5 ms for the
+bomb's task to finish its slice (a neighbour p99 of 3.4-5.9 ms in the diagnostic
+harness).  An idle group's task yields to any other on wakeup; with both, the p99 was
+1.4-1.7 ms (1.0-1.7 ms idle), and with cpu.idle alone 4.2-4.4 ms.
+
+The session gets every core and its weight back once it uses less than
+``RELEASE_BELOW_CPUS`` over ``RELEASE_WINDOW_S``, even after its run has ended; the long
+window keeps a session that bursts and pauses from winning them back between bursts.
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Callable
+from typing import TypeVar
 
 from sandbox.confine.cgroup import CgroupVersion, CpuPressure
 
@@ -33,6 +42,8 @@ CHECK_INTERVAL_S = 0.1
 THROTTLED_SHARE = 0.3
 RELEASE_WINDOW_S = 2.0
 RELEASE_BELOW_CPUS = 0.25
+
+_Result = TypeVar("_Result")
 
 
 class CoreWatch:
@@ -103,14 +114,22 @@ class CoreWatch:
 
     def _confine(self, confined: bool, why: str) -> None:
         assert self._version is not None
-        try:
-            cores = self._version.confine_cores(self._key, confined)
-        except OSError as exc:
-            log.warning("cannot change the cores of session group %s: %s", self._key, exc)
-            cores = None
-        if cores is None:
-            self._version = None  # no cpuset here: stop trying
+        version, key = self._version, self._key
+        # Each separately: a release that fails on one must still undo the other.
+        cores = self._attempt(lambda: version.confine_cores(key, confined))
+        demoted = self._attempt(lambda: version.demote(key, confined))
+        if cores is None and not demoted:
+            self._version = None  # neither a cpuset nor cpu.idle here: stop trying
             self.confined = False
             return
         self.confined = confined
-        log.info("session group %s now runs on cores %s (%s)", self._key, cores, why)
+        where = "keeps its cores" if cores is None else f"runs on cores {cores}"
+        rank = "behind every other group" if confined and demoted else "at equal weight"
+        log.info("session group %s now %s, %s (%s)", key, where, rank, why)
+
+    def _attempt(self, change: Callable[[], _Result]) -> _Result | None:
+        try:
+            return change()
+        except OSError as exc:
+            log.warning("cannot change the scheduling of session group %s: %s", self._key, exc)
+            return None

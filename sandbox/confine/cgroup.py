@@ -318,6 +318,7 @@ class CgroupVersion(ABC):
     readings: tuple[Reading, ...]
     swap_file: str
     weight_file: str
+    weight: str  # what weight_file holds: every session weighs the same
     quota_file: str
 
     def __init__(self, trees: Mapping[str, Tree]) -> None:
@@ -440,6 +441,25 @@ class CgroupVersion(ABC):
         _write(path, narrowed if confined else everything)
         return _read(path.parent / "cpuset.effective_cpus").strip()
 
+    def demote(self, key: str, demoted: bool) -> bool:
+        """Let any other group's task take a core from the session's at once (or stop).
+
+        cpu.idle (Linux 5.15+) schedules the group like SCHED_IDLE tasks: its weight
+        drops to the minimum, and a task that wakes on its core preempts it instead of
+        waiting out its time slice.  Returns False if this host has no such switch.
+        """
+        cpu = self.trees.get("cpu")
+        if cpu is None:
+            return False
+        group = cpu.session_dir(key)
+        if not (group / "cpu.idle").exists():
+            return False
+        _write(group / "cpu.idle", "1" if demoted else "0")
+        if not demoted:
+            # Leaving idle sets the kernel's default weight, not the one written before.
+            _write(group / self.weight_file, self.weight)
+        return True
+
     def members(self, directories: Iterable[Path]) -> set[int]:
         pids: set[int] = set()
         for directory in directories:
@@ -502,6 +522,7 @@ class CgroupV1(CgroupVersion):
     readings = V1_READINGS
     swap_file = "memory.memsw.limit_in_bytes"
     weight_file = "cpu.shares"
+    weight = str(V1_CPU_SHARES)
     quota_file = "cpu.cfs_quota_us"
 
     def make_parents(self) -> None:
@@ -597,6 +618,7 @@ class CgroupV2(CgroupVersion):
     readings = V2_READINGS
     swap_file = "memory.swap.max"
     weight_file = "cpu.weight"
+    weight = str(V2_CPU_WEIGHT)
     quota_file = "cpu.max"
 
     @property

@@ -291,18 +291,30 @@ def _allowed_cores(pid: int) -> list[int]:
     raise AssertionError(f"no Cpus_allowed_list for {pid}")
 
 
-async def _cores_while_running(session: Session, code: str, after_s: float) -> list[list[int]]:
-    """The worker's allowed cores, sampled during a run and for after_s after it."""
+def _is_idle(session: Session) -> bool | None:
+    """Whether the session's group is scheduled as idle (None: no cpu.idle here)."""
+    assert session.worker is not None
+    version = cgroup.select_version(session.worker.cgroup_parent)
+    assert isinstance(version, cgroup.CgroupVersion)
+    cpu = version.trees.get("cpu")
+    path = None if cpu is None else cpu.session_dir(session.worker.session_key) / "cpu.idle"
+    return None if path is None or not path.exists() else path.read_text().strip() == "1"
+
+
+async def _scheduling_while_running(
+    session: Session, code: str, after_s: float
+) -> list[tuple[list[int], bool | None]]:
+    """The worker's allowed cores and its group's idleness, during a run and after_s after."""
     assert session.worker is not None
     pid = session.worker.pid
     run = asyncio.create_task(session.run_python(code, timeout=1.5))
     seen = []
     while not run.done():
-        seen.append(_allowed_cores(pid))
+        seen.append((_allowed_cores(pid), _is_idle(session)))
         await asyncio.sleep(0.05)
     assert (await run).reply.status == "timeout"
     for _ in range(int(after_s / 0.05)):
-        seen.append(_allowed_cores(pid))
+        seen.append((_allowed_cores(pid), _is_idle(session)))
         await asyncio.sleep(0.05)
     return seen
 
@@ -313,9 +325,7 @@ SPINNING_PROCESSES = (
 )
 
 
-async def test_a_session_that_would_fill_every_core_leaves_one_free_while_it_does(
-    session: Session,
-) -> None:
+def _skip_unless_cores_can_be_held(session: Session) -> list[int]:
     assert session.worker is not None
     cores = _allowed_cores(session.worker.pid)
     version = cgroup.select_version(session.worker.cgroup_parent)
@@ -323,26 +333,34 @@ async def test_a_session_that_would_fill_every_core_leaves_one_free_while_it_doe
         pytest.skip("needs two cores and cgroups")
     if version.cpuset_file(session.worker.session_key) is None:
         pytest.skip("no cpuset for session groups on this host")
-    # One busy process leaves a core free already: it keeps them all.
-    assert all(seen == cores for seen in await _cores_while_running(session, "while 1: pass", 0))
-    # Four do not: while they run the session is held to all cores but the first, and it
-    # gets them back once it has gone quiet.
-    seen = await _cores_while_running(session, SPINNING_PROCESSES, 3.0)
-    assert cores[1:] in seen
-    assert seen[-1] == cores
+    return cores
+
+
+async def test_a_session_that_would_fill_every_core_leaves_one_free_while_it_does(
+    session: Session,
+) -> None:
+    cores = _skip_unless_cores_can_be_held(session)
+    idle_known = _is_idle(session) is not None
+    # One busy process leaves a core free already: it keeps them all, at equal weight.
+    alone = await _scheduling_while_running(session, "while 1: pass", 0)
+    assert all(seen == (cores, False if idle_known else None) for seen in alone)
+    # Four do not: while they run the session is held to all cores but the first, behind
+    # every other group, and it gets both back once it has gone quiet.
+    seen = await _scheduling_while_running(session, SPINNING_PROCESSES, 3.0)
+    if idle_known:
+        assert (cores[1:], True) in seen
+        assert seen[-1] == (cores, False)
+    else:
+        assert cores[1:] in [held for held, _ in seen]
+        assert seen[-1][0] == cores
 
 
 async def test_busy_processes_a_run_left_running_are_held_to_all_cores_but_one(
     session: Session,
 ) -> None:
+    cores = _skip_unless_cores_can_be_held(session)
     assert session.worker is not None
     pid = session.worker.pid
-    cores = _allowed_cores(pid)
-    version = cgroup.select_version(session.worker.cgroup_parent)
-    if len(cores) < 2 or not isinstance(version, cgroup.CgroupVersion):
-        pytest.skip("needs two cores and cgroups")
-    if version.cpuset_file(session.worker.session_key) is None:
-        pytest.skip("no cpuset for session groups on this host")
     # They start spinning only once the run is over and its first check has passed.
     started = await session.run_python(
         "import os, time\nfor _ in range(4):\n    if os.fork() == 0:\n"
@@ -351,9 +369,11 @@ async def test_busy_processes_a_run_left_running_are_held_to_all_cores_but_one(
     assert started.reply.value == "'left running'"
     seen = []
     for _ in range(30):
-        seen.append(_allowed_cores(pid))
+        seen.append((_allowed_cores(pid), _is_idle(session)))
         await asyncio.sleep(0.05)
-    assert cores[1:] in seen
+    assert cores[1:] in [held for held, _ in seen]
+    if _is_idle(session) is not None:
+        assert (cores[1:], True) in seen
 
 
 async def test_closing_a_session_ends_every_process_it_started(zygote: ZygoteClient) -> None:

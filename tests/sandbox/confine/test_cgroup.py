@@ -258,6 +258,37 @@ def test_a_session_can_be_held_to_every_core_but_the_first_and_given_them_back(
     assert killed_by_sigkill(wait_for_exit(pid))
 
 
+def test_a_session_can_be_put_behind_every_other_group_and_given_its_weight_back(
+    key: str,
+) -> None:
+    def body(fd: int) -> None:
+        apply_and_report(key, fd)
+        time.sleep(30)
+
+    pid, fd = fork_child(body)
+    assert read_report(fd)["active"]
+    version = cgroup.select_version(PARENT)
+    assert isinstance(version, cgroup.CgroupVersion)
+    cpu = version.trees.get("cpu")
+    if cpu is None or not (cpu.session_dir(key) / "cpu.idle").exists():
+        pytest.skip("no cpu.idle for session groups on this host (Linux 5.15+)")
+    group = cpu.session_dir(key)
+    assert pid in version.members([group])
+    # A weight other than the kernel's default, to see that the session gets it back.
+    version.weight = str(int(version.weight) // 2)
+    (group / version.weight_file).write_text(version.weight)
+
+    assert version.demote(key, True)
+    assert (group / "cpu.idle").read_text().strip() == "1"
+    assert (group / version.weight_file).read_text().strip() != version.weight
+    assert version.demote(key, False)
+    assert (group / "cpu.idle").read_text().strip() == "0"
+    assert (group / version.weight_file).read_text().strip() == version.weight
+
+    cgroup.kill_and_remove(key, PARENT)
+    assert killed_by_sigkill(wait_for_exit(pid))
+
+
 def test_cpu_lists_are_read_and_the_first_core_left_free() -> None:
     assert cgroup.parse_cpu_list("0-3,6\n") == [0, 1, 2, 3, 6]
     assert cgroup.all_cores_but_the_first("0-3,6") == "1,2,3,6"
