@@ -1,4 +1,7 @@
-"""The empty-endpoint anchor: one ``POST /echo`` returning ``{}``, on CodeSherpa's stack.
+"""The HTTP anchors, on CodeSherpa's stack: an empty endpoint and bare workers.
+
+``POST /echo`` returns ``{}``; ``POST /bare/{worker}`` runs a cell in a bare worker
+process (``bench/bare_worker.py``).
 
 Served exactly as ``codesherpa serve`` serves the service (``service/cli.py``): FastAPI
 under ``uvicorn.run`` with one worker, log level info, no access log (the service's
@@ -15,6 +18,8 @@ import logging
 
 import uvicorn
 from fastapi import FastAPI
+
+from bench import bare_worker
 
 app = FastAPI(title="empty endpoint")
 
@@ -34,6 +39,8 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
+    # Forked before uvicorn starts its event loop, as a zygote's workers would be.
+    bare_worker.add_route(app, bare_worker.start_workers())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # As ``codesherpa serve`` runs by default: a line per request would cost the anchor
     # a share of its round trip the service does not pay.

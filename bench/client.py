@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -88,11 +89,14 @@ class CodeSherpa:
         return session_id, (finished - started) * 1000, (created - started) * 1000
 
 
-class EmptyEndpoint:
-    def __init__(self, url: str) -> None:
+class Anchor:
+    """One route of the anchor server (bench/anchor_app.py), called with /repl's body."""
+
+    def __init__(self, url: str, path: str) -> None:
+        self.path = path
         self.http = RawClient(url, timeout=60)
-        # The same body a /repl call sends, so both sides read the same bytes.
-        self.request = self.http.prepare("POST", "/echo", {"code": TRIVIAL, "session_id": "x" * 32})
+        # The same body a /repl call sends, so every side reads the same bytes.
+        self.request = self.http.prepare("POST", path, {"code": TRIVIAL, "session_id": "x" * 32})
 
     def close(self) -> None:
         self.http.close()
@@ -102,5 +106,19 @@ class EmptyEndpoint:
         status, _ = self.http.send(self.request)
         took = (time.perf_counter() - started) * 1000
         if status != 200:
-            raise BenchError(f"POST /echo answered {status}")
+            raise BenchError(f"POST {self.path} answered {status}")
         return took
+
+
+def empty_endpoint(url: str) -> Anchor:
+    return Anchor(url, "/echo")
+
+
+def bare_worker(url: str, worker: int) -> Anchor:
+    """A bench/bare_worker.py worker, checked once to answer as a /repl would."""
+    anchor = Anchor(url, f"/bare/{worker}")
+    status, body = anchor.http.send(anchor.request)
+    if status != 200 or json.loads(body)["result"] != "2":
+        anchor.close()
+        raise BenchError(f"the bare worker answered {status}: {body[:300]!r}")
+    return anchor

@@ -27,6 +27,13 @@ TARGETS = (
     ),
     Target("repl_p50_vs_empty", "/repl round trip p50 <= 1.5x empty endpoint", 1.5, True, True),
     Target("repl_p99_vs_empty", "/repl round trip p99 vs empty endpoint (info)", 1.5, True, False),
+    Target(
+        "bare_worker_p50_vs_empty",
+        "bare worker round trip p50 vs empty endpoint (info: the floor)",
+        1.5,
+        True,
+        False,
+    ),
     Target("repl_p50_vs_jupyter", "/repl round trip p50 <= 0.3x Jupyter execute", 0.3, True, True),
     Target("idle_uss_vs_4mb", "idle session <= 4 MB private (USS)", 1.0, True, True),
     Target(
@@ -34,6 +41,13 @@ TARGETS = (
     ),
     Target(
         "throughput_vs_empty", "throughput, 8 sessions >= 0.6x empty endpoint", 0.6, False, True
+    ),
+    Target(
+        "bare_worker_throughput_vs_empty",
+        "throughput, 8 bare workers vs empty endpoint (info: the ceiling)",
+        0.6,
+        False,
+        False,
     ),
     Target("cpu_burn_neighbour_p99", "neighbour p99 beside a CPU burn <= 2x idle", 2.0, True, True),
     Target(
@@ -84,6 +98,10 @@ def _measure(results: dict[str, Any], key: str) -> tuple[float | None, str]:
             ratio(_get(trip, "codesherpa", "p99_ms"), _get(trip, "empty", "p99_ms")),
             f"{_get(trip, 'codesherpa', 'p99_ms')} ms vs {_get(trip, 'empty', 'p99_ms')} ms",
         ),
+        "bare_worker_p50_vs_empty": lambda: (
+            ratio(_get(trip, "bare_worker", "p50_ms"), _get(trip, "empty", "p50_ms")),
+            f"{_get(trip, 'bare_worker', 'p50_ms')} ms vs {_get(trip, 'empty', 'p50_ms')} ms",
+        ),
         "repl_p50_vs_jupyter": lambda: (
             ratio(_get(trip, "codesherpa", "p50_ms"), _get(trip, "jupyter", "p50_ms")),
             f"{_get(trip, 'codesherpa', 'p50_ms')} ms vs {_get(trip, 'jupyter', 'p50_ms')} ms",
@@ -96,6 +114,14 @@ def _measure(results: dict[str, Any], key: str) -> tuple[float | None, str]:
                 _get(results, "throughput", "empty_rps"),
             ),
             f"{_get(results, 'throughput', 'codesherpa_rps')} vs "
+            f"{_get(results, 'throughput', 'empty_rps')} req/s",
+        ),
+        "bare_worker_throughput_vs_empty": lambda: (
+            ratio(
+                _get(results, "throughput", "bare_worker_rps"),
+                _get(results, "throughput", "empty_rps"),
+            ),
+            f"{_get(results, 'throughput', 'bare_worker_rps')} vs "
             f"{_get(results, 'throughput', 'empty_rps')} req/s",
         ),
         "cpu_burn_neighbour_p99": lambda: hostile("cpu_burn", "idle_before_cpu_burn"),

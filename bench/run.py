@@ -39,7 +39,8 @@ from bench.client import (
     TRIVIAL,
     BenchError,
     CodeSherpa,
-    EmptyEndpoint,
+    bare_worker,
+    empty_endpoint,
 )
 from bench.servers import ROOT, Server, start_codesherpa, start_empty_endpoint
 from bench.stats import processes_by_uid, session_uid_processes, summary, uss_bytes
@@ -116,11 +117,17 @@ def measure_round_trips(
 ) -> dict[str, Any]:
     """Trivial round trips, one sample of each side per round, in rotating order."""
     codesherpa = CodeSherpa(cs_url)
-    empty = EmptyEndpoint(empty_url)
+    empty = empty_endpoint(empty_url)
+    bare = bare_worker(empty_url, 0)
     session_id = codesherpa.create_session()
     codesherpa.run_ok(session_id, FIRST_RESULT)
     repl = codesherpa.prepared_run(session_id, TRIVIAL)
-    samples: dict[str, list[float]] = {"empty": [], "codesherpa": [], "jupyter": []}
+    samples: dict[str, list[float]] = {
+        "empty": [],
+        "bare_worker": [],
+        "codesherpa": [],
+        "jupyter": [],
+    }
     in_service: list[float] = []
 
     def sample_codesherpa(keep: bool) -> None:
@@ -137,6 +144,11 @@ def measure_round_trips(
         if keep:
             samples["empty"].append(took)
 
+    def sample_bare(keep: bool) -> None:
+        took = bare.timed()
+        if keep:
+            samples["bare_worker"].append(took)
+
     def sample_jupyter(keep: bool) -> None:
         if kernel is None:
             return
@@ -144,7 +156,12 @@ def measure_round_trips(
         if keep:
             samples["jupyter"].append(took)
 
-    sides: list[Callable[[bool], None]] = [sample_empty, sample_codesherpa, sample_jupyter]
+    sides: list[Callable[[bool], None]] = [
+        sample_empty,
+        sample_bare,
+        sample_codesherpa,
+        sample_jupyter,
+    ]
     try:
         for index in range(counts.warmup + counts.round_trips):
             keep = index >= counts.warmup
@@ -155,8 +172,11 @@ def measure_round_trips(
     finally:
         codesherpa.close()
         empty.close()
+        bare.close()
     result: dict[str, Any] = {
         "empty": summary(samples["empty"]),
+        # The same cell through a bare worker process (bench/bare_worker.py).
+        "bare_worker": summary(samples["bare_worker"]),
         "codesherpa": summary(samples["codesherpa"]),
         # The part of a /repl round trip spent in Session.run (lock, worker exchange),
         # as the service reports it in duration_ms; the rest is HTTP, routing, replies.
@@ -290,11 +310,12 @@ def _blast(senders: list[Callable[[], object]], per_client: int) -> float:
 
 
 def measure_throughput(counts: Counts, cs_url: str, empty_url: str) -> dict[str, Any]:
-    """Trivial runs per second, `clients` sessions at once, against the empty endpoint."""
+    """Trivial runs per second, `clients` sessions at once, beside the anchor's routes."""
     setup = CodeSherpa(cs_url)
     session_ids = [setup.create_session() for _ in range(counts.clients)]
     clients = [CodeSherpa(cs_url) for _ in session_ids]
-    empties = [EmptyEndpoint(empty_url) for _ in session_ids]
+    empties = [empty_endpoint(empty_url) for _ in session_ids]
+    bares = [bare_worker(empty_url, index) for index in range(len(session_ids))]
     requests = [c.prepared_run(s, TRIVIAL) for c, s in zip(clients, session_ids, strict=True)]
     for client, session_id in zip(clients, session_ids, strict=True):
         client.run_ok(session_id, TRIVIAL)
@@ -302,33 +323,31 @@ def measure_throughput(counts: Counts, cs_url: str, empty_url: str) -> dict[str,
     def codesherpa_sender(client: CodeSherpa, request: bytes) -> Callable[[], object]:
         return lambda: client.timed(request)
 
-    def empty_sender(client: EmptyEndpoint) -> Callable[[], object]:
-        return client.timed
-
-    cs_senders = [codesherpa_sender(c, r) for c, r in zip(clients, requests, strict=True)]
-    empty_senders = [empty_sender(e) for e in empties]
-    rates: dict[str, list[float]] = {"empty": [], "codesherpa": []}
+    senders: dict[str, list[Callable[[], object]]] = {
+        "empty": [anchor.timed for anchor in empties],
+        "bare_worker": [anchor.timed for anchor in bares],
+        "codesherpa": [codesherpa_sender(c, r) for c, r in zip(clients, requests, strict=True)],
+    }
+    rates: dict[str, list[float]] = {side: [] for side in senders}
     try:
-        # A short warm-up of both, then alternating rounds.
-        _blast(empty_senders, max(1, counts.requests_per_client // 10))
-        _blast(cs_senders, max(1, counts.requests_per_client // 10))
+        # A short warm-up of each, then alternating rounds.
+        for side in senders.values():
+            _blast(side, max(1, counts.requests_per_client // 10))
         for _ in range(counts.throughput_rounds):
-            rates["empty"].append(_blast(empty_senders, counts.requests_per_client))
-            rates["codesherpa"].append(_blast(cs_senders, counts.requests_per_client))
+            for name, side in senders.items():
+                rates[name].append(_blast(side, counts.requests_per_client))
         for session_id in session_ids:
             setup.delete(session_id)
     finally:
         for client in (setup, *clients):
             client.close()
-        for empty in empties:
-            empty.close()
+        for anchor in (*empties, *bares):
+            anchor.close()
     return {
         "clients": counts.clients,
         "requests_per_round": counts.clients * counts.requests_per_client,
-        "empty_rps": _rounded(statistics.median(rates["empty"]), 1),
-        "codesherpa_rps": _rounded(statistics.median(rates["codesherpa"]), 1),
-        "empty_rps_rounds": [_rounded(r, 1) for r in rates["empty"]],
-        "codesherpa_rps_rounds": [_rounded(r, 1) for r in rates["codesherpa"]],
+        **{f"{side}_rps": _rounded(statistics.median(rates[side]), 1) for side in rates},
+        **{f"{side}_rps_rounds": [_rounded(r, 1) for r in rates[side]] for side in rates},
     }
 
 
@@ -640,7 +659,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     jupyter_idle["idle_uss_mb"] = _rounded(
                         uss_bytes([psutil.Process(kernel.pid)]) / MB, 2
                     )
-                log("round trips (empty endpoint, CodeSherpa, Jupyter interleaved)")
+                log("round trips (empty endpoint, bare worker, CodeSherpa, Jupyter interleaved)")
                 results["round_trip"] = measure_round_trips(
                     counts, codesherpa.url, empty.url, kernel
                 )
