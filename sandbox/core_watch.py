@@ -124,7 +124,7 @@ class CoreWatch:
             return
         self.confined = confined
         where = "keeps its cores" if cores is None else f"runs on cores {cores}"
-        rank = "behind every other group" if confined and demoted else "at equal weight"
+        rank = "weight unchanged" if not demoted else "idle" if confined else "equal weight"
         log.info("session group %s now %s, %s (%s)", key, where, rank, why)
 
     def _attempt(self, change: Callable[[], _Result]) -> _Result | None:
