@@ -12,14 +12,20 @@ So while a session runs, or has processes besides its worker (a run may leave so
 running), its group's counters are read every ``CHECK_INTERVAL_S``, from the end of
 the first interval on.  A session throttled for more than ``THROTTLED_SHARE`` of that
 time (on two cores, a single busy process is throttled for about 7% of it, four busy
-processes for about 100%) is held to every core but the first (a cpuset), and its group
-is made idle (cpu.idle).  It still gets one CPU's worth when nobody else wants it.
+processes for about 100%) is held to every core but the first (a cpuset), and is made
+idle: its group through cpu.idle, its threads through the SCHED_IDLE policy
+(``CgroupVersion.demote``).  It still gets one CPU's worth when nobody else wants it.
 
 Both are needed.  With the cpuset alone, a neighbour's worker that last ran on the
 held core is woken there, and a sched_switch trace showed it waiting 1-4.5 ms for the
 bomb's task to finish its slice (a neighbour p99 of 3.4-5.9 ms in the diagnostic
-harness).  An idle group's task yields to any other on wakeup; with both, the p99 was
-1.4-1.7 ms (1.0-1.7 ms idle), and with cpu.idle alone 4.2-4.4 ms.
+harness).  An idle group's task yields to a sibling group's task on wakeup; with both,
+the p99 was 1.4-1.7 ms (1.0-1.7 ms idle), and with cpu.idle alone 4.2-4.4 ms.  The
+kernel compares a task outside the sessions' parent, such as the service, with that
+parent group rather than with the idle session, so the service still waited out the
+bomb's slices; a SCHED_IDLE task yields to any task.  Over six runs each, the
+harness's p99 beside a fork bomb was 2.0-4.7 ms without the policy and 1.5-2.9 ms
+with it.
 
 The session gets every core and its weight back once it uses less than
 ``RELEASE_BELOW_CPUS`` over ``RELEASE_WINDOW_S``, even after its run has ended; the long

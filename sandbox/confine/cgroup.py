@@ -74,6 +74,9 @@ KILL_WAIT_S = 2.0
 # How long the v1 freezer may take to stop every process before the kill goes ahead anyway.
 FREEZE_WAIT_S = 0.5
 _POLL_S = 0.005
+# Passes over a group's threads when switching their policy: enough for threads that
+# fork while the first pass runs (a pass takes well under a millisecond).
+_POLICY_PASSES = 5
 
 _MB = 1024 * 1024
 _SESSION_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -319,6 +322,7 @@ class CgroupVersion(ABC):
     swap_file: str
     weight_file: str
     weight: str  # what weight_file holds: every session weighs the same
+    threads_file: str  # every thread of the group, by thread id
     quota_file: str
 
     def __init__(self, trees: Mapping[str, Tree]) -> None:
@@ -442,23 +446,31 @@ class CgroupVersion(ABC):
         return _read(path.parent / "cpuset.effective_cpus").strip()
 
     def demote(self, key: str, demoted: bool) -> bool:
-        """Let any other group's task take a core from the session's at once (or stop).
+        """Let any other task take a core from the session's at once (or stop).
 
-        cpu.idle (Linux 5.15+) schedules the group like SCHED_IDLE tasks: its weight
-        drops to the minimum, and a task that wakes on its core preempts it instead of
-        waiting out its time slice.  Returns False if this host has no such switch.
+        Two switches, each where the host has it.  cpu.idle (Linux 5.15+) drops the
+        group's weight to the minimum, and a task of a sibling group that wakes on its
+        core preempts it instead of waiting out its time slice.  That leaves tasks
+        outside the sessions' parent, the service among them, which the kernel compares
+        with the parent group; so each of the session's threads also gets the SCHED_IDLE
+        policy, which any other task preempts.  Threads started later inherit it, and
+        without CAP_SYS_NICE none can leave it (RLIMIT_NICE is 0).
+        Returns False if this host has neither switch.
         """
+        switched = False
         cpu = self.trees.get("cpu")
-        if cpu is None:
-            return False
-        group = cpu.session_dir(key)
-        if not (group / "cpu.idle").exists():
-            return False
-        _write(group / "cpu.idle", "1" if demoted else "0")
-        if not demoted:
-            # Leaving idle sets the kernel's default weight, not the one written before.
-            _write(group / self.weight_file, self.weight)
-        return True
+        if cpu is not None and (cpu.session_dir(key) / "cpu.idle").exists():
+            group = cpu.session_dir(key)
+            _write(group / "cpu.idle", "1" if demoted else "0")
+            if not demoted:
+                # Leaving idle sets the kernel's default weight, not the one written before.
+                _write(group / self.weight_file, self.weight)
+            switched = True
+        threads = self.trees["pids"].session_dir(key) / self.threads_file
+        if threads.exists():
+            _set_policy(threads, os.SCHED_IDLE if demoted else os.SCHED_OTHER)
+            switched = True
+        return switched
 
     def members(self, directories: Iterable[Path]) -> set[int]:
         pids: set[int] = set()
@@ -523,6 +535,7 @@ class CgroupV1(CgroupVersion):
     swap_file = "memory.memsw.limit_in_bytes"
     weight_file = "cpu.shares"
     weight = str(V1_CPU_SHARES)
+    threads_file = "tasks"
     quota_file = "cpu.cfs_quota_us"
 
     def make_parents(self) -> None:
@@ -619,6 +632,7 @@ class CgroupV2(CgroupVersion):
     swap_file = "memory.swap.max"
     weight_file = "cpu.weight"
     weight = str(V2_CPU_WEIGHT)
+    threads_file = "cgroup.threads"
     quota_file = "cpu.max"
 
     @property
@@ -701,6 +715,25 @@ def _prepare_v1_cpuset(tree: Tree) -> None:
             if not _read(group / filename).strip():
                 _write(group / filename, _read(above / filename).strip())
     _write(tree.directory(tree.parent_path) / "cgroup.clone_children", "1")
+
+
+def _set_policy(threads: Path, policy: int) -> None:
+    """Give every thread listed in a group's threads file the scheduling policy.
+
+    A thread started from one not yet switched keeps the old policy, so the list is
+    read again until a pass finds nothing left to switch.  Each id is switched within
+    microseconds of being read from the group's own list; reusing it for a thread
+    elsewhere would take the whole pid space to wrap around in between.
+    """
+    for _ in range(_POLICY_PASSES):
+        switched = 0
+        for thread in map(int, _read(threads).split()):
+            with contextlib.suppress(OSError):  # ended since the list was read
+                if os.sched_getscheduler(thread) != policy:
+                    os.sched_setscheduler(thread, policy, os.sched_param(0))
+                    switched += 1
+        if not switched:
+            return
 
 
 def _kill_if_member(pid: int, memberships: frozenset[tuple[str, str]]) -> None:

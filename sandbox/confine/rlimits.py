@@ -18,6 +18,9 @@ def limits_for(spec: WorkerSpec) -> dict[int, int]:
         resource.RLIMIT_FSIZE: limits.file_size_mb * MB,
         resource.RLIMIT_CORE: 0,
         resource.RLIMIT_STACK: STACK_BYTES,
+        # No raising of its own priority, which also keeps a session the core watch made
+        # SCHED_IDLE from switching itself back (sched_setscheduler checks this limit).
+        resource.RLIMIT_NICE: 0,
         # Counted per uid: it bounds a session only once the session has its own uid.
         resource.RLIMIT_NPROC: limits.processes,
         # Address space is a coarse stand-in for the cgroup's memory limit; it also turns
@@ -32,4 +35,6 @@ def apply(spec: WorkerSpec) -> LayerStatus:
         if hard != resource.RLIM_INFINITY:
             value = min(value, hard)
         resource.setrlimit(kind, (value, value))
-    return LayerStatus("rlimits", True, "cpu, address space, nproc, nofile, fsize, stack; core 0")
+    return LayerStatus(
+        "rlimits", True, "cpu, address space, nproc, nofile, fsize, stack; core and nice 0"
+    )

@@ -292,13 +292,20 @@ def _allowed_cores(pid: int) -> list[int]:
 
 
 def _is_idle(session: Session) -> bool | None:
-    """Whether the session's group is scheduled as idle (None: no cpu.idle here)."""
+    """Whether the session is put behind the others (None: no cpu.idle here).
+
+    Its group's cpu.idle and its worker's scheduling policy must say the same.
+    """
     assert session.worker is not None
     version = cgroup.select_version(session.worker.cgroup_parent)
     assert isinstance(version, cgroup.CgroupVersion)
     cpu = version.trees.get("cpu")
     path = None if cpu is None else cpu.session_dir(session.worker.session_key) / "cpu.idle"
-    return None if path is None or not path.exists() else path.read_text().strip() == "1"
+    if path is None or not path.exists():
+        return None
+    group_idle = path.read_text().strip() == "1"
+    assert (os.sched_getscheduler(session.worker.pid) == os.SCHED_IDLE) == group_idle
+    return group_idle
 
 
 async def _scheduling_while_running(

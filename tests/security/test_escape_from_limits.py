@@ -13,6 +13,7 @@ state, and the attacked session (or its replacement) must answer ``1 + 1``.
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from pathlib import Path
 
@@ -109,7 +110,7 @@ class Limit(ctypes.Structure):
 
 results = {}
 for name in ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_NOFILE",
-             "RLIMIT_FSIZE", "RLIMIT_CORE", "RLIMIT_STACK"):
+             "RLIMIT_FSIZE", "RLIMIT_CORE", "RLIMIT_STACK", "RLIMIT_NICE"):
     kind = getattr(resource, name)
     soft, hard = resource.getrlimit(kind)
     higher = resource.RLIM_INFINITY
@@ -144,6 +145,7 @@ LIMIT_ROWS = (
     "Max open files",
     "Max file size",
     "Max core file size",
+    "Max nice priority",
 )
 
 
@@ -173,6 +175,7 @@ async def test_raising_rlimits_above_the_hard_limit_fails_and_the_limits_stay(
         "Max open files": limits.open_files,
         "Max file size": limits.file_size_mb * MB,
         "Max core file size": 0,
+        "Max nice priority": 0,
     }
     pid = worker_of(session).pid
     before = host_view_of_rlimits(pid)
@@ -182,13 +185,55 @@ async def test_raising_rlimits_above_the_hard_limit_fails_and_the_limits_stay(
 
     assert outcome.reply.status == "ok", outcome.reply.error
     results = eval(outcome.reply.value or "{}")  # a dict of lists, tuples and str
-    assert len(results) == 7
+    assert len(results) == 8
     for name, (attempts, unchanged) in results.items():
         assert "raised" not in attempts, name
         assert set(attempts) <= {"ValueError", "PermissionError", "EPERM"}, (name, attempts)
         assert unchanged, name
     # The kernel's view of the worker, read from the host, did not move.
     assert host_view_of_rlimits(pid) == before
+    await assert_answers(session)
+    await neighbour.assert_intact()
+
+
+LEAVE_SCHED_IDLE = """
+import os
+attempts = {}
+for name, call in {
+    "sched_setscheduler": lambda: os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0)),
+    "sched_setscheduler batch": lambda: os.sched_setscheduler(0, os.SCHED_BATCH, os.sched_param(0)),
+    "nice": lambda: os.nice(-1),
+}.items():
+    try:
+        call()
+        attempts[name] = "done"
+    except OSError as exc:
+        attempts[name] = type(exc).__name__
+(attempts, os.sched_getscheduler(0) == os.SCHED_IDLE)
+"""
+
+
+async def test_a_session_put_behind_the_others_cannot_leave_sched_idle(
+    neighbour: Neighbour, session: Session
+) -> None:
+    worker = worker_of(session)
+    version = cgroup.select_version(worker.cgroup_parent)
+    assert isinstance(version, cgroup.CgroupVersion)
+    # What the core watch does to a session that fills every core.
+    assert version.demote(worker.session_key, True)
+    assert psutil.Process(worker.pid).as_dict(["pid"])  # still there
+    assert os.sched_getscheduler(worker.pid) == os.SCHED_IDLE
+
+    outcome = await session.run_python(LEAVE_SCHED_IDLE)
+
+    assert outcome.reply.status == "ok", outcome.reply.error
+    attempts, still_idle = eval(outcome.reply.value or "None")
+    assert set(attempts.values()) == {"PermissionError"}, attempts
+    assert still_idle
+    assert os.sched_getscheduler(worker.pid) == os.SCHED_IDLE
+    # Given back by the service, which may.
+    assert version.demote(worker.session_key, False)
+    assert os.sched_getscheduler(worker.pid) == os.SCHED_OTHER
     await assert_answers(session)
     await neighbour.assert_intact()
 

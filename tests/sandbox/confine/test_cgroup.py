@@ -258,7 +258,7 @@ def test_a_session_can_be_held_to_every_core_but_the_first_and_given_them_back(
     assert killed_by_sigkill(wait_for_exit(pid))
 
 
-def test_a_session_can_be_put_behind_every_other_group_and_given_its_weight_back(
+def test_a_session_can_be_put_behind_every_other_task_and_given_its_weight_back(
     key: str,
 ) -> None:
     def body(fd: int) -> None:
@@ -281,9 +281,11 @@ def test_a_session_can_be_put_behind_every_other_group_and_given_its_weight_back
     assert version.demote(key, True)
     assert (group / "cpu.idle").read_text().strip() == "1"
     assert (group / version.weight_file).read_text().strip() != version.weight
+    assert os.sched_getscheduler(pid) == os.SCHED_IDLE
     assert version.demote(key, False)
     assert (group / "cpu.idle").read_text().strip() == "0"
     assert (group / version.weight_file).read_text().strip() == version.weight
+    assert os.sched_getscheduler(pid) == os.SCHED_OTHER
 
     cgroup.kill_and_remove(key, PARENT)
     assert killed_by_sigkill(wait_for_exit(pid))
