@@ -727,7 +727,11 @@ def _set_policy(threads: Path, policy: int) -> None:
     """
     for _ in range(_POLICY_PASSES):
         switched = 0
-        for thread in map(int, _read(threads).split()):
+        try:
+            listed = _read(threads).split()
+        except OSError:  # the group is gone, and its threads with it
+            return
+        for thread in map(int, listed):
             with contextlib.suppress(OSError):  # ended since the list was read
                 if os.sched_getscheduler(thread) != policy:
                     os.sched_setscheduler(thread, policy, os.sched_param(0))
