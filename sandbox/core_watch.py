@@ -14,7 +14,9 @@ the first interval on.  A session throttled for more than ``THROTTLED_SHARE`` of
 time (on two cores, a single busy process is throttled for about 7% of it, four busy
 processes for about 100%) is held to every core but the first (a cpuset), and is made
 idle: its group through cpu.idle, its threads through the SCHED_IDLE policy
-(``CgroupVersion.demote``).  It still gets one CPU's worth when nobody else wants it.
+(``CgroupVersion.demote``).  While any session is held, the sessions' parent group is
+idle too (``HeldSessions``).  A held session still gets one CPU's worth when nobody
+else wants it.
 
 Both are needed.  With the cpuset alone, a neighbour's worker that last ran on the
 held core is woken there, and a sched_switch trace showed it waiting 1-4.5 ms for the
@@ -23,9 +25,10 @@ harness).  An idle group's task yields to a sibling group's task on wakeup; with
 the p99 was 1.4-1.7 ms (1.0-1.7 ms idle), and with cpu.idle alone 4.2-4.4 ms.  The
 kernel compares a task outside the sessions' parent, such as the service, with that
 parent group rather than with the idle session, so the service still waited out the
-bomb's slices; a SCHED_IDLE task yields to any task.  Over six runs each, the
-harness's p99 beside a fork bomb was 2.0-4.7 ms without the policy and 1.5-2.9 ms
-with it.
+bomb's slices on wakeup, and lost the core to the parent group once its own slice was
+used; a SCHED_IDLE task yields to any task on wakeup, and an idle parent to any task
+outside it.  The harness's p99 beside a fork bomb was 2.0-4.7 ms without either, 1.9,
+2.1 and 4.4 ms with the policy alone, and 2.2, 2.0 and 1.6 ms with both.
 
 The session gets every core and its weight back once it uses less than
 ``RELEASE_BELOW_CPUS`` over ``RELEASE_WINDOW_S``, even after its run has ended; the long
@@ -38,6 +41,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 from sandbox.confine.cgroup import CgroupVersion, CpuPressure
@@ -52,6 +56,53 @@ RELEASE_BELOW_CPUS = 0.25
 _Result = TypeVar("_Result")
 
 
+class HeldSessions:
+    """The sessions held now, by parent group: a parent is idle while it holds any.
+
+    A held session's group is idle among its siblings, but the kernel compares tasks
+    outside the sessions' parent with the parent as a whole (CgroupVersion.
+    demote_all_sessions).  Only while a session is held, because an idle parent makes
+    every core that runs only session code look free to the scheduler, and a woken
+    neighbour's worker placed beside a busy sibling that is not held waits out that
+    sibling's slice: with the parent idle all the time, the CPU-burn neighbour's p99
+    rose to 3.9 times idle in a bench run.
+    """
+
+    def __init__(self) -> None:
+        self._held: dict[Path, set[str]] = {}
+
+    def hold(self, version: CgroupVersion, key: str) -> Path | None:
+        """Count the session in; returns its parent group, to release it by later."""
+        parent = version.sessions_cpu_group()
+        if parent is None:
+            return None
+        held = self._held.setdefault(parent, set())
+        if not held:
+            try:
+                version.demote_all_sessions(True)
+            except OSError as exc:
+                log.warning("cannot make the sessions' group %s idle: %s", parent, exc)
+        held.add(key)
+        return parent
+
+    def release(self, version: CgroupVersion | None, parent: Path, key: str) -> None:
+        held = self._held.get(parent)
+        if held is None or key not in held:
+            return
+        held.discard(key)
+        if held:
+            return
+        del self._held[parent]
+        if version is not None:
+            try:
+                version.demote_all_sessions(False)
+            except OSError as exc:
+                log.warning("cannot make the sessions' group %s normal again: %s", parent, exc)
+
+
+HELD_SESSIONS = HeldSessions()
+
+
 class CoreWatch:
     """Watches one session's group while it runs, and while it is held to fewer cores."""
 
@@ -62,6 +113,8 @@ class CoreWatch:
         self._last: tuple[float, CpuPressure] | None = None
         self._running = False
         self.confined = False
+        self._held_under: Path | None = None  # the parent group it is counted in as held
+        self._releaser: CgroupVersion | None = version
 
     def run_started(self) -> None:
         self._running = True
@@ -75,6 +128,12 @@ class CoreWatch:
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self._unhold()
+
+    def _unhold(self) -> None:
+        if self._held_under is not None:
+            HELD_SESSIONS.release(self._releaser, self._held_under, self._key)
+            self._held_under = None
 
     def _schedule(self, delay: float) -> None:
         self._timer = asyncio.get_running_loop().call_later(delay, self._check)
@@ -129,6 +188,10 @@ class CoreWatch:
             self.confined = False
             return
         self.confined = confined
+        if confined and self._held_under is None:
+            self._held_under = HELD_SESSIONS.hold(version, key)
+        elif not confined:
+            self._unhold()
         where = "keeps its cores" if cores is None else f"runs on cores {cores}"
         rank = "weight unchanged" if not demoted else "idle" if confined else "equal weight"
         log.info("session group %s now %s, %s (%s)", key, where, rank, why)

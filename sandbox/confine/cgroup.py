@@ -472,6 +472,28 @@ class CgroupVersion(ABC):
             switched = True
         return switched
 
+    def sessions_cpu_group(self) -> Path | None:
+        """The sessions' parent group in the cpu tree, if this host has one."""
+        cpu = self.trees.get("cpu")
+        return None if cpu is None else cpu.directory(cpu.parent_path)
+
+    def demote_all_sessions(self, demoted: bool) -> bool:
+        """Put every session behind the tasks outside them, or stop; False if impossible.
+
+        The kernel weighs a task outside the sessions' parent group, the service among
+        them, against the parent as a whole, at the parent's full weight however idle
+        a session group inside it is.  A trace showed the service woken on the core of
+        a held fork bomb and losing it to the parent group for 3 ms once its own slice
+        was used.  With the parent's cpu.idle set, any task outside the sessions takes
+        their cores first; among themselves they keep equal weights.  Leaving idle
+        gives the parent the kernel's default weight, which is the one it was made with.
+        """
+        parent = self.sessions_cpu_group()
+        if parent is None or not (parent / "cpu.idle").exists():
+            return False
+        _write(parent / "cpu.idle", "1" if demoted else "0")
+        return True
+
     def members(self, directories: Iterable[Path]) -> set[int]:
         pids: set[int] = set()
         for directory in directories:

@@ -308,20 +308,31 @@ def _is_idle(session: Session) -> bool | None:
     return group_idle
 
 
+def _all_sessions_idle(session: Session) -> bool | None:
+    """Whether the sessions' parent group is idle (None: no cpu.idle here)."""
+    assert session.worker is not None
+    version = cgroup.select_version(session.worker.cgroup_parent)
+    assert isinstance(version, cgroup.CgroupVersion)
+    parent = version.sessions_cpu_group()
+    path = None if parent is None else parent / "cpu.idle"
+    return None if path is None or not path.exists() else path.read_text().strip() == "1"
+
+
 async def _scheduling_while_running(
     session: Session, code: str, after_s: float
-) -> list[tuple[list[int], bool | None]]:
-    """The worker's allowed cores and its group's idleness, during a run and after_s after."""
+) -> list[tuple[list[int], bool | None, bool | None]]:
+    """The worker's allowed cores, its group's idleness and its parent's, during a run
+    and after_s after it."""
     assert session.worker is not None
     pid = session.worker.pid
     run = asyncio.create_task(session.run_python(code, timeout=1.5))
     seen = []
     while not run.done():
-        seen.append((_allowed_cores(pid), _is_idle(session)))
+        seen.append((_allowed_cores(pid), _is_idle(session), _all_sessions_idle(session)))
         await asyncio.sleep(0.05)
     assert (await run).reply.status == "timeout"
     for _ in range(int(after_s / 0.05)):
-        seen.append((_allowed_cores(pid), _is_idle(session)))
+        seen.append((_allowed_cores(pid), _is_idle(session), _all_sessions_idle(session)))
         await asyncio.sleep(0.05)
     return seen
 
@@ -347,19 +358,20 @@ async def test_a_session_that_would_fill_every_core_leaves_one_free_while_it_doe
     session: Session,
 ) -> None:
     cores = _skip_unless_cores_can_be_held(session)
-    idle_known = _is_idle(session) is not None
+    normal = False if _is_idle(session) is not None else None
     # One busy process leaves a core free already: it keeps them all, at equal weight.
     alone = await _scheduling_while_running(session, "while 1: pass", 0)
-    assert all(seen == (cores, False if idle_known else None) for seen in alone)
+    assert all(seen == (cores, normal, normal) for seen in alone)
     # Four do not: while they run the session is held to all cores but the first, behind
-    # every other group, and it gets both back once it has gone quiet.
+    # every other task, and all sessions behind the tasks outside them; everything is
+    # given back once it has gone quiet.
     seen = await _scheduling_while_running(session, SPINNING_PROCESSES, 3.0)
-    if idle_known:
-        assert (cores[1:], True) in seen
-        assert seen[-1] == (cores, False)
-    else:
-        assert cores[1:] in [held for held, _ in seen]
+    if normal is None:
+        assert cores[1:] in [held for held, _, _ in seen]
         assert seen[-1][0] == cores
+    else:
+        assert (cores[1:], True, True) in seen
+        assert seen[-1] == (cores, False, False)
 
 
 async def test_busy_processes_a_run_left_running_are_held_to_all_cores_but_one(
@@ -377,10 +389,20 @@ async def test_busy_processes_a_run_left_running_are_held_to_all_cores_but_one(
     seen = []
     for _ in range(30):
         seen.append((_allowed_cores(pid), _is_idle(session)))
+        if seen[-1][1]:
+            break
         await asyncio.sleep(0.05)
     assert cores[1:] in [held for held, _ in seen]
     if _is_idle(session) is not None:
         assert (cores[1:], True) in seen
+        version = cgroup.select_version(session.worker.cgroup_parent)
+        assert isinstance(version, cgroup.CgroupVersion)
+        parent = version.sessions_cpu_group()
+        assert parent is not None
+        assert (parent / "cpu.idle").read_text().strip() == "1"
+        # Closed while held: the other sessions are given their place back all the same.
+        await session.close()
+        assert (parent / "cpu.idle").read_text().strip() == "0"
 
 
 async def test_closing_a_session_ends_every_process_it_started(zygote: ZygoteClient) -> None:
