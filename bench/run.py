@@ -118,16 +118,10 @@ def measure_round_trips(
     """Trivial round trips, one sample of each side per round, in rotating order."""
     codesherpa = CodeSherpa(cs_url)
     empty = empty_endpoint(empty_url)
-    bare = bare_worker(empty_url, 0)
     session_id = codesherpa.create_session()
     codesherpa.run_ok(session_id, FIRST_RESULT)
     repl = codesherpa.prepared_run(session_id, TRIVIAL)
-    samples: dict[str, list[float]] = {
-        "empty": [],
-        "bare_worker": [],
-        "codesherpa": [],
-        "jupyter": [],
-    }
+    samples: dict[str, list[float]] = {"empty": [], "codesherpa": [], "jupyter": []}
     in_service: list[float] = []
 
     def sample_codesherpa(keep: bool) -> None:
@@ -144,11 +138,6 @@ def measure_round_trips(
         if keep:
             samples["empty"].append(took)
 
-    def sample_bare(keep: bool) -> None:
-        took = bare.timed()
-        if keep:
-            samples["bare_worker"].append(took)
-
     def sample_jupyter(keep: bool) -> None:
         if kernel is None:
             return
@@ -156,12 +145,7 @@ def measure_round_trips(
         if keep:
             samples["jupyter"].append(took)
 
-    sides: list[Callable[[bool], None]] = [
-        sample_empty,
-        sample_bare,
-        sample_codesherpa,
-        sample_jupyter,
-    ]
+    sides: list[Callable[[bool], None]] = [sample_empty, sample_codesherpa, sample_jupyter]
     try:
         for index in range(counts.warmup + counts.round_trips):
             keep = index >= counts.warmup
@@ -172,11 +156,8 @@ def measure_round_trips(
     finally:
         codesherpa.close()
         empty.close()
-        bare.close()
     result: dict[str, Any] = {
         "empty": summary(samples["empty"]),
-        # The same cell through a bare worker process (bench/bare_worker.py).
-        "bare_worker": summary(samples["bare_worker"]),
         "codesherpa": summary(samples["codesherpa"]),
         # The part of a /repl round trip spent in Session.run (lock, worker exchange),
         # as the service reports it in duration_ms; the rest is HTTP, routing, replies.
@@ -184,6 +165,28 @@ def measure_round_trips(
         "jupyter": summary(samples["jupyter"]) if samples["jupyter"] else None,
     }
     return result
+
+
+def measure_bare_worker_floor(counts: Counts, empty_url: str) -> dict[str, Any]:
+    """The bare worker's round trip beside the empty endpoint's, alternating.
+
+    A rotation of its own, so that adding this anchor leaves the judged round trips as
+    they were measured: every side in a rotation runs with caches the others evicted.
+    """
+    empty = empty_endpoint(empty_url)
+    bare = bare_worker(empty_url, 0)
+    samples: dict[str, list[float]] = {"empty": [], "bare_worker": []}
+    try:
+        for index in range(counts.warmup + counts.round_trips):
+            order = [("empty", empty), ("bare_worker", bare)]
+            for name, anchor in order[index % 2 :] + order[: index % 2]:
+                took = anchor.timed()
+                if index >= counts.warmup:
+                    samples[name].append(took)
+    finally:
+        empty.close()
+        bare.close()
+    return {name: summary(taken) for name, taken in samples.items()}
 
 
 # -- session starts -----------------------------------------------------------------------
@@ -659,10 +662,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     jupyter_idle["idle_uss_mb"] = _rounded(
                         uss_bytes([psutil.Process(kernel.pid)]) / MB, 2
                     )
-                log("round trips (empty endpoint, bare worker, CodeSherpa, Jupyter interleaved)")
+                log("round trips (empty endpoint, CodeSherpa, Jupyter interleaved)")
                 results["round_trip"] = measure_round_trips(
                     counts, codesherpa.url, empty.url, kernel
                 )
+                log("round trips (empty endpoint and bare worker interleaved)")
+                results["bare_worker_floor"] = measure_bare_worker_floor(counts, empty.url)
                 if kernel is not None:
                     kernel.execute_until_result(jupyter_anchor.FIRST_RESULT)
                     time.sleep(0.5)
