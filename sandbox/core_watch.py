@@ -18,17 +18,16 @@ idle: its group through cpu.idle, its threads through the SCHED_IDLE policy
 idle too (``HeldSessions``).  A held session still gets one CPU's worth when nobody
 else wants it.
 
-Both are needed.  With the cpuset alone, a neighbour's worker that last ran on the
-held core is woken there, and a sched_switch trace showed it waiting 1-4.5 ms for the
-bomb's task to finish its slice (a neighbour p99 of 3.4-5.9 ms in the diagnostic
-harness).  An idle group's task yields to a sibling group's task on wakeup; with both,
-the p99 was 1.4-1.7 ms (1.0-1.7 ms idle), and with cpu.idle alone 4.2-4.4 ms.  The
-kernel compares a task outside the sessions' parent, such as the service, with that
-parent group rather than with the idle session, so the service still waited out the
-bomb's slices on wakeup, and lost the core to the parent group once its own slice was
-used; a SCHED_IDLE task yields to any task on wakeup, and an idle parent to any task
-outside it.  The harness's p99 beside a fork bomb was 2.0-4.7 ms without either, 1.9,
-2.1 and 4.4 ms with the policy alone, and 2.2, 2.0 and 1.6 ms with both.
+Each step closed a wait that a sched_switch trace of the diagnostic harness showed
+(800 neighbour runs beside a fork bomb, p99; idle 0.9-1.7 ms):
+  1. With the cpuset alone (3.4-5.9 ms), a neighbour's worker that last ran on the held
+     core was woken there and waited 1-4.5 ms for the bomb's task to finish its slice.
+     A task of a sibling group preempts an idle group's task on wakeup (1.4-4.7 ms).
+  2. The service, woken on that core, did not: the kernel compares a task outside the
+     sessions' parent group with the parent, not with the idle group inside it.  Any
+     task preempts a SCHED_IDLE one (1.5-4.4 ms).
+  3. The service then lost the core to the parent group once its own 0.1 ms slice was
+     used.  An idle parent yields to every task outside it (1.6-2.2 ms, 3 runs).
 
 The session gets every core and its weight back once it uses less than
 ``RELEASE_BELOW_CPUS`` over ``RELEASE_WINDOW_S``, even after its run has ended; the long
