@@ -77,6 +77,7 @@ _POLL_S = 0.005
 # Passes over a group's threads when switching their policy: enough for threads that
 # fork while the first pass runs (a pass takes well under a millisecond).
 _POLICY_PASSES = 5
+_CAP_SYS_NICE = 23  # include/uapi/linux/capability.h
 
 _MB = 1024 * 1024
 _SESSION_KEY = re.compile(r"[A-Za-z0-9_-]{1,128}")
@@ -467,7 +468,9 @@ class CgroupVersion(ABC):
                 _write(group / self.weight_file, self.weight)
             switched = True
         threads = self.trees["pids"].session_dir(key) / self.threads_file
-        if threads.exists():
+        # Only what the service can undo: giving a thread SCHED_OTHER back takes
+        # CAP_SYS_NICE, since the session's own RLIMIT_NICE is 0.
+        if threads.exists() and (not demoted or _may_restore_policies()):
             _set_policy(threads, os.SCHED_IDLE if demoted else os.SCHED_OTHER)
             switched = True
         return switched
@@ -737,6 +740,18 @@ def _prepare_v1_cpuset(tree: Tree) -> None:
             if not _read(group / filename).strip():
                 _write(group / filename, _read(above / filename).strip())
     _write(tree.directory(tree.parent_path) / "cgroup.clone_children", "1")
+
+
+def _may_restore_policies() -> bool:
+    """Whether this process holds CAP_SYS_NICE, which a thread's way out of SCHED_IDLE
+    takes when its own RLIMIT_NICE is 0."""
+    try:
+        for line in _read(Path("/proc/self/status")).splitlines():
+            if line.startswith("CapEff:"):
+                return bool(int(line.split()[1], 16) >> _CAP_SYS_NICE & 1)
+    except (OSError, ValueError, IndexError):
+        pass
+    return False
 
 
 def _set_policy(threads: Path, policy: int) -> None:

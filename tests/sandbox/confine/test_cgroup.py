@@ -291,6 +291,28 @@ def test_a_session_can_be_put_behind_every_other_task_and_given_its_weight_back(
     assert killed_by_sigkill(wait_for_exit(pid))
 
 
+def test_a_service_that_could_not_undo_sched_idle_does_not_set_it(
+    key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def body(fd: int) -> None:
+        apply_and_report(key, fd)
+        time.sleep(30)
+
+    pid, fd = fork_child(body)
+    assert read_report(fd)["active"]
+    version = cgroup.select_version(PARENT)
+    assert isinstance(version, cgroup.CgroupVersion)
+    # Without CAP_SYS_NICE the release could not give SCHED_OTHER back.
+    monkeypatch.setattr(cgroup, "_may_restore_policies", lambda: False)
+
+    version.demote(key, True)
+    assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+    version.demote(key, False)
+
+    cgroup.kill_and_remove(key, PARENT)
+    assert killed_by_sigkill(wait_for_exit(pid))
+
+
 def test_cpu_lists_are_read_and_the_first_core_left_free() -> None:
     assert cgroup.parse_cpu_list("0-3,6\n") == [0, 1, 2, 3, 6]
     assert cgroup.all_cores_but_the_first("0-3,6") == "1,2,3,6"
