@@ -72,8 +72,11 @@ def add_route(app: FastAPI, channels: list[socket.socket]) -> None:
     async def bare(worker: int, cell: Cell) -> Response:
         if not 0 <= worker < len(channels):
             raise HTTPException(404, f"worker: 0 to {len(channels) - 1}")
+        message = json.dumps(cell.code).encode()
+        if len(message) > _MESSAGE_SIZE:
+            raise HTTPException(413, f"code: at most {_MESSAGE_SIZE} bytes as JSON")
         loop = asyncio.get_running_loop()
         async with locks[worker]:
-            await loop.sock_sendall(channels[worker], json.dumps(cell.code).encode())
+            await loop.sock_sendall(channels[worker], message)
             reply = await loop.sock_recv(channels[worker], _MESSAGE_SIZE)
         return Response(reply, media_type="application/json")
