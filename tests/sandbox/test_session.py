@@ -294,7 +294,8 @@ def _allowed_cores(pid: int) -> list[int]:
 def _is_idle(session: Session) -> bool | None:
     """Whether the session is put behind the others (None: no cpu.idle here).
 
-    Its group's cpu.idle and its worker's scheduling policy must say the same.
+    Its group's cpu.idle and its worker's scheduling policy must say the same, where the
+    service may change policies.
     """
     assert session.worker is not None
     version = cgroup.select_version(session.worker.cgroup_parent)
@@ -304,7 +305,8 @@ def _is_idle(session: Session) -> bool | None:
     if path is None or not path.exists():
         return None
     group_idle = path.read_text().strip() == "1"
-    assert (os.sched_getscheduler(session.worker.pid) == os.SCHED_IDLE) == group_idle
+    if cgroup._may_restore_policies():  # else the service leaves policies alone
+        assert (os.sched_getscheduler(session.worker.pid) == os.SCHED_IDLE) == group_idle
     return group_idle
 
 
