@@ -216,12 +216,13 @@ for name, call in {
 async def test_a_session_put_behind_the_others_cannot_leave_sched_idle(
     neighbour: Neighbour, session: Session
 ) -> None:
+    if not cgroup._may_restore_policies():
+        pytest.skip("without CAP_SYS_NICE the service sets no SCHED_IDLE")
     worker = worker_of(session)
     version = cgroup.select_version(worker.cgroup_parent)
     assert isinstance(version, cgroup.CgroupVersion)
     # What the core watch does to a session that fills every core.
     assert version.demote(worker.session_key, True)
-    assert psutil.Process(worker.pid).as_dict(["pid"])  # still there
     assert os.sched_getscheduler(worker.pid) == os.SCHED_IDLE
 
     outcome = await session.run_python(LEAVE_SCHED_IDLE)
