@@ -43,7 +43,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from sandbox.confine.cgroup import CgroupVersion, CpuPressure
+from sandbox.confine.cgroup import CgroupVersion, CpuPressure, may_restore_policies
 
 log = logging.getLogger("codesherpa")
 
@@ -189,6 +189,12 @@ class CoreWatch:
         self.confined = confined
         if confined and self._held_under is None:
             self._held_under = HELD_SESSIONS.hold(version, key)
+            if not may_restore_policies():
+                log.warning(
+                    "the service lacks CAP_SYS_NICE: session group %s keeps its threads' "
+                    "scheduling policy (SCHED_IDLE could not be taken back)",
+                    key,
+                )
         elif not confined:
             self._unhold()
         where = "keeps its cores" if cores is None else f"runs on cores {cores}"

@@ -470,7 +470,7 @@ class CgroupVersion(ABC):
         threads = self.trees["pids"].session_dir(key) / self.threads_file
         # Only what the service can undo: giving a thread SCHED_OTHER back takes
         # CAP_SYS_NICE, since the session's own RLIMIT_NICE is 0.
-        if threads.exists() and (not demoted or _may_restore_policies()):
+        if threads.exists() and (not demoted or may_restore_policies()):
             _set_policy(threads, os.SCHED_IDLE if demoted else os.SCHED_OTHER)
             switched = True
         return switched
@@ -742,7 +742,7 @@ def _prepare_v1_cpuset(tree: Tree) -> None:
     _write(tree.directory(tree.parent_path) / "cgroup.clone_children", "1")
 
 
-def _may_restore_policies() -> bool:
+def may_restore_policies() -> bool:
     """Whether this process holds CAP_SYS_NICE, which a thread's way out of SCHED_IDLE
     takes when its own RLIMIT_NICE is 0."""
     try:

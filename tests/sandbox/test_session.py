@@ -305,7 +305,7 @@ def _is_idle(session: Session) -> bool | None:
     if path is None or not path.exists():
         return None
     group_idle = path.read_text().strip() == "1"
-    if cgroup._may_restore_policies():  # else the service leaves policies alone
+    if cgroup.may_restore_policies():  # else the service leaves policies alone
         assert (os.sched_getscheduler(session.worker.pid) == os.SCHED_IDLE) == group_idle
     return group_idle
 

@@ -216,7 +216,7 @@ for name, call in {
 async def test_a_session_put_behind_the_others_cannot_leave_sched_idle(
     neighbour: Neighbour, session: Session
 ) -> None:
-    if not cgroup._may_restore_policies():
+    if not cgroup.may_restore_policies():
         pytest.skip("without CAP_SYS_NICE the service sets no SCHED_IDLE")
     worker = worker_of(session)
     version = cgroup.select_version(worker.cgroup_parent)

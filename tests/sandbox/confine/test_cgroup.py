@@ -303,7 +303,7 @@ def test_a_service_that_could_not_undo_sched_idle_does_not_set_it(
     version = cgroup.select_version(PARENT)
     assert isinstance(version, cgroup.CgroupVersion)
     # Without CAP_SYS_NICE the release could not give SCHED_OTHER back.
-    monkeypatch.setattr(cgroup, "_may_restore_policies", lambda: False)
+    monkeypatch.setattr(cgroup, "may_restore_policies", lambda: False)
 
     version.demote(key, True)
     assert os.sched_getscheduler(pid) == os.SCHED_OTHER
