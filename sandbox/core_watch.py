@@ -175,6 +175,12 @@ class CoreWatch:
             self._confine(True, f"throttled {throttled:.0%} of the last {at - then:.2f} s")
         elif self.confined and used < RELEASE_BELOW_CPUS:
             self._confine(False, f"used {used:.2f} CPU over the last {at - then:.2f} s")
+        elif self.confined:
+            # Still held: threads a lineage forking without pause kept out of SCHED_IDLE
+            # get it now.
+            version, key = self._version, self._key
+            if version is not None:
+                self._attempt(lambda: version.demote(key, True))
 
     def _confine(self, confined: bool, why: str) -> None:
         assert self._version is not None
@@ -185,6 +191,7 @@ class CoreWatch:
         if cores is None and not demoted:
             self._version = None  # neither a cpuset nor cpu.idle here: stop trying
             self.confined = False
+            self._unhold()
             return
         self.confined = confined
         if confined and self._held_under is None:

@@ -183,6 +183,9 @@ class WorkerHandle:
 
     async def cleanup(self) -> None:
         """Kill the worker (its PID namespace dies with it), reap it, close everything."""
+        # Before anything that awaits: a cancelled cleanup must not leave others idle.
+        if self._cores is not None:
+            self._cores.close()
         self.kill()
         with contextlib.suppress(TimeoutError):
             await self.wait(timeout=5)
@@ -194,8 +197,6 @@ class WorkerHandle:
         _held.discard(self.pid)
         if self._oom_counter is not None:
             self._oom_counter.close()
-        if self._cores is not None:
-            self._cores.close()
         version = self._cgroup()
         if version is not None:
             with contextlib.suppress(OSError):

@@ -459,20 +459,24 @@ class CgroupVersion(ABC):
         Returns False if this host has neither switch.
         """
         switched = False
-        cpu = self.trees.get("cpu")
-        if cpu is not None and (cpu.session_dir(key) / "cpu.idle").exists():
-            group = cpu.session_dir(key)
-            _write(group / "cpu.idle", "1" if demoted else "0")
-            if not demoted:
-                # Leaving idle sets the kernel's default weight, not the one written before.
-                _write(group / self.weight_file, self.weight)
-            switched = True
         threads = self.trees["pids"].session_dir(key) / self.threads_file
-        # Only what the service can undo: giving a thread SCHED_OTHER back takes
-        # CAP_SYS_NICE, since the session's own RLIMIT_NICE is 0.
-        if threads.exists() and (not demoted or may_restore_policies()):
-            _set_policy(threads, os.SCHED_IDLE if demoted else os.SCHED_OTHER)
-            switched = True
+        cpu = self.trees.get("cpu")
+        try:
+            if cpu is not None and (cpu.session_dir(key) / "cpu.idle").exists():
+                group = cpu.session_dir(key)
+                _write(group / "cpu.idle", "1" if demoted else "0")
+                if not demoted:
+                    # Leaving idle sets the kernel's default weight, not the one written.
+                    _write(group / self.weight_file, self.weight)
+                switched = True
+        finally:
+            # Even when the group's switch failed: a release must not leave threads idle.
+            # Only what the service can undo: giving a thread SCHED_OTHER back takes
+            # CAP_SYS_NICE, since the session's own RLIMIT_NICE is 0.
+            if threads.exists() and (not demoted or may_restore_policies()):
+                switched = (
+                    _set_policy(threads, os.SCHED_IDLE if demoted else os.SCHED_OTHER) or switched
+                )
         return switched
 
     def sessions_cpu_group(self) -> Path | None:
@@ -754,27 +758,38 @@ def may_restore_policies() -> bool:
     return False
 
 
-def _set_policy(threads: Path, policy: int) -> None:
+def _set_policy(threads: Path, policy: int) -> bool:
     """Give every thread listed in a group's threads file the scheduling policy.
 
+    Returns False if the kernel refused a switch (the caller lacks the privilege).
     A thread started from one not yet switched keeps the old policy, so the list is
-    read again until a pass finds nothing left to switch.  Each id is switched within
-    microseconds of being read from the group's own list; reusing it for a thread
-    elsewhere would take the whole pid space to wrap around in between.
+    read again until a pass finds nothing left to switch, nor a thread that ended
+    under it; a lineage that forks and exits without pause may still keep a few
+    threads out, which every later check switches again.  A listed 0 (a thread exiting
+    as v2 lists it) is skipped: to the scheduler calls it means the service's own
+    thread.  Ids are read and used in the service's pid namespace; reusing one for a
+    thread elsewhere between the read and the switch would take the pid space to wrap.
     """
     for _ in range(_POLICY_PASSES):
-        switched = 0
+        changing = 0
         try:
             listed = _read(threads).split()
         except OSError:  # the group is gone, and its threads with it
-            return
+            return True
         for thread in map(int, listed):
-            with contextlib.suppress(OSError):  # ended since the list was read
+            if thread <= 0:
+                continue
+            try:
                 if os.sched_getscheduler(thread) != policy:
                     os.sched_setscheduler(thread, policy, os.sched_param(0))
-                    switched += 1
-        if not switched:
-            return
+                    changing += 1
+            except ProcessLookupError:  # ended since the list was read: look again
+                changing += 1
+            except PermissionError:
+                return False
+        if not changing:
+            return True
+    return True
 
 
 def _kill_if_member(pid: int, memberships: frozenset[tuple[str, str]]) -> None:

@@ -21,6 +21,8 @@ def limits_for(spec: WorkerSpec) -> dict[int, int]:
         # No raising of its own priority, which also keeps a session the core watch made
         # SCHED_IDLE from switching itself back (sched_setscheduler checks this limit).
         resource.RLIMIT_NICE: 0,
+        # No real-time policy either (SCHED_FIFO, SCHED_RR), whatever the service inherited.
+        resource.RLIMIT_RTPRIO: 0,
         # Counted per uid: it bounds a session only once the session has its own uid.
         resource.RLIMIT_NPROC: limits.processes,
         # Address space is a coarse stand-in for the cgroup's memory limit; it also turns
@@ -36,5 +38,5 @@ def apply(spec: WorkerSpec) -> LayerStatus:
             value = min(value, hard)
         resource.setrlimit(kind, (value, value))
     return LayerStatus(
-        "rlimits", True, "cpu, address space, nproc, nofile, fsize, stack; core and nice 0"
+        "rlimits", True, "cpu, address space, nproc, nofile, fsize, stack; core, nice and rtprio 0"
     )

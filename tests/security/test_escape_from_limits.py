@@ -110,7 +110,8 @@ class Limit(ctypes.Structure):
 
 results = {}
 for name in ("RLIMIT_CPU", "RLIMIT_AS", "RLIMIT_NPROC", "RLIMIT_NOFILE",
-             "RLIMIT_FSIZE", "RLIMIT_CORE", "RLIMIT_STACK", "RLIMIT_NICE"):
+             "RLIMIT_FSIZE", "RLIMIT_CORE", "RLIMIT_STACK", "RLIMIT_NICE",
+             "RLIMIT_RTPRIO"):
     kind = getattr(resource, name)
     soft, hard = resource.getrlimit(kind)
     higher = resource.RLIM_INFINITY
@@ -146,6 +147,7 @@ LIMIT_ROWS = (
     "Max file size",
     "Max core file size",
     "Max nice priority",
+    "Max realtime priority",
 )
 
 
@@ -176,6 +178,7 @@ async def test_raising_rlimits_above_the_hard_limit_fails_and_the_limits_stay(
         "Max file size": limits.file_size_mb * MB,
         "Max core file size": 0,
         "Max nice priority": 0,
+        "Max realtime priority": 0,
     }
     pid = worker_of(session).pid
     before = host_view_of_rlimits(pid)
@@ -185,7 +188,7 @@ async def test_raising_rlimits_above_the_hard_limit_fails_and_the_limits_stay(
 
     assert outcome.reply.status == "ok", outcome.reply.error
     results = eval(outcome.reply.value or "{}")  # a dict of lists, tuples and str
-    assert len(results) == 8
+    assert len(results) == 9
     for name, (attempts, unchanged) in results.items():
         assert "raised" not in attempts, name
         assert set(attempts) <= {"ValueError", "PermissionError", "EPERM"}, (name, attempts)

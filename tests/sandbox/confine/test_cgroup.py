@@ -313,6 +313,20 @@ def test_a_service_that_could_not_undo_sched_idle_does_not_set_it(
     assert killed_by_sigkill(wait_for_exit(pid))
 
 
+def test_a_zero_in_a_threads_list_never_switches_the_service_itself(tmp_path: Path) -> None:
+    # cgroup v2 may list a thread that is exiting as 0, which the scheduler calls read
+    # as "the calling thread".
+    if not cgroup.may_restore_policies():
+        pytest.skip("needs CAP_SYS_NICE to undo a regression")
+    threads = tmp_path / "cgroup.threads"
+    threads.write_text("0\n")
+    try:
+        assert cgroup._set_policy(threads, os.SCHED_IDLE)
+        assert os.sched_getscheduler(0) == os.SCHED_OTHER
+    finally:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+
+
 def test_cpu_lists_are_read_and_the_first_core_left_free() -> None:
     assert cgroup.parse_cpu_list("0-3,6\n") == [0, 1, 2, 3, 6]
     assert cgroup.all_cores_but_the_first("0-3,6") == "1,2,3,6"
