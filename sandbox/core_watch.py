@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -55,16 +56,22 @@ RELEASE_BELOW_CPUS = 0.25
 _Result = TypeVar("_Result")
 
 
+def _core_count() -> int:
+    return len(os.sched_getaffinity(0))
+
+
 class HeldSessions:
     """The sessions held now, by parent group: a parent is idle while it holds any.
 
     A held session's group is idle among its siblings, but the kernel compares tasks
     outside the sessions' parent with the parent as a whole (CgroupVersion.
-    demote_all_sessions).  Only while a session is held, because an idle parent makes
-    every core that runs only session code look free to the scheduler, and a woken
-    neighbour's worker placed beside a busy sibling that is not held waits out that
-    sibling's slice: with the parent idle all the time, the CPU-burn neighbour's p99
-    rose to 3.9 times idle in a bench run.
+    demote_all_sessions).  Only while a held session would still fill every core,
+    because an idle parent makes every core that runs only session code look free to
+    the scheduler, and a woken neighbour's worker placed beside a busy sibling that is
+    not held waits out that sibling's slice: with the parent idle all the time, the
+    CPU-burn neighbour's p99 rose to 3.9 times idle in a bench run.  A session that
+    stays busy stays held, so CoreWatch counts it here only while it has as many
+    runnable threads as the service has cores.
     """
 
     def __init__(self) -> None:
@@ -129,6 +136,10 @@ class CoreWatch:
             self._timer = None
         self._unhold()
 
+    def _hold(self, version: CgroupVersion) -> None:
+        if self._held_under is None:
+            self._held_under = HELD_SESSIONS.hold(version, self._key)
+
     def _unhold(self) -> None:
         if self._held_under is not None:
             HELD_SESSIONS.release(self._releaser, self._held_under, self._key)
@@ -181,6 +192,14 @@ class CoreWatch:
             version, key = self._version, self._key
             if version is not None:
                 self._attempt(lambda: version.demote(key, True))
+                # The parent stays idle only while the session would still fill every
+                # core: a held session down to one busy process must not keep the other
+                # sessions idle for as long as it likes (see HeldSessions).  Its quota no
+                # longer tells, once it is held to fewer cores than that quota covers.
+                if version.runnable_threads(key) >= _core_count():
+                    self._hold(version)
+                else:
+                    self._unhold()
 
     def _confine(self, confined: bool, why: str) -> None:
         assert self._version is not None
@@ -194,15 +213,15 @@ class CoreWatch:
             self._unhold()
             return
         self.confined = confined
-        if confined and self._held_under is None:
-            self._held_under = HELD_SESSIONS.hold(version, key)
+        if confined:
+            self._hold(version)
             if not may_restore_policies():
                 log.warning(
                     "the service lacks CAP_SYS_NICE: session group %s keeps its threads' "
                     "scheduling policy (SCHED_IDLE could not be taken back)",
                     key,
                 )
-        elif not confined:
+        else:
             self._unhold()
         where = "keeps its cores" if cores is None else f"runs on cores {cores}"
         rank = "weight unchanged" if not demoted else "idle" if confined else "equal weight"

@@ -479,6 +479,20 @@ class CgroupVersion(ABC):
                 )
         return switched
 
+    def runnable_threads(self, key: str) -> int:
+        """How many of the session's threads are running or waiting for a CPU now."""
+        try:
+            listed = _read(self.trees["pids"].session_dir(key) / self.threads_file).split()
+        except OSError:
+            return 0
+        runnable = 0
+        for thread in listed:
+            with contextlib.suppress(OSError, IndexError):  # ended since the list was read
+                # The state follows the command name, which may itself hold ") ".
+                stat = _read(Path(f"/proc/{int(thread)}/stat"))
+                runnable += stat[stat.rindex(")") + 2] == "R"
+        return runnable
+
     def sessions_cpu_group(self) -> Path | None:
         """The sessions' parent group in the cpu tree, if this host has one."""
         cpu = self.trees.get("cpu")

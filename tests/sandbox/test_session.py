@@ -407,6 +407,41 @@ async def test_busy_processes_a_run_left_running_are_held_to_all_cores_but_one(
         assert (parent / "cpu.idle").read_text().strip() == "0"
 
 
+SPINNERS_THEN_ONE = (
+    "import os, time\n"
+    "for _ in range(3):\n"
+    "    if os.fork() == 0:\n"
+    "        end = time.monotonic() + 1.0\n"
+    "        while time.monotonic() < end:\n"
+    "            pass\n"
+    "        os._exit(0)\n"
+    "if os.fork() == 0:\n"
+    "    while True:\n"
+    "        pass\n"
+    "'started'"
+)
+
+
+async def test_a_held_session_down_to_one_busy_process_gives_the_others_their_place_back(
+    session: Session,
+) -> None:
+    _skip_unless_cores_can_be_held(session)
+    if _is_idle(session) is None or _all_sessions_idle(session) is None:
+        pytest.skip("no cpu.idle here")
+    assert (await session.run_python(SPINNERS_THEN_ONE)).reply.value == "'started'"
+    # Four busy processes for a second, then one for good: the session is held all along
+    # (it keeps using a CPU), but the other sessions are idle only while it has enough
+    # runnable threads to fill every core.
+    seen = []
+    for _ in range(200):
+        seen.append((_is_idle(session), _all_sessions_idle(session)))
+        if (True, True) in seen and seen[-1] == (True, False):
+            break
+        await asyncio.sleep(0.05)
+    assert (True, True) in seen
+    assert seen[-1] == (True, False)
+
+
 async def test_closing_a_session_ends_every_process_it_started(zygote: ZygoteClient) -> None:
     session = await Session.start(zygote)
     uid = session.worker.uid if session.worker else None

@@ -327,6 +327,29 @@ def test_a_zero_in_a_threads_list_never_switches_the_service_itself(tmp_path: Pa
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
 
 
+def test_the_runnable_threads_of_a_session_are_counted(key: str) -> None:
+    def body(fd: int) -> None:
+        apply_and_report(key, fd)
+        while True:
+            pass
+
+    pid, fd = fork_child(body)
+    assert read_report(fd)["active"]
+    version = cgroup.select_version(PARENT)
+    assert isinstance(version, cgroup.CgroupVersion)
+
+    assert version.runnable_threads(key) == 1
+    os.kill(pid, signal.SIGSTOP)
+    for _ in range(100):  # until the stop has landed
+        if version.runnable_threads(key) == 0:
+            break
+        time.sleep(0.01)
+    assert version.runnable_threads(key) == 0
+
+    cgroup.kill_and_remove(key, PARENT)
+    assert killed_by_sigkill(wait_for_exit(pid))
+
+
 def test_cpu_lists_are_read_and_the_first_core_left_free() -> None:
     assert cgroup.parse_cpu_list("0-3,6\n") == [0, 1, 2, 3, 6]
     assert cgroup.all_cores_but_the_first("0-3,6") == "1,2,3,6"
