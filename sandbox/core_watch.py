@@ -14,9 +14,9 @@ the first interval on.  A session throttled for more than ``THROTTLED_SHARE`` of
 time (on two cores, a single busy process is throttled for about 7% of it, four busy
 processes for about 100%) is held to every core but the first (a cpuset), and is made
 idle: its group through cpu.idle, its threads through the SCHED_IDLE policy
-(``CgroupVersion.demote``).  While any session is held, the sessions' parent group is
-idle too (``HeldSessions``).  A held session still gets one CPU's worth when nobody
-else wants it.
+(``CgroupVersion.demote``).  While a held session has as many runnable threads as the
+service has cores, the sessions' parent group is idle too (``HeldSessions``).  A held
+session still gets one CPU's worth when nobody else wants it.
 
 Each step closed a wait that a sched_switch trace of the diagnostic harness showed
 (800 neighbour runs beside a fork bomb, p99; idle 0.9-1.7 ms):
@@ -61,7 +61,7 @@ def _core_count() -> int:
 
 
 class HeldSessions:
-    """The sessions held now, by parent group: a parent is idle while it holds any.
+    """Sessions that fill every core, by parent group: a parent is idle while it has any.
 
     A held session's group is idle among its siblings, but the kernel compares tasks
     outside the sessions' parent with the parent as a whole (CgroupVersion.
