@@ -230,87 +230,84 @@ def allowed_cores(pid: int) -> str:
     raise AssertionError(f"no Cpus_allowed_list for {pid}")
 
 
-def test_a_session_can_be_held_to_every_core_but_the_first_and_given_them_back(
-    key: str,
-) -> None:
+@contextlib.contextmanager
+def session_member(
+    key: str, *, spinning: bool = False
+) -> Iterator[tuple[int, cgroup.CgroupVersion]]:
+    """A child in the session's groups, sleeping or spinning, and this host's version.
+
+    The session is ended when the block leaves, and the child must die by SIGKILL.
+    """
+
     def body(fd: int) -> None:
         apply_and_report(key, fd)
+        if spinning:
+            while True:
+                pass
         time.sleep(30)
 
     pid, fd = fork_child(body)
-    assert read_report(fd)["active"]
-    version = cgroup.select_version(PARENT)
-    assert isinstance(version, cgroup.CgroupVersion)
-    if version.cpuset_file(key) is None:
-        pytest.skip("no cpuset for session groups on this host")
-    cores = cgroup.parse_cpu_list(allowed_cores(pid))
-    if len(cores) < 2:
-        pytest.skip("one core: none to keep free")
-
-    held = version.confine_cores(key, True)
-    assert cgroup.parse_cpu_list(allowed_cores(pid)) == cores[1:]
-    assert held is not None
-    assert cgroup.parse_cpu_list(held) == cores[1:]
-    version.confine_cores(key, False)
-    assert cgroup.parse_cpu_list(allowed_cores(pid)) == cores
-
-    cgroup.kill_and_remove(key, PARENT)
+    try:
+        assert read_report(fd)["active"]
+        version = cgroup.select_version(PARENT)
+        assert isinstance(version, cgroup.CgroupVersion)
+        yield pid, version
+    finally:
+        cgroup.kill_and_remove(key, PARENT)
     assert killed_by_sigkill(wait_for_exit(pid))
+
+
+def test_a_session_can_be_held_to_every_core_but_the_first_and_given_them_back(
+    key: str,
+) -> None:
+    with session_member(key) as (pid, version):
+        if version.cpuset_file(key) is None:
+            pytest.skip("no cpuset for session groups on this host")
+        cores = cgroup.parse_cpu_list(allowed_cores(pid))
+        if len(cores) < 2:
+            pytest.skip("one core: none to keep free")
+
+        held = version.confine_cores(key, True)
+        assert cgroup.parse_cpu_list(allowed_cores(pid)) == cores[1:]
+        assert held is not None
+        assert cgroup.parse_cpu_list(held) == cores[1:]
+        version.confine_cores(key, False)
+        assert cgroup.parse_cpu_list(allowed_cores(pid)) == cores
 
 
 def test_a_session_can_be_put_behind_every_other_task_and_given_its_weight_back(
     key: str,
 ) -> None:
-    def body(fd: int) -> None:
-        apply_and_report(key, fd)
-        time.sleep(30)
+    with session_member(key) as (pid, version):
+        cpu = version.trees.get("cpu")
+        if cpu is None or not (cpu.session_dir(key) / "cpu.idle").exists():
+            pytest.skip("no cpu.idle for session groups on this host (Linux 5.15+)")
+        group = cpu.session_dir(key)
+        assert pid in version.members([group])
+        # A weight other than the kernel's default, to see that the session gets it back.
+        version.weight = str(int(version.weight) // 2)
+        (group / version.weight_file).write_text(version.weight)
 
-    pid, fd = fork_child(body)
-    assert read_report(fd)["active"]
-    version = cgroup.select_version(PARENT)
-    assert isinstance(version, cgroup.CgroupVersion)
-    cpu = version.trees.get("cpu")
-    if cpu is None or not (cpu.session_dir(key) / "cpu.idle").exists():
-        pytest.skip("no cpu.idle for session groups on this host (Linux 5.15+)")
-    group = cpu.session_dir(key)
-    assert pid in version.members([group])
-    # A weight other than the kernel's default, to see that the session gets it back.
-    version.weight = str(int(version.weight) // 2)
-    (group / version.weight_file).write_text(version.weight)
-
-    assert version.demote(key, True)
-    assert (group / "cpu.idle").read_text().strip() == "1"
-    assert (group / version.weight_file).read_text().strip() != version.weight
-    assert os.sched_getscheduler(pid) == os.SCHED_IDLE
-    assert version.demote(key, False)
-    assert (group / "cpu.idle").read_text().strip() == "0"
-    assert (group / version.weight_file).read_text().strip() == version.weight
-    assert os.sched_getscheduler(pid) == os.SCHED_OTHER
-
-    cgroup.kill_and_remove(key, PARENT)
-    assert killed_by_sigkill(wait_for_exit(pid))
+        assert version.demote(key, True)
+        assert (group / "cpu.idle").read_text().strip() == "1"
+        assert (group / version.weight_file).read_text().strip() != version.weight
+        assert os.sched_getscheduler(pid) == os.SCHED_IDLE
+        assert version.demote(key, False)
+        assert (group / "cpu.idle").read_text().strip() == "0"
+        assert (group / version.weight_file).read_text().strip() == version.weight
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
 
 
 def test_a_service_that_could_not_undo_sched_idle_does_not_set_it(
     key: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def body(fd: int) -> None:
-        apply_and_report(key, fd)
-        time.sleep(30)
+    with session_member(key) as (pid, version):
+        # Without CAP_SYS_NICE the release could not give SCHED_OTHER back.
+        monkeypatch.setattr(cgroup, "may_restore_policies", lambda: False)
 
-    pid, fd = fork_child(body)
-    assert read_report(fd)["active"]
-    version = cgroup.select_version(PARENT)
-    assert isinstance(version, cgroup.CgroupVersion)
-    # Without CAP_SYS_NICE the release could not give SCHED_OTHER back.
-    monkeypatch.setattr(cgroup, "may_restore_policies", lambda: False)
-
-    version.demote(key, True)
-    assert os.sched_getscheduler(pid) == os.SCHED_OTHER
-    version.demote(key, False)
-
-    cgroup.kill_and_remove(key, PARENT)
-    assert killed_by_sigkill(wait_for_exit(pid))
+        version.demote(key, True)
+        assert os.sched_getscheduler(pid) == os.SCHED_OTHER
+        version.demote(key, False)
 
 
 def test_a_zero_in_a_threads_list_never_switches_the_service_itself(tmp_path: Path) -> None:
@@ -328,26 +325,14 @@ def test_a_zero_in_a_threads_list_never_switches_the_service_itself(tmp_path: Pa
 
 
 def test_the_runnable_threads_of_a_session_are_counted(key: str) -> None:
-    def body(fd: int) -> None:
-        apply_and_report(key, fd)
-        while True:
-            pass
-
-    pid, fd = fork_child(body)
-    assert read_report(fd)["active"]
-    version = cgroup.select_version(PARENT)
-    assert isinstance(version, cgroup.CgroupVersion)
-
-    assert version.runnable_threads(key) == 1
-    os.kill(pid, signal.SIGSTOP)
-    for _ in range(100):  # until the stop has landed
-        if version.runnable_threads(key) == 0:
-            break
-        time.sleep(0.01)
-    assert version.runnable_threads(key) == 0
-
-    cgroup.kill_and_remove(key, PARENT)
-    assert killed_by_sigkill(wait_for_exit(pid))
+    with session_member(key, spinning=True) as (pid, version):
+        assert version.runnable_threads(key) == 1
+        os.kill(pid, signal.SIGSTOP)
+        for _ in range(100):  # until the stop has landed
+            if version.runnable_threads(key) == 0:
+                break
+            time.sleep(0.01)
+        assert version.runnable_threads(key) == 0
 
 
 def test_cpu_lists_are_read_and_the_first_core_left_free() -> None:
