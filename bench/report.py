@@ -80,6 +80,14 @@ def _measure(results: dict[str, Any], key: str) -> tuple[float | None, str]:
     def ratio(a: float | None, b: float | None) -> float | None:
         return None if a is None or b in (None, 0) else round(a / b, 3)
 
+    def times(node: Any, side: str, base: str, field: str) -> tuple[float | None, str]:
+        a, b = _get(node, side, field), _get(node, base, field)
+        return ratio(a, b), f"{a} ms vs {b} ms"
+
+    def rates(side: str) -> tuple[float | None, str]:
+        a, b = _get(results, "throughput", side), _get(results, "throughput", "empty_rps")
+        return ratio(a, b), f"{a} vs {b} req/s"
+
     def hostile(phase: str, idle: str) -> tuple[float | None, str]:
         p99 = _get(neighbours, phase, "neighbour", "p99_ms")
         base = _get(neighbours, idle, "p99_ms")
@@ -91,40 +99,14 @@ def _measure(results: dict[str, Any], key: str) -> tuple[float | None, str]:
             ratio(start_jupyter, start),
             f"Jupyter {start_jupyter} ms / {start} ms",
         ),
-        "repl_p50_vs_empty": lambda: (
-            ratio(_get(trip, "codesherpa", "p50_ms"), _get(trip, "empty", "p50_ms")),
-            f"{_get(trip, 'codesherpa', 'p50_ms')} ms vs {_get(trip, 'empty', 'p50_ms')} ms",
-        ),
-        "repl_p99_vs_empty": lambda: (
-            ratio(_get(trip, "codesherpa", "p99_ms"), _get(trip, "empty", "p99_ms")),
-            f"{_get(trip, 'codesherpa', 'p99_ms')} ms vs {_get(trip, 'empty', 'p99_ms')} ms",
-        ),
-        "bare_worker_p50_vs_empty": lambda: (
-            ratio(_get(floor, "bare_worker", "p50_ms"), _get(floor, "empty", "p50_ms")),
-            f"{_get(floor, 'bare_worker', 'p50_ms')} ms vs {_get(floor, 'empty', 'p50_ms')} ms",
-        ),
-        "repl_p50_vs_jupyter": lambda: (
-            ratio(_get(trip, "codesherpa", "p50_ms"), _get(trip, "jupyter", "p50_ms")),
-            f"{_get(trip, 'codesherpa', 'p50_ms')} ms vs {_get(trip, 'jupyter', 'p50_ms')} ms",
-        ),
+        "repl_p50_vs_empty": lambda: times(trip, "codesherpa", "empty", "p50_ms"),
+        "repl_p99_vs_empty": lambda: times(trip, "codesherpa", "empty", "p99_ms"),
+        "bare_worker_p50_vs_empty": lambda: times(floor, "bare_worker", "empty", "p50_ms"),
+        "repl_p50_vs_jupyter": lambda: times(trip, "codesherpa", "jupyter", "p50_ms"),
         "idle_uss_vs_4mb": lambda: (ratio(uss, 4.0), f"{uss} MB"),
         "idle_uss_vs_jupyter": lambda: (ratio(uss, uss_jupyter), f"{uss} MB vs {uss_jupyter} MB"),
-        "throughput_vs_empty": lambda: (
-            ratio(
-                _get(results, "throughput", "codesherpa_rps"),
-                _get(results, "throughput", "empty_rps"),
-            ),
-            f"{_get(results, 'throughput', 'codesherpa_rps')} vs "
-            f"{_get(results, 'throughput', 'empty_rps')} req/s",
-        ),
-        "bare_worker_throughput_vs_empty": lambda: (
-            ratio(
-                _get(results, "throughput", "bare_worker_rps"),
-                _get(results, "throughput", "empty_rps"),
-            ),
-            f"{_get(results, 'throughput', 'bare_worker_rps')} vs "
-            f"{_get(results, 'throughput', 'empty_rps')} req/s",
-        ),
+        "throughput_vs_empty": lambda: rates("codesherpa_rps"),
+        "bare_worker_throughput_vs_empty": lambda: rates("bare_worker_rps"),
         "cpu_burn_neighbour_p99": lambda: hostile("cpu_burn", "idle_before_cpu_burn"),
         "fork_bomb_neighbour_p99": lambda: hostile("fork_bomb", "idle_before_fork_bomb"),
     }
