@@ -34,17 +34,18 @@ class PythonSession:
         filename = f"<cell-{self.execution_count}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         try:
-            tree = ast.parse(source, filename=filename, mode="exec")
-            last_expression = None
-            last = tree.body[-1] if tree.body else None
-            if isinstance(last, ast.Expr):
-                tree.body.pop()
-                last_expression = ast.Expression(last.value)
-            if tree.body:  # a cell of one expression has nothing else to run
-                exec(compile(tree, filename, "exec"), self.namespace)
-            if last_expression is None:
+            expression = _compile_expression(source, filename)
+            if expression is None:
+                tree = ast.parse(source, filename=filename, mode="exec")
+                last = tree.body[-1] if tree.body else None
+                if isinstance(last, ast.Expr):
+                    tree.body.pop()
+                    expression = compile(ast.Expression(last.value), filename, "eval")
+                if tree.body:
+                    exec(compile(tree, filename, "exec"), self.namespace)
+            if expression is None:
                 return CellOutcome()
-            value = eval(compile(last_expression, filename, "eval"), self.namespace)
+            value = eval(expression, self.namespace)
         except BaseException as exc:  # noqa: BLE001 - every user failure is a reply, even SystemExit
             return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
         if value is None:
@@ -54,6 +55,23 @@ class PythonSession:
             return CellOutcome(value=repr(value))
         except BaseException as exc:  # noqa: BLE001 - a broken __repr__ is the user's error
             return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
+
+
+def _compile_expression(source: str, filename: str) -> types.CodeType | None:
+    """The cell's code if the whole cell is one expression, else None.
+
+    Compiled straight from the source: going through ``ast.parse`` builds the tree as
+    Python objects and ``compile`` converts it back, which took most of a trivial
+    cell's time in the worker.  Exec mode refuses an indented first line that eval
+    mode would strip, so such a cell takes the statement path and fails there as it
+    always did.
+    """
+    if not source or source[0].isspace():
+        return None
+    try:
+        return compile(source, filename, "eval")
+    except SyntaxError:
+        return None  # statements (or a real syntax error, which exec mode reports)
 
 
 def _first_user_frame(tb: types.TracebackType | None) -> types.TracebackType | None:

@@ -58,3 +58,22 @@ def test_broken_repr_is_the_users_error() -> None:
         "class A:\n    def __repr__(self):\n        raise RuntimeError('no')\nA()"
     )
     assert outcome.exc_type == "RuntimeError"
+
+
+def test_a_cell_of_one_expression_runs_and_binds_underscore() -> None:
+    session = PythonSession()
+    assert session.run("(width := 6) * 7").value == "42"
+    assert session.namespace["width"] == 6
+    assert session.run("_ + 1").value == "43"
+
+
+def test_an_indented_first_line_is_refused_as_python_refuses_it() -> None:
+    outcome = PythonSession().run("  1 + 1")
+    assert outcome.exc_type == "IndentationError"
+
+
+def test_a_syntax_error_in_the_last_line_runs_nothing_of_the_cell() -> None:
+    session = PythonSession()
+    outcome = session.run("ran = True\n1 +")
+    assert outcome.exc_type == "SyntaxError"
+    assert "ran" not in session.namespace
