@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import signal
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
 
 from sandbox import ZygoteClient
 from sandbox.confine import cgroup
@@ -30,6 +32,18 @@ DESCRIPTION = (
     "CodeSherpa runs Python in a stateful, confined REPL and runs allowed terminal commands, "
     "one isolated worker per session."
 )
+
+
+class CodeSherpaApp(FastAPI):
+    """FastAPI behind the execution fast path, which serves valid runs before its stack."""
+
+    fast_path: ExecutionFastPath | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.fast_path is None:
+            await super().__call__(scope, receive, send)
+        else:
+            await self.fast_path(scope, receive, send)
 
 
 def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, str]) -> FastAPI:
@@ -71,7 +85,7 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
                 await asyncio.to_thread(cgroup.remove_all_sessions, serving.cgroup_parent)
             app.state.audit.close()
 
-    app = FastAPI(
+    app = CodeSherpaApp(
         title="CodeSherpa",
         version="0.1.0",
         description=DESCRIPTION,
@@ -93,8 +107,9 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     app.state.quotas = TenantQuotas(settings.rate_limit, settings.runs_at_once_per_tenant)
     install_error_handlers(app)
     upload_cap = zygote.policy.limits.workspace_mb * 1024 * 1024
-    # Added first, so it runs inside the body cap.
-    app.add_middleware(ExecutionFastPath)
+    app.fast_path = ExecutionFastPath(
+        app, functools.partial(FastAPI.__call__, app), settings.max_body_bytes
+    )
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, upload_max_bytes=upload_cap
     )

@@ -50,6 +50,13 @@ def api_error_response(request: Request, exc: ApiError) -> JSONResponse:
     )
 
 
+def internal_error_response() -> JSONResponse:
+    return JSONResponse(
+        error_body("internal error", "Retry once; if it persists, report it to the operator."),
+        status_code=500,
+    )
+
+
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
@@ -81,7 +88,4 @@ def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return JSONResponse(
-            error_body("internal error", "Retry once; if it persists, report it to the operator."),
-            status_code=500,
-        )
+        return internal_error_response()

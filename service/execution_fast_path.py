@@ -1,18 +1,22 @@
 """POST /repl and POST /command on a short path: a valid request skips FastAPI's machinery.
 
 py-spy on the service under the benchmark put FastAPI and Starlette at about a fifth of
-a trivial /repl's CPU: matching the path against every route, resolving the dependency,
-reading the body through a ``Request``, decoding the JSON and then validating it.  This
-middleware serves a POST to either route itself when the body is JSON its model accepts,
-with the routes' own dependency (``run_caller``) and functions (``run_python``,
-``run_command``), so the reply is the same bytes.  Anything else (another method or
-content type, a body the model refuses) goes on to FastAPI with the body replayed, so
-every error keeps the format FastAPI's handlers give it; the OpenAPI document still
-comes from the FastAPI routes.
+a trivial /repl's CPU: the middleware stack, matching the path against every route,
+resolving the dependency, reading the body through a ``Request``, decoding the JSON
+and then validating it, and a ``Response`` object for the reply.  This app stands in
+front of the whole FastAPI app and serves a POST to either route itself when the body
+is JSON its model accepts, with the routes' own dependency (``run_caller``) and
+functions (``run_python``, ``run_command``), so the reply is the same bytes.
+
+Anything else goes to FastAPI, with the body replayed when it was read: another method
+or path, a body not declared JSON, no Content-Length or one above the body cap (so the
+cap's middleware refuses it), a body the model refuses (so every error keeps the format
+FastAPI's handlers give it).  The OpenAPI document still comes from the FastAPI routes.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -22,11 +26,13 @@ from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.deps import run_caller
-from service.errors import ApiError, api_error_response
+from service.errors import ApiError, api_error_response, internal_error_response
 from service.registry import SessionRegistry
 from service.replies import Reply
 from service.routes.execution import run_command, run_python
 from service.schemas import CommandRequest, ReplRequest
+
+log = logging.getLogger("codesherpa")
 
 RouteFunction = Callable[[Request, Any, str, SessionRegistry, str | None], Awaitable[Reply]]
 
@@ -43,12 +49,18 @@ _ROUTES = {
 }
 
 
-def _declares_json(scope: Scope) -> bool:
+def _servable(scope: Scope, max_body_bytes: int) -> bool:
+    """Whether the headers declare a JSON body of a known length within the cap."""
+    json_declared = False
+    length: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"content-type":
-            media_type: bytes = value.split(b";", 1)[0].strip().lower()
-            return media_type == b"application/json"
-    return False
+            json_declared = value.split(b";", 1)[0].strip().lower() == b"application/json"
+        elif name == b"content-length":
+            length = value
+    return (
+        json_declared and length is not None and length.isdigit() and int(length) <= max_body_bytes
+    )
 
 
 async def _read_body(receive: Receive) -> bytes | None:
@@ -77,15 +89,22 @@ def _replay(body: bytes, receive: Receive) -> Receive:
 
 
 class ExecutionFastPath:
-    def __init__(self, app: ASGIApp) -> None:
+    """The ASGI app uvicorn calls: valid runs here, everything else to ``full_stack``.
+
+    ``app`` is the FastAPI app whose state the routes read (``Request.app``).
+    """
+
+    def __init__(self, app: ASGIApp, full_stack: ASGIApp, max_body_bytes: int) -> None:
         self.app = app
+        self.full_stack = full_stack
+        self.max_body_bytes = max_body_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None
         if scope["type"] == "http" and scope["method"] == "POST":
             route = _ROUTES.get(scope["path"])
-        if route is None or not _declares_json(scope):
-            await self.app(scope, receive, send)
+        if route is None or not _servable(scope, self.max_body_bytes):
+            await self.full_stack(scope, receive, send)
             return
         body = await _read_body(receive)
         if body is None:
@@ -93,15 +112,31 @@ class ExecutionFastPath:
         try:
             parsed = route.model.model_validate_json(body)
         except ValidationError:
-            await self.app(scope, _replay(body, receive), send)
+            await self.full_stack(scope, _replay(body, receive), send)
             return
+        scope["app"] = self.app  # as Starlette sets it, for Request.app
         request = Request(scope, receive)
+        started = False
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
         try:
-            caller = await run_caller(request)
-            reply = await route.run(
-                request, parsed, caller.tenant, caller.registry, caller.conversation
-            )
-            response = reply.response()
-        except ApiError as error:
-            response = api_error_response(request, error)
-        await response(scope, receive, send)
+            try:
+                caller = await run_caller(request)
+                reply = await route.run(
+                    request, parsed, caller.tenant, caller.registry, caller.conversation
+                )
+            except ApiError as error:
+                await api_error_response(request, error)(scope, receive, tracking_send)
+                return
+            for message in reply.asgi_messages():
+                await tracking_send(message)
+        except Exception:
+            # What FastAPI's outermost middleware would do: log it, answer 500 without
+            # the traceback if nothing was sent yet.
+            log.exception("unexpected error on POST %s", scope["path"])
+            if not started:
+                await internal_error_response()(scope, receive, send)

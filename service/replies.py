@@ -11,6 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Response
+from starlette.types import Message
 
 from sandbox import Policy, RunOutcome
 from sandbox.output import truncate_output
@@ -77,6 +78,18 @@ class Reply:
     def response(self) -> Response:
         # Sent as it was measured: FastAPI would validate and encode the model again.
         return Response(self.body, media_type="application/json")
+
+    def asgi_messages(self) -> tuple[Message, Message]:
+        """The response as the two ASGI messages that send it: what ``response`` sends."""
+        body = self.body.encode()
+        headers = [
+            (b"content-length", str(len(body)).encode()),
+            (b"content-type", b"application/json"),
+        ]
+        return (
+            {"type": "http.response.start", "status": 200, "headers": headers},
+            {"type": "http.response.body", "body": body},
+        )
 
 
 def build_reply(

@@ -30,9 +30,21 @@ class RecordingApp:
         await send({"type": "http.response.body", "body": b"from fastapi"})
 
 
-def _scope(method: str, path: str, content_type: bytes | None) -> Scope:
+CAP = 64 * 1024
+
+
+def _scope(method: str, path: str, content_type: bytes | None, length: int | None = None) -> Scope:
     headers = [] if content_type is None else [(b"content-type", content_type)]
+    if length is not None:
+        headers.append((b"content-length", str(length).encode()))
     return {"type": "http", "method": method, "path": path, "headers": headers}
+
+
+class RefusingReceive:
+    """A client whose body must never be read: FastAPI's stack is to read (or refuse) it."""
+
+    async def __call__(self) -> Message:
+        raise AssertionError("the fast path read a body it should have left alone")
 
 
 def _serve(scope: Scope, chunks: list[bytes]) -> tuple[RecordingApp, list[Message]]:
@@ -49,7 +61,7 @@ def _serve(scope: Scope, chunks: list[bytes]) -> tuple[RecordingApp, list[Messag
     async def send(message: Message) -> None:
         sent.append(message)
 
-    asyncio.run(ExecutionFastPath(inner)(scope, receive, send))
+    asyncio.run(ExecutionFastPath(inner, inner, CAP)(scope, receive, send))
     return inner, sent
 
 
@@ -65,7 +77,8 @@ def _serve(scope: Scope, chunks: list[bytes]) -> tuple[RecordingApp, list[Messag
 @pytest.mark.parametrize("path", ["/repl", "/command"])
 def test_a_body_the_model_refuses_reaches_fastapi_byte_for_byte(body: bytes, path: str) -> None:
     # Sent in two pieces, as a slow client would.
-    inner, sent = _serve(_scope("POST", path, b"application/json"), [body[:3], body[3:]])
+    scope = _scope("POST", path, b"application/json", len(body))
+    inner, sent = _serve(scope, [body[:3], body[3:]])
     assert inner.bodies == [body]
     assert sent[0]["status"] == 299
 
@@ -75,7 +88,7 @@ def test_a_body_the_model_refuses_reaches_fastapi_byte_for_byte(body: bytes, pat
 )
 def test_a_body_not_declared_json_is_fastapis_to_read(content_type: bytes | None) -> None:
     body = b'{"code": "1"}'
-    inner, sent = _serve(_scope("POST", "/repl", content_type), [body])
+    inner, sent = _serve(_scope("POST", "/repl", content_type, len(body)), [body])
     assert inner.bodies == [body]
     assert sent[0]["status"] == 299
 
@@ -84,7 +97,7 @@ def test_a_body_not_declared_json_is_fastapis_to_read(content_type: bytes | None
     ("method", "path"), [("GET", "/repl"), ("POST", "/sessions"), ("POST", "/repl/")]
 )
 def test_other_routes_and_methods_are_fastapis(method: str, path: str) -> None:
-    inner, _ = _serve(_scope(method, path, b"application/json"), [b'{"code": "1"}'])
+    inner, _ = _serve(_scope(method, path, b"application/json", 13), [b'{"code": "1"}'])
     assert inner.bodies == [b'{"code": "1"}']
 
 
@@ -98,8 +111,31 @@ def test_a_client_gone_before_its_body_gets_nothing_and_runs_nothing() -> None:
     async def send(message: Message) -> None:
         sent.append(message)
 
-    asyncio.run(
-        ExecutionFastPath(inner)(_scope("POST", "/repl", b"application/json"), receive, send)
-    )
+    scope = _scope("POST", "/repl", b"application/json", 13)
+    asyncio.run(ExecutionFastPath(inner, inner, CAP)(scope, receive, send))
     assert inner.bodies == []
     assert sent == []
+
+
+@pytest.mark.parametrize(
+    "length",
+    [None, b"", b"12x", b"-1", str(CAP + 1).encode()],
+    ids=["none", "empty", "junk", "negative", "over-cap"],
+)
+def test_a_body_without_a_length_within_the_cap_is_left_to_the_body_cap(
+    length: bytes | None,
+) -> None:
+    headers = [(b"content-type", b"application/json")]
+    if length is not None:
+        headers.append((b"content-length", length))
+    scope = {"type": "http", "method": "POST", "path": "/repl", "headers": headers}
+    reached: list[Scope] = []
+
+    async def full_stack(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope)
+
+    async def send(message: Message) -> None:
+        raise AssertionError("the fast path answered a request it should have passed on")
+
+    asyncio.run(ExecutionFastPath(full_stack, full_stack, CAP)(scope, RefusingReceive(), send))
+    assert reached == [scope]
