@@ -72,6 +72,10 @@ class WorkerHandle:
         self._max_frame = max_frame
         self._decoder = protocol.FrameDecoder(max_frame)
         self._frames: collections.deque[bytes] = collections.deque()
+        # The channel is read by a callback that stays registered between runs.
+        self._reading_on: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._channel_failure: Exception | None = None  # raised by every later receive
 
     # -- the Popen verbs ---------------------------------------------------------------
 
@@ -189,6 +193,7 @@ class WorkerHandle:
         self.kill()
         with contextlib.suppress(TimeoutError):
             await self.wait(timeout=5)
+        self._stop_reading()
         self._channel.close()
         if self._pidfd is not None:
             os.close(self._pidfd)
@@ -205,18 +210,62 @@ class WorkerHandle:
     # -- the channel -------------------------------------------------------------------
 
     async def receive(self) -> protocol.Hello | protocol.RunReply:
-        # One recv usually brings a whole frame; the decoder caps what it buffers, and
-        # only one read's worth of frames can queue up.
-        loop = asyncio.get_running_loop()
+        """The worker's next frame, or WorkerLost / ProtocolError once the channel failed.
+
+        Read by ``_on_readable``, which stays registered with the event loop between
+        runs: a ``sock_recv`` per run added and removed the reader and made a recv
+        that found nothing, twice the user CPU of this in a bare round trip with a
+        child process (measured: 25 against 12 us).
+        """
         while not self._frames:
+            if self._channel_failure is not None:
+                raise self._channel_failure
+            loop = asyncio.get_running_loop()
+            if self._reading_on is not loop:
+                self._stop_reading()  # registered with another loop (a closed one, say)
+                loop.add_reader(self._channel.fileno(), self._on_readable)
+                self._reading_on = loop
+            self._waiter = loop.create_future()
             try:
-                data = await loop.sock_recv(self._channel, protocol.READ_SIZE)
-            except OSError as exc:
-                raise WorkerLost(f"channel error: {exc.strerror}") from None
-            if not data:
-                raise WorkerLost("channel closed")
-            self._frames.extend(self._decoder.feed(data))
+                await self._waiter
+            finally:
+                self._waiter = None
         return protocol.decode_worker_message(self._frames.popleft())
+
+    def _on_readable(self) -> None:
+        if self._frames:
+            # The last read's frames are not all taken: the rest waits in the socket, so
+            # a worker writing unasked makes the service hold one read's worth at most.
+            self._stop_reading()
+            return
+        try:
+            data = self._channel.recv(protocol.READ_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self._fail(WorkerLost(f"channel error: {exc.strerror}"))
+            return
+        if not data:
+            self._fail(WorkerLost("channel closed"))
+            return
+        try:
+            self._frames.extend(self._decoder.feed(data))
+        except ProtocolError as exc:
+            self._fail(exc)
+            return
+        if self._frames and self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _fail(self, failure: Exception) -> None:
+        self._channel_failure = failure
+        self._stop_reading()  # a closed channel stays readable: stop being told so
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
+
+    def _stop_reading(self) -> None:
+        loop, self._reading_on = self._reading_on, None
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(self._channel.fileno())
 
     def hang_up(self) -> None:
         """End the channel from this side: a pending ``receive`` fails at once.

@@ -1,0 +1,156 @@
+"""The handle's side of a worker channel: whole frames in order, a failure for every
+later read once the channel fails, and never more than one read held for a worker
+that writes without being asked."""
+
+from __future__ import annotations
+
+import array
+import asyncio
+import fcntl
+import itertools
+import os
+import socket
+import subprocess
+import termios
+from collections.abc import Iterator
+
+import pytest
+
+from sandbox import protocol
+from sandbox.errors import FrameTooLarge, WorkerLost
+from sandbox.handle import WorkerHandle
+
+
+@pytest.fixture
+def channel() -> Iterator[tuple[WorkerHandle, socket.socket]]:
+    """A handle around a stand-in process, and the worker's end of its channel."""
+    stand_in = subprocess.Popen(["sleep", "60"])
+    pidfd = os.pidfd_open(stand_in.pid)
+    service_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    handle = WorkerHandle(
+        stand_in.pid, pidfd, service_end, "/tmp", None, "test-session", quota=False
+    )
+    try:
+        yield handle, worker_end
+    finally:
+        stand_in.kill()
+        stand_in.wait()
+        worker_end.close()
+        service_end.close()
+        os.close(pidfd)
+
+
+def _reply(run_id: int, stdout: str = "") -> bytes:
+    return protocol.encode(protocol.RunReply(run_id=run_id, status="ok", stdout=stdout))
+
+
+def _unread_bytes(sock: socket.socket) -> int:
+    count = array.array("i", [0])
+    fcntl.ioctl(sock.fileno(), termios.FIONREAD, count)
+    return count[0]
+
+
+def test_frames_arrive_whole_and_in_order_however_they_are_cut(
+    channel: tuple[WorkerHandle, socket.socket],
+) -> None:
+    handle, worker_end = channel
+    stream = _reply(1) + _reply(2, "x" * 5000) + _reply(3)
+
+    async def exchange() -> list[int]:
+        received = []
+        # A byte stream, not messages: cut inside a header, a payload, and between frames.
+        cuts = sorted([0, 2, 9, len(_reply(1)) + 1, 3000, len(stream) - 5, len(stream)])
+        for start, end in itertools.pairwise(cuts):
+            worker_end.sendall(stream[start:end])
+        for _ in range(3):
+            message = await handle.receive()
+            assert isinstance(message, protocol.RunReply)
+            received.append(message.run_id)
+        return received
+
+    assert asyncio.run(exchange()) == [1, 2, 3]
+
+
+def test_a_reply_that_comes_while_the_service_waits_wakes_it(
+    channel: tuple[WorkerHandle, socket.socket],
+) -> None:
+    handle, worker_end = channel
+
+    async def exchange() -> int:
+        asyncio.get_running_loop().call_later(0.05, worker_end.sendall, _reply(9))
+        message = await handle.receive()
+        assert isinstance(message, protocol.RunReply)
+        return message.run_id
+
+    assert asyncio.run(exchange()) == 9
+
+
+def test_a_closed_channel_fails_this_read_and_every_later_one(
+    channel: tuple[WorkerHandle, socket.socket],
+) -> None:
+    handle, worker_end = channel
+    worker_end.sendall(_reply(1))
+    worker_end.close()
+
+    async def exchange() -> None:
+        first = await handle.receive()  # what was sent before the close still arrives
+        assert isinstance(first, protocol.RunReply)
+        for _ in range(2):
+            with pytest.raises(WorkerLost, match="channel closed"):
+                await handle.receive()
+
+    asyncio.run(exchange())
+
+
+def test_hanging_up_ends_a_pending_read(channel: tuple[WorkerHandle, socket.socket]) -> None:
+    handle, _ = channel
+
+    async def exchange() -> None:
+        asyncio.get_running_loop().call_later(0.05, handle.hang_up)
+        with pytest.raises(WorkerLost):
+            await asyncio.wait_for(handle.receive(), timeout=30)
+
+    asyncio.run(exchange())
+
+
+def test_a_frame_announcing_more_than_the_cap_is_refused_before_it_is_buffered(
+    channel: tuple[WorkerHandle, socket.socket],
+) -> None:
+    handle, worker_end = channel
+    worker_end.sendall(protocol.HEADER.pack(protocol.DEFAULT_MAX_FRAME + 1) + b"x" * 1000)
+
+    async def exchange() -> None:
+        with pytest.raises(FrameTooLarge):
+            await handle.receive()
+        with pytest.raises(FrameTooLarge):  # the channel is no use after that
+            await handle.receive()
+
+    asyncio.run(exchange())
+
+
+def test_a_worker_writing_unasked_gets_one_read_taken_and_the_rest_waits(
+    channel: tuple[WorkerHandle, socket.socket],
+) -> None:
+    handle, worker_end = channel
+    worker_end.setblocking(False)
+    flood = b"".join(_reply(run_id, "y" * 1000) for run_id in range(1, 2001))
+    written = 0
+    while written < len(flood):
+        try:
+            written += worker_end.send(flood[written:])
+        except BlockingIOError:
+            break
+    service_end = socket.socket(fileno=os.dup(handle._channel.fileno()))
+
+    async def exchange() -> int:
+        first = await handle.receive()  # reading starts here, and stops with unread frames
+        assert isinstance(first, protocol.RunReply)
+        assert first.run_id == 1
+        await asyncio.sleep(0.2)  # time for the reader to take more, were it to
+        return written - _unread_bytes(service_end)
+
+    try:
+        taken = asyncio.run(exchange())
+    finally:
+        service_end.close()
+    assert taken <= protocol.READ_SIZE
