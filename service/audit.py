@@ -2,21 +2,34 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import sys
 import time
-from typing import TextIO
+from typing import Any, TextIO
 
 from pydantic_core import to_json
 
 
 class AuditLog:
-    """Writes to a file (appending), to stdout (``-``), or nowhere (empty)."""
+    """Writes to a file (appending), to stdout (``-``), or nowhere (empty).
+
+    Inside an event loop a run's line is written once the loop has finished the step
+    that recorded it, which sends that run's reply first; the lines recorded in one
+    step go out in one write.  py-spy on the service under the benchmark put writing
+    the line (hash, timestamp, encoding, write and flush) at the top of the service's
+    own functions, 8% of its CPU per trivial run, all of it before the reply.  A line
+    is lost only if the process dies within that step.  Outside a loop (a script, a
+    test) each line is written at once.
+    """
 
     def __init__(self, destination: str) -> None:
         self._stream: TextIO | None = None
         self._owned = False
+        self._pending: list[tuple[float, dict[str, Any]]] = []
+        self._write_scheduled_on: asyncio.AbstractEventLoop | None = None
+        self._second: tuple[int, str] = (-1, "")  # the last timestamp's second, formatted
         if destination == "-":
             self._stream = sys.stdout
         elif destination:
@@ -38,27 +51,63 @@ class AuditLog:
     ) -> None:
         if self._stream is None:
             return
-        entry = {
-            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + "Z",
+        fields = {
             "tenant": tenant,
             "session": session_id,
             "kind": kind,
-            "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+            "text": text,
             "status": status,
-            "duration_ms": round(duration_ms, 3),
+            "duration_ms": duration_ms,
             "limit": limit,
             "denied_rule": denied_rule,
             "policy": policy,
         }
+        self._pending.append((time.time(), fields))
         try:
-            # pydantic-core's encoder, compact like json.dumps with tight separators,
-            # costs a third of it (measured: 1 against 3 microseconds per line).
-            self._stream.write(to_json(entry).decode() + "\n")
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            self._write_pending()
+            return
+        if self._write_scheduled_on is not loop:  # else this line goes with that write
+            self._write_scheduled_on = loop
+            loop.call_soon(self._write_pending)
+
+    def _write_pending(self) -> None:
+        self._write_scheduled_on = None
+        pending, self._pending = self._pending, []
+        if self._stream is None or not pending:
+            return
+        lines = "".join(self._line(at, fields) for at, fields in pending)
+        try:
+            self._stream.write(lines)
             self._stream.flush()
         except OSError:
             logging.getLogger("codesherpa").exception("cannot write the audit log")
 
+    def _line(self, at: float, fields: dict[str, Any]) -> str:
+        second = int(at)
+        if self._second[0] != second:
+            stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + "Z"
+            self._second = (second, stamp)
+        text: str = fields["text"]
+        entry = {
+            "time": self._second[1],
+            "tenant": fields["tenant"],
+            "session": fields["session"],
+            "kind": fields["kind"],
+            "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),
+            "status": fields["status"],
+            "duration_ms": round(fields["duration_ms"], 3),
+            "limit": fields["limit"],
+            "denied_rule": fields["denied_rule"],
+            "policy": fields["policy"],
+        }
+        # pydantic-core's encoder, compact like json.dumps with tight separators,
+        # costs a third of it (measured: 1 against 3 microseconds per line).
+        return to_json(entry).decode() + "\n"
+
     def close(self) -> None:
+        self._write_pending()
         if self._owned and self._stream is not None:
             self._stream.close()
         self._stream = None

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 
@@ -76,3 +79,19 @@ def stop_server(server: Server) -> None:
     except subprocess.TimeoutExpired:
         server.process.kill()
         server.process.wait()
+
+
+def audit_entries(
+    path: Path, until: Callable[[list[dict[str, Any]]], bool], timeout_s: float = 30
+) -> list[dict[str, Any]]:
+    """The audit log's entries once ``until`` holds for them (or as they are at the deadline).
+
+    The service writes a run's line just after it has sent the reply.
+    """
+    deadline = time.monotonic() + timeout_s
+    while True:
+        text = path.read_text() if path.exists() else ""
+        entries = [json.loads(line) for line in text.splitlines()]
+        if until(entries) or time.monotonic() > deadline:
+            return entries
+        time.sleep(0.02)

@@ -16,7 +16,7 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, ImageContent, TextContent
 
-from tests.api.server import Server, start_server, stop_server
+from tests.api.server import Server, audit_entries, start_server, stop_server
 
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-0123456789abcdef00"
@@ -327,7 +327,7 @@ def test_mcp_runs_are_audited_like_http_runs(mcp_server: Server) -> None:
 
     session_id = _using(mcp_server, BOB, work)["session_id"]
     audit = Path(mcp_server.state_dir).parent / "audit.jsonl"
-    lines = [json.loads(line) for line in audit.read_text().splitlines()]
+    lines = audit_entries(audit, lambda found: any(e["session"] == session_id for e in found))
     mine = [line for line in lines if line["session"] == session_id]
     assert [(line["tenant"], line["kind"], line["status"]) for line in mine] == [
         ("bob", "python", "ok")
