@@ -50,7 +50,11 @@ _ROUTES = {
 
 
 def _servable(scope: Scope, max_body_bytes: int) -> bool:
-    """Whether the headers declare a JSON body of a known length within the cap."""
+    """Whether the headers declare a JSON body of a known length within the cap.
+
+    A Transfer-Encoding overrides the Content-Length (h11 reads the body chunked), so a
+    request naming one is the full stack's, whose body cap counts what arrives.
+    """
     json_declared = False
     length: bytes | None = None
     for name, value in scope["headers"]:
@@ -58,32 +62,42 @@ def _servable(scope: Scope, max_body_bytes: int) -> bool:
             json_declared = value.split(b";", 1)[0].strip().lower() == b"application/json"
         elif name == b"content-length":
             length = value
+        elif name == b"transfer-encoding":
+            return False
     return (
         json_declared and length is not None and length.isdigit() and int(length) <= max_body_bytes
     )
 
 
-async def _read_body(receive: Receive) -> bytes | None:
-    """The whole body, or None if the client went away first."""
+async def _read_body(receive: Receive, max_bytes: int) -> tuple[bytes, bool] | None:
+    """The body and whether it is whole, or None if the client went away first.
+
+    Reading stops once more than ``max_bytes`` arrived, whatever the headers said.
+    """
     chunks = []
+    size = 0
     while True:
         message = await receive()
         if message["type"] == "http.disconnect":
             return None
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body", False):
-            return b"".join(chunks)
+        chunk = message.get("body", b"")
+        chunks.append(chunk)
+        size += len(chunk)
+        more = message.get("more_body", False)
+        if not more or size > max_bytes:
+            return b"".join(chunks), not more
 
 
-def _replay(body: bytes, receive: Receive) -> Receive:
+def _replay(body: bytes, receive: Receive, more_body: bool = False) -> Receive:
+    """``receive`` with what was read of the body put back in front."""
     sent = False
 
     async def replayed() -> Message:
         nonlocal sent
         if sent:
-            return await receive()  # after the body: a disconnect, when it comes
+            return await receive()  # the rest of the body, then a disconnect when it comes
         sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
+        return {"type": "http.request", "body": body, "more_body": more_body}
 
     return replayed
 
@@ -106,8 +120,12 @@ class ExecutionFastPath:
         if route is None or not _servable(scope, self.max_body_bytes):
             await self.full_stack(scope, receive, send)
             return
-        body = await _read_body(receive)
-        if body is None:
+        read = await _read_body(receive, self.max_body_bytes)
+        if read is None:
+            return
+        body, whole = read
+        if not whole:  # more than the cap: the full stack's body cap refuses it
+            await self.full_stack(scope, _replay(body, receive, more_body=True), send)
             return
         try:
             parsed = route.model.model_validate_json(body)

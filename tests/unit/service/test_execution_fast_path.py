@@ -4,11 +4,13 @@ with the body intact."""
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Any
 
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from service import execution_fast_path
 from service.execution_fast_path import ExecutionFastPath
 
 
@@ -139,3 +141,73 @@ def test_a_body_without_a_length_within_the_cap_is_left_to_the_body_cap(
 
     asyncio.run(ExecutionFastPath(full_stack, full_stack, CAP)(scope, RefusingReceive(), send))
     assert reached == [scope]
+
+
+def test_a_chunked_body_is_left_to_the_body_cap_whatever_length_it_declares() -> None:
+    # h11 reads a body chunked when Transfer-Encoding is named, Content-Length or not.
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", b"13"),
+        (b"transfer-encoding", b"chunked"),
+    ]
+    scope = {"type": "http", "method": "POST", "path": "/repl", "headers": headers}
+    reached: list[Scope] = []
+
+    async def full_stack(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope)
+
+    async def send(message: Message) -> None:
+        raise AssertionError("the fast path answered a request it should have passed on")
+
+    asyncio.run(ExecutionFastPath(full_stack, full_stack, CAP)(scope, RefusingReceive(), send))
+    assert reached == [scope]
+
+
+def test_a_body_outgrowing_the_cap_stops_being_read_and_goes_to_the_body_cap_whole() -> None:
+    # Whatever the headers said: the fast path holds at most one chunk beyond the cap.
+    chunk = b"x" * 4096
+    chunks = [b'{"code": "'] + [chunk] * (4 * CAP // len(chunk))
+    pending = [
+        {"type": "http.request", "body": piece, "more_body": index < len(chunks) - 1}
+        for index, piece in enumerate(chunks)
+    ]
+    taken = 0
+    taken_at_handover: list[int] = []
+    received: list[bytes] = []
+
+    async def receive() -> Message:
+        nonlocal taken
+        taken += 1
+        return pending.pop(0) if pending else {"type": "http.disconnect"}
+
+    async def full_stack(scope: Scope, receive: Receive, send: Send) -> None:
+        taken_at_handover.append(taken)
+        while True:
+            message = await receive()
+            received.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                return
+
+    async def send(message: Message) -> None:
+        raise AssertionError("the full stack sends nothing here")
+
+    scope = _scope("POST", "/repl", b"application/json", 13)
+    asyncio.run(ExecutionFastPath(full_stack, full_stack, CAP)(scope, receive, send))
+    assert taken_at_handover[0] <= CAP // len(chunk) + 2
+    assert b"".join(received) == b"".join(chunks)
+
+
+def test_an_unexpected_error_is_a_500_without_the_traceback(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken_caller(request: object) -> object:
+        raise RuntimeError("secret internals")
+
+    monkeypatch.setattr(execution_fast_path, "run_caller", broken_caller)
+    inner, sent = _serve(_scope("POST", "/repl", b"application/json", 13), [b'{"code": "1"}'])
+    assert inner.bodies == []
+    assert sent[0]["status"] == 500
+    body = b"".join(message.get("body", b"") for message in sent[1:])
+    assert json.loads(body)["error"] == "internal error"
+    assert b"secret internals" not in body
+    assert b"Traceback" not in body
