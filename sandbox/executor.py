@@ -62,9 +62,9 @@ def _compile_expression(source: str, filename: str) -> types.CodeType | None:
 
     Compiled straight from the source: going through ``ast.parse`` builds the tree as
     Python objects and ``compile`` converts it back, which took two thirds of the
-    executor's time for a trivial cell (cProfile: 34 of 50 us).  Exec mode refuses an indented first line that eval
-    mode would strip, so such a cell takes the statement path and fails there as it
-    always did.
+    executor's time for a trivial cell (cProfile: 34 of 50 us).  Exec mode refuses an
+    indented first line that eval mode would strip, so such a cell takes the statement
+    path and fails there as it always did.
     """
     if not source or source[0].isspace():
         return None
