@@ -40,9 +40,11 @@ class PythonSession:
                 last = tree.body[-1] if tree.body else None
                 if isinstance(last, ast.Expr):
                     tree.body.pop()
-                    expression = compile(ast.Expression(last.value), filename, "eval")
+                    expression = compile(
+                        ast.Expression(last.value), filename, "eval", dont_inherit=True
+                    )
                 if tree.body:
-                    exec(compile(tree, filename, "exec"), self.namespace)
+                    exec(compile(tree, filename, "exec", dont_inherit=True), self.namespace)
             if expression is None:
                 return CellOutcome()
             value = eval(expression, self.namespace)
@@ -69,7 +71,7 @@ def _compile_expression(source: str, filename: str) -> types.CodeType | None:
     if not source or source[0].isspace():
         return None
     try:
-        return compile(source, filename, "eval")
+        return compile(source, filename, "eval", dont_inherit=True)
     except SyntaxError:
         return None  # statements (or a real syntax error, which exec mode reports)
 

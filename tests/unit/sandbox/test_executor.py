@@ -77,3 +77,14 @@ def test_a_syntax_error_in_the_last_line_runs_nothing_of_the_cell() -> None:
     outcome = session.run("ran = True\n1 +")
     assert outcome.exc_type == "SyntaxError"
     assert "ran" not in session.namespace
+
+
+def test_cells_do_not_inherit_the_executors_future_imports() -> None:
+    # The executor module postpones its own annotations; a user's stay evaluated,
+    # as in Jupyter, unless the cell itself asks otherwise.
+    session = PythonSession()
+    assert session.run("def f(x: int): pass\nf.__annotations__").value == "{'x': <class 'int'>}"
+    postponed = session.run(
+        "from __future__ import annotations\ndef g(x: int): pass\ng.__annotations__"
+    )
+    assert postponed.value == "{'x': 'int'}"
