@@ -91,7 +91,8 @@ def audit_entries(
     deadline = time.monotonic() + timeout_s
     while True:
         text = path.read_text() if path.exists() else ""
-        entries = [json.loads(line) for line in text.splitlines()]
+        whole_lines = text[: text.rfind("\n") + 1]  # a line being written is not one yet
+        entries = [json.loads(line) for line in whole_lines.splitlines()]
         if until(entries) or time.monotonic() > deadline:
             return entries
         time.sleep(0.02)
