@@ -119,6 +119,21 @@ def test_a_client_gone_before_its_body_gets_nothing_and_runs_nothing() -> None:
     assert sent == []
 
 
+def _assert_passed_on_unread(headers: list[tuple[bytes, bytes]]) -> None:
+    """The request reaches the full stack with its body unread and no answer from here."""
+    scope = {"type": "http", "method": "POST", "path": "/repl", "headers": headers}
+    reached: list[Scope] = []
+
+    async def full_stack(scope: Scope, receive: Receive, send: Send) -> None:
+        reached.append(scope)
+
+    async def send(message: Message) -> None:
+        raise AssertionError("the fast path answered a request it should have passed on")
+
+    asyncio.run(ExecutionFastPath(full_stack, full_stack, CAP)(scope, RefusingReceive(), send))
+    assert reached == [scope]
+
+
 @pytest.mark.parametrize(
     "length",
     [None, b"", b"12x", b"-1", str(CAP + 1).encode()],
@@ -130,17 +145,7 @@ def test_a_body_without_a_length_within_the_cap_is_left_to_the_body_cap(
     headers = [(b"content-type", b"application/json")]
     if length is not None:
         headers.append((b"content-length", length))
-    scope = {"type": "http", "method": "POST", "path": "/repl", "headers": headers}
-    reached: list[Scope] = []
-
-    async def full_stack(scope: Scope, receive: Receive, send: Send) -> None:
-        reached.append(scope)
-
-    async def send(message: Message) -> None:
-        raise AssertionError("the fast path answered a request it should have passed on")
-
-    asyncio.run(ExecutionFastPath(full_stack, full_stack, CAP)(scope, RefusingReceive(), send))
-    assert reached == [scope]
+    _assert_passed_on_unread(headers)
 
 
 def test_a_chunked_body_is_left_to_the_body_cap_whatever_length_it_declares() -> None:
@@ -150,17 +155,7 @@ def test_a_chunked_body_is_left_to_the_body_cap_whatever_length_it_declares() ->
         (b"content-length", b"13"),
         (b"transfer-encoding", b"chunked"),
     ]
-    scope = {"type": "http", "method": "POST", "path": "/repl", "headers": headers}
-    reached: list[Scope] = []
-
-    async def full_stack(scope: Scope, receive: Receive, send: Send) -> None:
-        reached.append(scope)
-
-    async def send(message: Message) -> None:
-        raise AssertionError("the fast path answered a request it should have passed on")
-
-    asyncio.run(ExecutionFastPath(full_stack, full_stack, CAP)(scope, RefusingReceive(), send))
-    assert reached == [scope]
+    _assert_passed_on_unread(headers)
 
 
 def test_a_body_outgrowing_the_cap_stops_being_read_and_goes_to_the_body_cap_whole() -> None:
