@@ -1,11 +1,13 @@
 """Run a cell of Python with Jupyter semantics in a persistent namespace.
 
 The cell is compiled as a module; when its last statement is an expression, that
-value's repr is the cell's value.  Tracebacks start at the user's first frame, so a
-model reading them sees its own code, not the worker's machinery.
+value's repr is the cell's value.  A cell's ``from __future__`` import holds for the
+cells after it, as in Jupyter and ``code.interact``.  Tracebacks start at the user's
+first frame, so a model reading them sees its own code, not the worker's machinery.
 """
 
 from __future__ import annotations
+import __future__
 
 import ast
 import linecache
@@ -28,23 +30,27 @@ class PythonSession:
     def __init__(self) -> None:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.execution_count = 0
+        # The future features earlier cells imported; each compile passes them on.
+        self.future_flags = 0
 
     def run(self, source: str) -> CellOutcome:
         self.execution_count += 1
         filename = f"<cell-{self.execution_count}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         try:
-            expression = _compile_expression(source, filename)
+            expression = _compile_expression(source, filename, self.future_flags)
             if expression is None:
                 tree = ast.parse(source, filename=filename, mode="exec")
                 last = tree.body[-1] if tree.body else None
                 if isinstance(last, ast.Expr):
                     tree.body.pop()
-                    expression = compile(
-                        ast.Expression(last.value), filename, "eval", dont_inherit=True
-                    )
-                if tree.body:
-                    exec(compile(tree, filename, "exec", dont_inherit=True), self.namespace)
+                # The statements compile first: a future import among them holds for
+                # the last expression too.  Nothing runs until both have compiled.
+                statements = self._compile(tree, filename, "exec") if tree.body else None
+                if isinstance(last, ast.Expr):
+                    expression = self._compile(ast.Expression(last.value), filename, "eval")
+                if statements is not None:
+                    exec(statements, self.namespace)
             if expression is None:
                 return CellOutcome()
             value = eval(expression, self.namespace)
@@ -58,8 +64,19 @@ class PythonSession:
         except BaseException as exc:  # noqa: BLE001 - a broken __repr__ is the user's error
             return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
 
+    def _compile(self, tree: ast.AST, filename: str, mode: str) -> types.CodeType:
+        code = compile(tree, filename, mode, flags=self.future_flags, dont_inherit=True)
+        self.future_flags |= code.co_flags & _FUTURE_FLAGS
+        return code
 
-def _compile_expression(source: str, filename: str) -> types.CodeType | None:
+
+# Every compiler flag a ``from __future__`` import can set (what ``codeop`` tracks).
+_FUTURE_FLAGS = 0
+for _feature in __future__.all_feature_names:
+    _FUTURE_FLAGS |= getattr(__future__, _feature).compiler_flag
+
+
+def _compile_expression(source: str, filename: str, flags: int) -> types.CodeType | None:
     """The cell's code if the whole cell is one expression, else None.
 
     Compiled straight from the source: going through ``ast.parse`` builds the tree as
@@ -71,7 +88,7 @@ def _compile_expression(source: str, filename: str) -> types.CodeType | None:
     if not source or source[0].isspace():
         return None
     try:
-        return compile(source, filename, "eval", dont_inherit=True)
+        return compile(source, filename, "eval", flags=flags, dont_inherit=True)
     except SyntaxError:
         return None  # statements (or a real syntax error, which exec mode reports)
 

@@ -88,3 +88,12 @@ def test_cells_do_not_inherit_the_executors_future_imports() -> None:
         "from __future__ import annotations\ndef g(x: int): pass\ng.__annotations__"
     )
     assert postponed.value == "{'x': 'int'}"
+
+
+def test_a_cells_future_import_holds_for_the_cells_after_it() -> None:
+    session = PythonSession()
+    session.run("from __future__ import annotations")
+    later = session.run("def g(x: int): pass\ng.__annotations__")
+    assert later.value == "{'x': 'int'}"
+    assert session.run("def h(y: str) -> None: pass").error is None
+    assert session.run("h.__annotations__").value == "{'y': 'str', 'return': 'None'}"
