@@ -64,8 +64,12 @@ class PythonSession:
         except BaseException as exc:  # noqa: BLE001 - a broken __repr__ is the user's error
             return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
 
-    def _compile(self, tree: ast.AST, filename: str, mode: str) -> types.CodeType:
-        code = compile(tree, filename, mode, flags=self.future_flags, dont_inherit=True)
+    def _compile(
+        self, tree: ast.Module | ast.Expression, filename: str, mode: str
+    ) -> types.CodeType:
+        code: types.CodeType = compile(
+            tree, filename, mode, flags=self.future_flags, dont_inherit=True
+        )
         self.future_flags |= code.co_flags & _FUTURE_FLAGS
         return code
 
@@ -88,9 +92,10 @@ def _compile_expression(source: str, filename: str, flags: int) -> types.CodeTyp
     if not source or source[0].isspace():
         return None
     try:
-        return compile(source, filename, "eval", flags=flags, dont_inherit=True)
+        code: types.CodeType = compile(source, filename, "eval", flags=flags, dont_inherit=True)
     except SyntaxError:
         return None  # statements (or a real syntax error, which exec mode reports)
+    return code
 
 
 def _first_user_frame(tb: types.TracebackType | None) -> types.TracebackType | None:
