@@ -33,9 +33,13 @@ def prepare_root(state_dir: str) -> str:
     return root
 
 
-def create(state_dir: str, uid: int | None, quota_mb: int) -> tuple[str, bool]:
-    """Make a fresh workspace; return its path and whether a quota holds it."""
-    path = os.path.join(workspaces_root(state_dir), secrets.token_hex(16))
+def new_path(state_dir: str) -> str:
+    """Where a fresh workspace goes: a name no other workspace has, or can guess."""
+    return os.path.join(workspaces_root(state_dir), secrets.token_hex(16))
+
+
+def create(path: str, uid: int | None, quota_mb: int) -> bool:
+    """Make a fresh workspace at ``path`` (from new_path); return whether a quota holds it."""
     os.mkdir(path, 0o700)
     bounded = False
     if os.geteuid() == 0:
@@ -53,7 +57,7 @@ def create(state_dir: str, uid: int | None, quota_mb: int) -> tuple[str, bool]:
         bounded = result == 0
     if uid is not None and not bounded:
         os.chown(path, uid, uid)
-    return path, bounded
+    return bounded
 
 
 def hand_over(path: str, uid: int) -> None:

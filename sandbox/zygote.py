@@ -39,7 +39,7 @@ import sys
 import traceback
 from dataclasses import asdict, dataclass
 
-from sandbox import fork, heap, protocol, scheduling, workspaces
+from sandbox import fork, heap, pool_ledger, protocol, scheduling, workspaces
 from sandbox.commands import resolve_program
 from sandbox.confine import (
     LayerStatus,
@@ -165,27 +165,60 @@ class Zygote:
             pidfds = [ready.pidfd for ready in self._pool]
             socket.send_fds(reply_to, [json.dumps({"ok": True}).encode()], pidfds)
         for ready in self._pool:
-            ready.close()
-            workspaces.remove(ready.workspace)
-            with contextlib.suppress(OSError, ValueError):
-                cgroup.kill_and_remove(ready.session_key, self._cgroup_parent)
+            self._discard(ready)
         self._pool.clear()
 
+    def _discard(self, ready: ReadyWorker) -> None:
+        """End a worker no session will have; remove its workspace and cgroups."""
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(ready.pidfd, signal.SIGKILL)
+        ready.close()
+        workspaces.remove(ready.workspace)
+        with contextlib.suppress(OSError, ValueError):
+            cgroup.kill_and_remove(ready.session_key, self._cgroup_parent)
+        with contextlib.suppress(OSError):
+            pool_ledger.strike(self._state_dir, os.getpid(), ready.workspace)
+
     def take(self, workspace: str | None) -> ReadyWorker:
-        if workspace is None and self._pool:
-            return self._pool.pop(0)
-        return self.fork_worker(workspace)
+        """A worker for the service: a ready one for a new workspace, else a new fork."""
+        ready = self._pool.pop(0) if workspace is None and self._pool else None
+        if ready is None:
+            ready = self.fork_worker(workspace)
+        if workspace is None:
+            try:
+                pool_ledger.strike(self._state_dir, os.getpid(), ready.workspace)
+            except OSError:
+                self._discard(ready)
+                raise
+        return ready
 
     def fork_worker(self, workspace: str | None) -> ReadyWorker:
+        """Fork a confined worker; with no ``workspace``, in a new one the ledger lists."""
         uid = self._uids.allocate()
         quota = self._policy.limits.workspace_mb
+        session_key = secrets.token_hex(8)
+        created = workspace is None
         if workspace is None:
-            workspace, bounded = workspaces.create(self._state_dir, uid, quota)
+            # Listed before it exists: no moment of a crash can leave it unlisted.
+            workspace = workspaces.new_path(self._state_dir)
+            pool_ledger.record(self._state_dir, os.getpid(), workspace, session_key)
+            bounded = workspaces.create(workspace, uid, quota)
         else:
             bounded = os.path.ismount(workspace)
             if uid is not None:
                 workspaces.hand_over(workspace, uid)
-        session_key = secrets.token_hex(8)
+        try:
+            return self._start_worker(workspace, uid, session_key, bounded)
+        except BaseException:
+            if created:
+                workspaces.remove(workspace)
+                with contextlib.suppress(OSError):
+                    pool_ledger.strike(self._state_dir, os.getpid(), workspace)
+            raise
+
+    def _start_worker(
+        self, workspace: str, uid: int | None, session_key: str, bounded: bool
+    ) -> ReadyWorker:
         service_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         spec = WorkerSpec(
             policy=self._policy,

@@ -6,7 +6,9 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -15,13 +17,15 @@ from pathlib import Path
 
 import psutil
 
-from sandbox import workspaces
+from sandbox import pool_ledger, workspaces
 from sandbox.confine import cgroup
 from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
 from sandbox.errors import ConfinementError, ZygoteUnavailable
 from sandbox.handle import WorkerHandle, held_worker_pids
 from sandbox.policy import Policy
 from sandbox.protocol import StartOrder
+
+log = logging.getLogger("codesherpa.zygote")
 
 # Preloading numpy, pandas and matplotlib takes a few seconds on a cold disk.
 ZYGOTE_START_TIMEOUT_S = 120.0
@@ -79,6 +83,7 @@ class ZygoteClient:
             with contextlib.suppress(OSError, ValueError):
                 cgroup.remove_all_sessions(self.cgroup_parent)
             workspaces.remove_all(self.state_dir)
+            shutil.rmtree(pool_ledger.ledgers_root(self.state_dir), ignore_errors=True)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         control_fd = theirs.fileno()
         # Every worker's /proc/self/cmdline is this command line: it names the interpreter
@@ -145,6 +150,11 @@ class ZygoteClient:
                 self._process.kill()
                 self._process.wait()
             _zygote_pids.discard(self._process.pid)
+            # A zygote that died (or was killed just now) could not drain its pool: the
+            # workspaces and cgroups of its ready workers are still listed.
+            left = pool_ledger.clear(self.state_dir, self._process.pid, self.cgroup_parent)
+            if left:
+                log.warning("removed %d workspace(s) a stopped zygote left", left)
             self._process = None
 
     def _reap_drained_pool(self) -> None:

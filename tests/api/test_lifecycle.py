@@ -17,6 +17,9 @@ import pytest
 from sandbox.zygote_client import cgroup_parent_for
 from tests.api.server import Server, start_server, stop_server
 
+# sessions.warm_pool in tests/policies/test.toml
+WARM_POOL = 2
+
 
 def _worker_uid(client: httpx.Client, session_id: str) -> int:
     identity = client.get(f"/sessions/{session_id}").json()["isolation"]["identity"]
@@ -40,6 +43,14 @@ def _processes_of(uid: int) -> list[psutil.Process]:
 def _mounts_under(path: Path) -> list[str]:
     with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
         return [line.split()[4] for line in mountinfo if line.split()[4].startswith(str(path))]
+
+
+def _session_groups(server: Server) -> set[str]:
+    """The session keys that have a cgroup under the service's parent, in any hierarchy."""
+    parent = cgroup_parent_for(str(server.state_dir))
+    return {
+        group.name for group in Path("/sys/fs/cgroup").glob(f"*/**/{parent}/*") if group.is_dir()
+    }
 
 
 def _zombie_children(process: psutil.Process) -> list[int]:
@@ -80,6 +91,13 @@ def test_a_killed_zygote_is_restarted_and_live_sessions_keep_their_state(tmp_pat
     try:
         client = server.client()
         session_id, _ = _start_a_busy_session(client)
+        written = "open('notes.txt', 'w').write('in the workspace')"
+        assert client.post("/repl", json={"code": written, "session_id": session_id}).is_success
+        workspaces = server.state_dir / "workspaces"
+        # The session's workspace and the pool's: each its own tmpfs.
+        before = {entry.name for entry in workspaces.iterdir()}
+        assert len(before) == 1 + WARM_POOL
+        groups_before = _session_groups(server)
         zygote_pid = client.get("/readyz").json()["zygote"]["pid"]
         os.kill(zygote_pid, signal.SIGKILL)
         assert _wait_until(
@@ -98,6 +116,17 @@ def test_a_killed_zygote_is_restarted_and_live_sessions_keep_their_state(tmp_pat
         )
         kept = client.post("/repl", json={"code": "state", "session_id": session_id}).json()
         assert kept["result"] == "'kept'"
+        read = "open('notes.txt').read()"
+        kept = client.post("/repl", json={"code": read, "session_id": session_id}).json()
+        assert kept["result"] == "'in the workspace'"
+        # The dead zygote's ready workers took their workspaces with them; two
+        # sessions and the new pool hold the rest.
+        assert _wait_until(lambda: len(list(workspaces.iterdir())) == 2 + WARM_POOL)
+        assert len(before - {entry.name for entry in workspaces.iterdir()}) == WARM_POOL
+        assert len(_mounts_under(workspaces)) == 2 + WARM_POOL
+        if groups_before:  # where the service has cgroups, the pool's went too
+            assert len(groups_before - _session_groups(server)) == WARM_POOL
+            assert len(_session_groups(server)) == 2 + WARM_POOL
         assert "codesherpa_zygote_restarts 1.0" in client.get("/metrics").text
         assert client.get("/readyz").json()["zygote"]["pid"] != zygote_pid
         # The dead zygote's ready workers exited with it; the service reaps them too.
