@@ -46,6 +46,9 @@ class StartOrder(BaseModel):
     state_dir: str
     service_pid: int
     cgroup_parent: str
+    # Names this zygote's pool ledger (sandbox/pool_ledger.py): unlike its pid, never
+    # reused by a later zygote.
+    ledger: str = Field(pattern=r"^[0-9a-f]{16}$")
 
 
 # --- service → worker -------------------------------------------------------------

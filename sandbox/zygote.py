@@ -119,9 +119,10 @@ def _uids_in_use() -> set[int]:
 
 class Zygote:
     def __init__(
-        self, policy: Policy, state_dir: str, service_pid: int, cgroup_parent: str
+        self, policy: Policy, state_dir: str, service_pid: int, cgroup_parent: str, ledger: str
     ) -> None:
         self._policy = policy
+        self._ledger = ledger
         self._cgroup_parent = cgroup_parent
         self._state_dir = state_dir
         self._service_pid = service_pid
@@ -177,7 +178,7 @@ class Zygote:
         with contextlib.suppress(OSError, ValueError):
             cgroup.kill_and_remove(ready.session_key, self._cgroup_parent)
         with contextlib.suppress(OSError):
-            pool_ledger.strike(self._state_dir, os.getpid(), ready.workspace)
+            pool_ledger.strike(self._state_dir, self._ledger, ready.workspace)
 
     def take(self, workspace: str | None) -> ReadyWorker:
         """A worker for the service: a ready one for a new workspace, else a new fork."""
@@ -186,7 +187,7 @@ class Zygote:
             ready = self.fork_worker(workspace)
         if workspace is None:
             try:
-                pool_ledger.strike(self._state_dir, os.getpid(), ready.workspace)
+                pool_ledger.strike(self._state_dir, self._ledger, ready.workspace)
             except OSError:
                 self._discard(ready)
                 raise
@@ -201,19 +202,20 @@ class Zygote:
         if workspace is None:
             # Listed before it exists: no moment of a crash can leave it unlisted.
             workspace = workspaces.new_path(self._state_dir)
-            pool_ledger.record(self._state_dir, os.getpid(), workspace, session_key)
-            bounded = workspaces.create(workspace, uid, quota)
-        else:
-            bounded = os.path.ismount(workspace)
-            if uid is not None:
-                workspaces.hand_over(workspace, uid)
+            pool_ledger.record(self._state_dir, self._ledger, workspace, session_key)
         try:
+            if created:
+                bounded = workspaces.create(workspace, uid, quota)
+            else:
+                bounded = os.path.ismount(workspace)
+                if uid is not None:
+                    workspaces.hand_over(workspace, uid)
             return self._start_worker(workspace, uid, session_key, bounded)
         except BaseException:
             if created:
                 workspaces.remove(workspace)
                 with contextlib.suppress(OSError):
-                    pool_ledger.strike(self._state_dir, os.getpid(), workspace)
+                    pool_ledger.strike(self._state_dir, self._ledger, workspace)
             raise
 
     def _start_worker(
@@ -396,7 +398,7 @@ def main() -> None:
     _preload(policy)
     fork.locate_numpy_state()
     control = socket.socket(fileno=start.control_fd)
-    zygote = Zygote(policy, start.state_dir, start.service_pid, start.cgroup_parent)
+    zygote = Zygote(policy, start.state_dir, start.service_pid, start.cgroup_parent, start.ledger)
     if "environment" in policy.isolation.wanted():
         environment.prepare()
     # Everything imported so far is shared, read-only, by every worker: keep the

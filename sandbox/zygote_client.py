@@ -71,6 +71,7 @@ class ZygoteClient:
         self._process: subprocess.Popen[bytes] | None = None
         self._control: socket.socket | None = None
         self._lock = threading.Lock()
+        self._ledger = ""  # the running zygote's pool ledger, drawn at each start
         self.restarts = 0
 
     def start(self, clean_leftovers: bool = True) -> None:
@@ -84,6 +85,7 @@ class ZygoteClient:
                 cgroup.remove_all_sessions(self.cgroup_parent)
             workspaces.remove_all(self.state_dir)
             shutil.rmtree(pool_ledger.ledgers_root(self.state_dir), ignore_errors=True)
+        self._ledger = pool_ledger.new_ledger()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         control_fd = theirs.fileno()
         # Every worker's /proc/self/cmdline is this command line: it names the interpreter
@@ -115,6 +117,7 @@ class ZygoteClient:
             state_dir=self.state_dir,
             service_pid=os.getpid(),
             cgroup_parent=self.cgroup_parent,
+            ledger=self._ledger,
         )
         self._process.stdin.write(start.model_dump_json().encode())
         self._process.stdin.close()
@@ -150,12 +153,16 @@ class ZygoteClient:
                 self._process.kill()
                 self._process.wait()
             _zygote_pids.discard(self._process.pid)
+            self._process = None
             # A zygote that died (or was killed just now) could not drain its pool: the
             # workspaces and cgroups of its ready workers are still listed.
-            left = pool_ledger.clear(self.state_dir, self._process.pid, self.cgroup_parent)
-            if left:
-                log.warning("removed %d workspace(s) a stopped zygote left", left)
-            self._process = None
+            try:
+                left = pool_ledger.clear(self.state_dir, self._ledger, self.cgroup_parent)
+            except Exception:
+                log.exception("cannot remove what the stopped zygote's ready workers left")
+            else:
+                if left:
+                    log.warning("removed %d workspace(s) a stopped zygote left", left)
 
     def _reap_drained_pool(self) -> None:
         # The ready workers were re-parented to us: only we can collect them.

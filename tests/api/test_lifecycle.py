@@ -48,9 +48,7 @@ def _mounts_under(path: Path) -> list[str]:
 def _session_groups(server: Server) -> set[str]:
     """The session keys that have a cgroup under the service's parent, in any hierarchy."""
     parent = cgroup_parent_for(str(server.state_dir))
-    return {
-        group.name for group in Path("/sys/fs/cgroup").glob(f"*/**/{parent}/*") if group.is_dir()
-    }
+    return {group.name for group in Path("/sys/fs/cgroup").glob(f"**/{parent}/*") if group.is_dir()}
 
 
 def _zombie_children(process: psutil.Process) -> list[int]:
@@ -98,6 +96,8 @@ def test_a_killed_zygote_is_restarted_and_live_sessions_keep_their_state(tmp_pat
         before = {entry.name for entry in workspaces.iterdir()}
         assert len(before) == 1 + WARM_POOL
         groups_before = _session_groups(server)
+        isolation = client.get(f"/sessions/{session_id}").json()["isolation"]
+        assert bool(groups_before) == isolation["cgroup"].startswith("active")
         zygote_pid = client.get("/readyz").json()["zygote"]["pid"]
         os.kill(zygote_pid, signal.SIGKILL)
         assert _wait_until(
@@ -147,7 +147,7 @@ def test_graceful_shutdown_ends_every_worker_and_removes_workspaces(tmp_path: Pa
     assert list((server.state_dir / "workspaces").iterdir()) == []
     assert _mounts_under(server.state_dir) == []
     parent = cgroup_parent_for(str(server.state_dir))
-    assert not any(Path("/sys/fs/cgroup").glob(f"*/**/{parent}")), "cgroup parent left behind"
+    assert not any(Path("/sys/fs/cgroup").glob(f"**/{parent}")), "cgroup parent left behind"
 
 
 @pytest.mark.timeout(180)
