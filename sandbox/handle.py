@@ -193,6 +193,10 @@ class WorkerHandle:
         self.kill()
         with contextlib.suppress(TimeoutError):
             await self.wait(timeout=5)
+        # A receive still pending ends now, and any later one fails as WorkerLost, even
+        # if the worker outlived the wait (its end of the channel is still open then).
+        if self._channel_failure is None:
+            self._fail(WorkerLost("the worker was stopped"))
         self._stop_reading()
         self._channel.close()
         if self._pidfd is not None:
@@ -233,9 +237,10 @@ class WorkerHandle:
         return protocol.decode_worker_message(self._frames.popleft())
 
     def _on_readable(self) -> None:
-        if self._frames:
-            # The last read's frames are not all taken: the rest waits in the socket, so
-            # a worker writing unasked makes the service hold one read's worth at most.
+        if self._frames or (self._waiter is None and self._decoder.holds_partial_frame):
+            # Nobody asked for what was read last: the rest waits in the socket, so a
+            # worker writing unasked, whole frames or the start of a long one, makes
+            # the service hold one read's worth at most until a receive asks for more.
             self._stop_reading()
             return
         try:

@@ -168,3 +168,8 @@ class FrameDecoder:
             del self._buffer[: self._expected]
             self._expected = None
         return payloads
+
+    @property
+    def holds_partial_frame(self) -> bool:
+        """Whether bytes of a frame not yet whole are buffered."""
+        return self._expected is not None or bool(self._buffer)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import array
 import asyncio
+import contextlib
 import fcntl
 import itertools
 import os
@@ -37,7 +38,8 @@ def channel() -> Iterator[tuple[WorkerHandle, socket.socket]]:
         stand_in.wait()
         worker_end.close()
         service_end.close()
-        os.close(pidfd)
+        if handle._pidfd is not None:  # else cleanup() closed it
+            os.close(pidfd)
 
 
 def _reply(run_id: int, stdout: str = "") -> bytes:
@@ -154,3 +156,57 @@ def test_a_worker_writing_unasked_gets_one_read_taken_and_the_rest_waits(
     finally:
         service_end.close()
     assert taken <= protocol.READ_SIZE
+
+
+def test_the_start_of_a_long_frame_written_unasked_gets_one_read_taken_and_the_rest_waits(
+    channel: tuple[WorkerHandle, socket.socket],
+) -> None:
+    # A frame is read whole only while a receive waits for it: between runs, a worker
+    # announcing a frame of the largest size and sending all but its last byte must
+    # not make the service hold that frame while the session sits idle.
+    handle, worker_end = channel
+    worker_end.setblocking(False)
+    announced = protocol.DEFAULT_MAX_FRAME
+    almost = protocol.HEADER.pack(announced) + b"x" * (announced - 1)
+    service_end = socket.socket(fileno=os.dup(handle._channel.fileno()))
+
+    async def between_runs() -> int:
+        worker_end.sendall(_reply(1))
+        first = await handle.receive()  # a run: reading starts here and stays registered
+        assert isinstance(first, protocol.RunReply)
+        written = 0
+        for _ in range(5):  # fill the socket, give the reader time to empty it, again
+            with contextlib.suppress(BlockingIOError):
+                while written < len(almost):
+                    written += worker_end.send(almost[written:])
+            await asyncio.sleep(0.1)
+        return written - _unread_bytes(service_end)
+
+    try:
+        taken = asyncio.run(between_runs())
+    finally:
+        service_end.close()
+    assert taken <= protocol.READ_SIZE
+
+
+def test_a_receive_pending_when_the_handle_is_cleaned_up_fails_as_a_lost_worker(
+    channel: tuple[WorkerHandle, socket.socket],
+) -> None:
+    # The worker's end stays open (its process outlived the kill, say): the pending
+    # receive must not wait forever, and a later one must not reach a closed descriptor.
+    handle, _worker_end = channel
+
+    async def exchange() -> tuple[object, BaseException | None]:
+        pending = asyncio.ensure_future(handle.receive())
+        await asyncio.sleep(0.05)
+        await handle.cleanup()
+        first = await asyncio.wait_for(asyncio.gather(pending, return_exceptions=True), 5)
+        try:
+            await handle.receive()
+        except Exception as later:  # the type is what is checked
+            return first[0], later
+        return first[0], None
+
+    pending_failure, later_failure = asyncio.run(exchange())
+    assert isinstance(pending_failure, WorkerLost)
+    assert isinstance(later_failure, WorkerLost)
