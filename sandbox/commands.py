@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import dataclass, field
+from typing import Literal
 
 from sandbox.policy import Commands
 
@@ -23,10 +24,25 @@ _GLOB_CHARS = re.compile(r"[*?\[]")
 _ASSIGNMENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
 
 
+# Every rule a command can break, by its stable name: replies, metrics labels and the
+# audit log carry it, so a worker's reply naming any other is refused.
+DeniedRule = Literal[
+    "syntax",
+    "expansion",
+    "background",
+    "subshell",
+    "shell-operators",
+    "program-path",
+    "allowlist",
+    "argument",
+    "env-prefix",
+]
+
+
 class CommandDenied(Exception):
     """The line breaks a rule; ``rule`` is its stable name, the message explains it."""
 
-    def __init__(self, rule: str, message: str) -> None:
+    def __init__(self, rule: DeniedRule, message: str) -> None:
         super().__init__(message)
         self.rule = rule
         self.message = message

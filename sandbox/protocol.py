@@ -14,6 +14,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
+from sandbox.commands import DeniedRule
 from sandbox.errors import FrameTooLarge, ProtocolError
 from sandbox.policy import Policy
 
@@ -23,6 +24,10 @@ DEFAULT_MAX_FRAME = 4 * 1024 * 1024
 READ_SIZE = 1 << 16
 
 RunStatus = Literal["ok", "error", "timeout", "killed", "denied"]
+# The limits a run can be stopped by.  A worker never names one itself (the service
+# does), but its reply is untrusted: any other name is refused, since the name becomes
+# a metrics label and an audit field.
+LimitName = Literal["wall_time", "memory", "processes", "open_files", "cpu_time", "file_size"]
 
 
 class _Message(BaseModel):
@@ -99,8 +104,8 @@ class RunReply(_Message):
     exit_code: int | None = None
     truncated: bool = False
     execution_count: int = 0
-    denied_rule: str | None = None
-    limit: str | None = None
+    denied_rule: DeniedRule | None = None
+    limit: LimitName | None = None
     files: list[ChangedFile] = Field(default_factory=list)
 
 

@@ -58,6 +58,9 @@ def test_garbage_payloads_raise_protocol_error_only(garbage: bytes) -> None:
         b'{"kind": "reply", "run_id": "1", "status": "ok", "extra": 1}',
         b'{"kind": "exec", "code": "x"}',
         b"[]",
+        # Names that become metrics labels and audit fields: a worker may not invent them.
+        b'{"kind": "reply", "run_id": 1, "status": "killed", "limit": "made-up-1"}',
+        b'{"kind": "reply", "run_id": 1, "status": "denied", "denied_rule": "made-up-1"}',
     ],
 )
 def test_forged_or_malformed_worker_frames_are_rejected(payload: bytes) -> None:
