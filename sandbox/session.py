@@ -23,13 +23,13 @@ from sandbox.zygote_client import ZygoteClient
 
 Request = protocol.RunPython | protocol.RunCommand
 
-_LIMIT_SIGNALS = {
+_LIMIT_SIGNALS: dict[signal.Signals, protocol.LimitName] = {
     signal.SIGXCPU: "cpu_time",
     signal.SIGXFSZ: "file_size",
 }
 
 
-def _limit_from_returncode(returncode: int | None) -> str | None:
+def _limit_from_returncode(returncode: int | None) -> protocol.LimitName | None:
     if returncode is None or returncode >= 0:
         return None
     try:
@@ -46,7 +46,7 @@ class RunOutcome:
     # NameError now most likely means setup code must run again.
     since_restart: bool = False
     duration_ms: float = 0.0
-    limit: str | None = None
+    limit: protocol.LimitName | None = None
     interrupted_by: str | None = None  # "timeout" or "request" when a SIGINT was sent
 
 
@@ -238,7 +238,9 @@ class Session:
             reason += f": the session reached its memory limit of {self.policy.limits.memory_mb} MB"
         return await self._killed(run_id, reason, limit=limit)
 
-    async def _killed(self, run_id: int, reason: str, limit: str | None) -> RunOutcome:
+    async def _killed(
+        self, run_id: int, reason: str, limit: protocol.LimitName | None
+    ) -> RunOutcome:
         await self._discard_worker()
         restarted = True
         try:
@@ -250,12 +252,22 @@ class Session:
         return RunOutcome(reply=reply, limit=limit, restarted=restarted)
 
     async def _discard_worker(self) -> None:
-        if self.worker is not None:
-            await self.worker.cleanup()
-            self.worker = None
+        worker = self.worker
+        if worker is not None:
+            await worker.cleanup()
+            if self.worker is worker:  # not one a concurrent run started meanwhile
+                self.worker = None
 
     async def _replace_worker(self) -> None:
-        self.worker = await self._zygote.spawn(self.workspace)
+        # A run whose worker was killed because its session ended must not start a
+        # worker that nothing would ever end.
+        if self.closed:
+            raise WorkerLost("the session was ended")
+        worker = await self._zygote.spawn(self.workspace)
+        if self.closed:  # ended while the worker was being made
+            await worker.cleanup()
+            raise WorkerLost("the session was ended")
+        self.worker = worker
         self._oom_kills_seen = 0
         self.restarts += 1
         self._execution_count = 0

@@ -180,3 +180,49 @@ def test_nothing_leaks_across_a_crash_and_restart(tmp_path: Path) -> None:
             assert client.post("/repl", json={"code": "'fresh'"}).json()["result"] == "'fresh'"
     finally:
         stop_server(again)
+
+
+def test_a_session_ended_during_a_run_gets_no_fresh_worker(tmp_path: Path) -> None:
+    # The run's worker is killed under it; the run must not start a replacement for a
+    # session that no longer exists, which nothing would ever end.
+    server = start_server(tmp_path)
+    try:
+        client = server.client()
+        session_id = client.post("/sessions").json()["session_id"]
+        assert client.post("/repl", json={"code": "1", "session_id": session_id}).is_success
+        uid = _worker_uid(client, session_id)
+        groups_before = _session_groups(server)
+        replies: list[httpx.Response] = []
+
+        def run() -> None:
+            with server.client() as runner:
+                body = {"code": "import time; time.sleep(60)", "session_id": session_id}
+                replies.append(runner.post("/repl", json=body))
+
+        running = threading.Thread(target=run)
+        running.start()
+        assert _wait_until(lambda: client.get(f"/sessions/{session_id}").json()["busy"])
+        assert client.delete(f"/sessions/{session_id}").status_code == 204
+        running.join(30)
+        reply = replies[0].json()
+        assert reply["status"] == "killed"
+        pass
+        pass
+        assert _wait_until(lambda: _processes_of(uid) == [])
+        # Beside the zygote, the service's children are the pool's ready workers (it
+        # is their subreaper), and nothing else once the pool is full again.
+        zygote = client.get("/readyz").json()["zygote"]["pid"]
+        service = psutil.Process(server.process.pid)
+
+        def workers() -> int:
+            children = [child for child in service.children() if child.pid != zygote]
+            return sum(child.status() != psutil.STATUS_ZOMBIE for child in children)
+
+        assert _wait_until(lambda: workers() == WARM_POOL)
+        time.sleep(1.0)  # a replacement would have been made by now
+        assert workers() == WARM_POOL
+        if groups_before:
+            assert len(_session_groups(server)) == WARM_POOL
+        client.close()
+    finally:
+        stop_server(server)
