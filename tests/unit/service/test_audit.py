@@ -6,7 +6,10 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import sys
 from pathlib import Path
+
+import pytest
 
 from service.audit import AuditLog
 
@@ -91,3 +94,37 @@ def test_a_loop_after_a_closed_one_still_gets_its_lines_written(tmp_path: Path) 
     asyncio.run(record_and_turn())
     assert [entry["session"] for entry in _lines(path)] == ["first", "second"]
     audit.close()
+
+
+def test_a_line_the_stream_cannot_encode_as_is_is_escaped_and_loses_no_other_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # stdout may be ASCII: a tenant or session name outside it must not fail the write of
+    # the lines recorded in the same step, other tenants' among them.
+    path = tmp_path / "audit.jsonl"
+    stdout = open(path, "w", encoding="ascii")  # noqa: SIM115 - closed below
+    monkeypatch.setattr(sys, "stdout", stdout)
+    audit = AuditLog("-")
+
+    async def step() -> None:
+        _record(audit, "s1")
+        audit.record(
+            tenant="équipe",
+            session_id="s2",
+            kind="python",
+            text="x",
+            status="ok",
+            duration_ms=1.0,
+            limit=None,
+            policy="digest",
+        )
+        _record(audit, "s3")
+        await asyncio.sleep(0)
+
+    asyncio.run(step())
+    stdout.close()
+    assert [(entry["tenant"], entry["session"]) for entry in _lines(path)] == [
+        ("alice", "s1"),
+        ("équipe", "s2"),
+        ("alice", "s3"),
+    ]
