@@ -53,18 +53,21 @@ def _servable(scope: Scope, max_body_bytes: int) -> bool:
     """Whether the headers declare a JSON body of a known length within the cap.
 
     A Transfer-Encoding overrides the Content-Length (h11 reads the body chunked), so a
-    request naming one is the full stack's, whose body cap counts what arrives.
+    request naming one is the full stack's, whose body cap counts what arrives.  So is
+    one with two Content-Types: Starlette reads the first, and only its reading counts.
     """
-    json_declared = False
+    json_declared: bool | None = None
     length: bytes | None = None
     for name, value in scope["headers"]:
         if name == b"content-type":
+            if json_declared is not None:
+                return False
             json_declared = value.split(b";", 1)[0].strip().lower() == b"application/json"
         elif name == b"content-length":
             length = value
         elif name == b"transfer-encoding":
             return False
-    return (
+    return bool(
         json_declared and length is not None and length.isdigit() and int(length) <= max_body_bytes
     )
 

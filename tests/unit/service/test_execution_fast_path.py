@@ -158,6 +158,15 @@ def test_a_chunked_body_is_left_to_the_body_cap_whatever_length_it_declares() ->
     _assert_passed_on_unread(headers)
 
 
+@pytest.mark.parametrize(
+    "types", [(b"text/plain", b"application/json"), (b"application/json", b"text/plain")]
+)
+def test_a_request_with_two_content_types_is_left_to_fastapi(types: tuple[bytes, bytes]) -> None:
+    # Starlette reads the first; this path must not run a body on the strength of the last.
+    headers = [(b"content-type", declared) for declared in types]
+    _assert_passed_on_unread([*headers, (b"content-length", b"13")])
+
+
 def test_a_body_outgrowing_the_cap_stops_being_read_and_goes_to_the_body_cap_whole() -> None:
     # Whatever the headers said: the fast path holds at most one chunk beyond the cap.
     chunk = b"x" * 4096
