@@ -40,11 +40,13 @@ def main() -> None:
     parser.add_argument("--port", type=int, default=8001)
     args = parser.parse_args()
     # Forked before uvicorn starts its event loop, as a zygote's workers would be.
-    bare_worker.add_route(app, bare_worker.start_workers())
+    front = bare_worker.BareWorkerFront(app, bare_worker.start_workers())
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # As ``codesherpa serve`` runs by default: a line per request would cost the anchor
     # a share of its round trip the service does not pay.
-    uvicorn.run(app, host=args.host, port=args.port, workers=1, log_level="info", access_log=False)
+    uvicorn.run(
+        front, host=args.host, port=args.port, workers=1, log_level="info", access_log=False
+    )
 
 
 if __name__ == "__main__":

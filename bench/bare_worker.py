@@ -19,8 +19,8 @@ import os
 import socket
 from typing import NoReturn
 
-from fastapi import FastAPI, HTTPException, Response
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 WORKERS = 8  # the throughput measurement's sessions, one worker each
 _MESSAGE_SIZE = 1 << 16  # a seqpacket message is read whole, up to this size
@@ -65,18 +65,58 @@ def start_workers(count: int = WORKERS) -> list[socket.socket]:
     return channels
 
 
-def add_route(app: FastAPI, channels: list[socket.socket]) -> None:
-    locks = [asyncio.Lock() for _ in channels]  # one run at a time per worker, as a session
+class BareWorkerFront:
+    """The ASGI app uvicorn calls: ``POST /bare/{worker}`` here, everything else to ``app``.
 
-    @app.post("/bare/{worker}")
-    async def bare(worker: int, cell: Cell) -> Response:
-        if not 0 <= worker < len(channels):
-            raise HTTPException(404, f"worker: 0 to {len(channels) - 1}")
-        message = json.dumps(cell.code).encode()
-        if len(message) > _MESSAGE_SIZE:
-            raise HTTPException(413, f"code: at most {_MESSAGE_SIZE} bytes as JSON")
+    Served in front of FastAPI's stack, as CodeSherpa serves a valid ``/repl``
+    (``service/execution_fast_path.py``): routing, dependencies and body handling
+    through FastAPI would put their cost in the floor, which CodeSherpa does not pay.
+    """
+
+    def __init__(self, app: ASGIApp, channels: list[socket.socket]) -> None:
+        self.app = app
+        self.channels = channels
+        self.locks = [asyncio.Lock() for _ in channels]  # one run at a time per worker
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        worker = self._worker(scope)
+        if worker is None:
+            await self.app(scope, receive, send)
+            return
+        chunks: list[bytes] = []
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            if not message.get("more_body", False):
+                break
+        try:
+            cell = Cell.model_validate_json(b"".join(chunks))
+        except ValidationError:
+            await _answer(send, 422, b'{"detail":"the body is not a cell"}')
+            return
+        request = json.dumps(cell.code).encode()
+        if len(request) > _MESSAGE_SIZE:
+            await _answer(send, 413, b'{"detail":"the code is too long"}')
+            return
         loop = asyncio.get_running_loop()
-        async with locks[worker]:
-            await loop.sock_sendall(channels[worker], message)
-            reply = await loop.sock_recv(channels[worker], _MESSAGE_SIZE)
-        return Response(reply, media_type="application/json")
+        async with self.locks[worker]:
+            await loop.sock_sendall(self.channels[worker], request)
+            reply = await loop.sock_recv(self.channels[worker], _MESSAGE_SIZE)
+        await _answer(send, 200, reply)
+
+    def _worker(self, scope: Scope) -> int | None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return None
+        head, _, number = scope["path"].rpartition("/")
+        if head != "/bare" or not number.isdigit():
+            return None
+        worker = int(number)
+        return worker if worker < len(self.channels) else None
+
+
+async def _answer(send: Send, status: int, body: bytes) -> None:
+    headers = [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
