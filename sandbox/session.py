@@ -9,6 +9,7 @@ breaks the protocol is replaced, keeping the workspace.
 from __future__ import annotations
 
 import asyncio
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from sandbox.handle import WorkerHandle, describe_returncode
 from sandbox.policy import Policy
 from sandbox.worker import EXIT_OUT_OF_DESCRIPTORS, EXIT_OUT_OF_PROCESSES
 from sandbox.zygote_client import ZygoteClient
+
+log = logging.getLogger("codesherpa")
 
 Request = protocol.RunPython | protocol.RunCommand
 
@@ -68,6 +71,8 @@ class Session:
         self._execution_count = 0
         self._lost_namespace = False
         self._oom_kills_seen = 0
+        # Ends a run whose caller went away (see _abandon); holds the run lock meanwhile.
+        self._ending_abandoned_run: asyncio.Task[None] | None = None
         self.closed = False
 
     @classmethod
@@ -127,7 +132,8 @@ class Session:
             return outcome
         finally:
             self.last_used = time.time()
-            self._run_lock.release()
+            if self._ending_abandoned_run is None:  # else that task releases the lock
+                self._run_lock.release()
 
     async def _exchange(self, request: Request, timeout: float) -> RunOutcome:
         worker = self.worker
@@ -158,6 +164,9 @@ class Session:
         try:
             await worker.send(request)
             message = await worker.receive()
+        except asyncio.CancelledError:
+            self._abandon(worker, request.run_id, grace)
+            raise
         except (WorkerLost, ProtocolError) as exc:
             if killed_for_time:
                 return await self._killed(
@@ -195,6 +204,41 @@ class Session:
         # ran out of time was stopped by memory first, and the reply names that limit.
         self._note_memory_kills(worker, outcome)
         return outcome
+
+    def _abandon(self, worker: WorkerHandle, run_id: int, grace: float) -> None:
+        """End a run whose caller was cancelled (an MCP client's cancellation, say).
+
+        The run's clock went with the caller: left alone, it would run on unbounded,
+        and the next run would be sent to a worker still busy with this one.  It is
+        interrupted now, as a timed-out run is, and the session keeps its run lock
+        until the worker has answered it, or, past the grace period, has been killed.
+        """
+        self._interrupt_reason = "cancelled"
+        worker.interrupt()
+        self._ending_abandoned_run = asyncio.get_running_loop().create_task(
+            self._end_abandoned_run(worker, run_id, grace)
+        )
+
+    async def _end_abandoned_run(self, worker: WorkerHandle, run_id: int, grace: float) -> None:
+        try:
+            try:
+                async with asyncio.timeout(grace):
+                    while True:
+                        message = await worker.receive()
+                        if isinstance(message, protocol.RunReply) and message.run_id == run_id:
+                            break
+                # Nothing the interrupted run started may outlive it, as after a timeout.
+                await asyncio.to_thread(worker.kill_strays)
+            except (TimeoutError, WorkerLost, ProtocolError):
+                # The next run starts a fresh worker, and says the namespace was lost.
+                await self._discard_worker()
+                self._lost_namespace = True
+        except Exception:
+            log.exception("ending an abandoned run of %s failed", worker.session_key)
+        finally:
+            self._ending_abandoned_run = None
+            self._interrupt_reason = None
+            self._run_lock.release()
 
     def _note_memory_kills(self, worker: WorkerHandle, outcome: RunOutcome) -> None:
         """Name the memory limit when the OOM killer ended a process of this run."""

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 from fastapi import APIRouter, Request, Response
 
 from sandbox import CommandDenied, RunOutcome, RunReply, WorkerBusy, parse_and_check
@@ -44,11 +47,21 @@ async def _run(
 ) -> RunOutcome:
     quotas: TenantQuotas = request.app.state.quotas
     with quotas.run_slot(tenant):
+        started = time.monotonic()
         try:
             if kind == "python":
                 outcome = await record.session.run_python(text, timeout)
             else:
                 outcome = await record.session.run_command(text, timeout)
+        except asyncio.CancelledError:
+            # The caller went away (an MCP client cancelled the call): the session
+            # interrupts the run if it had started.  It is still counted and audited.
+            cancelled = RunOutcome(
+                reply=RunReply(run_id=0, status="error", error="cancelled by the caller"),
+                duration_ms=(time.monotonic() - started) * 1000,
+            )
+            _observe(request, tenant, record, kind, text, cancelled, status="cancelled")
+            raise
         except WorkerBusy:
             raise ApiError(
                 429,
@@ -66,14 +79,21 @@ async def _run(
 
 
 def _observe(
-    request: Request, tenant: str, record: SessionRecord, kind: str, text: str, outcome: RunOutcome
+    request: Request,
+    tenant: str,
+    record: SessionRecord,
+    kind: str,
+    text: str,
+    outcome: RunOutcome,
+    status: str | None = None,
 ) -> None:
-    """Count the run and write its audit line."""
+    """Count the run and write its audit line; ``status`` overrides the reply's."""
     reply = outcome.reply
+    status = status or reply.status
     metrics: Metrics = request.app.state.metrics
     audit: AuditLog = request.app.state.audit
     limit = reply.limit or outcome.limit
-    metrics.record_run(kind, reply.status, outcome.duration_ms / 1000, limit)
+    metrics.record_run(kind, status, outcome.duration_ms / 1000, limit)
     if reply.denied_rule:
         metrics.denials.labels(rule=reply.denied_rule).inc()
     audit.record(
@@ -81,7 +101,7 @@ def _observe(
         session_id=record.session_id,
         kind=kind,
         text=text,
-        status=reply.status,
+        status=status,
         duration_ms=outcome.duration_ms,
         limit=limit,
         policy=record.session.policy_digest,

@@ -478,3 +478,40 @@ async def test_a_restart_is_remembered_until_a_run_succeeds(session: Session) ->
     assert lost.since_restart
     assert (await session.run_python("setup = 1")).since_restart
     assert not (await session.run_python("setup")).since_restart
+
+
+async def test_a_cancelled_run_is_interrupted_and_the_next_waits_for_it(session: Session) -> None:
+    # An MCP client may cancel a call: the run's clock goes with its caller, so the run
+    # must be interrupted rather than left running, and the session's next run must not
+    # be sent to a worker still busy with it.
+    code = (
+        "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
+        "    open('interrupted', 'w').write('yes')\n    raise"
+    )
+    await session.run_python("kept = 'still here'")
+    run = asyncio.create_task(session.run_python(code, timeout=120))
+    await asyncio.sleep(1.0)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    after = await session.run_python("open('interrupted').read(), kept", timeout=10)
+    assert after.reply.status == "ok", after.reply.error
+    assert after.reply.value == "('yes', 'still here')"
+    assert after.restarted is False
+
+
+async def test_a_cancelled_run_that_ignores_the_interrupt_is_killed_after_the_grace(
+    session: Session,
+) -> None:
+    code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
+    old_pid = session.worker.pid if session.worker else None
+    run = asyncio.create_task(session.run_python(code, timeout=120))
+    await asyncio.sleep(1.0)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    after = await session.run_python("1 + 1", timeout=10)
+    assert after.reply.value == "2"
+    assert after.restarted is True
+    assert old_pid is not None
+    assert not psutil.pid_exists(old_pid)
