@@ -36,10 +36,11 @@ import secrets
 import signal
 import socket
 import sys
+import tempfile
 import traceback
 from dataclasses import asdict, dataclass
 
-from sandbox import fork, heap, pool_ledger, protocol, scheduling, workspaces
+from sandbox import fork, heap, pool_ledger, protocol, scheduling, warm_up, workspaces
 from sandbox.commands import resolve_program
 from sandbox.confine import (
     LayerStatus,
@@ -401,6 +402,11 @@ def main() -> None:
     zygote = Zygote(policy, start.state_dir, start.service_pid, start.cgroup_parent, start.ledger)
     if "environment" in policy.isolation.wanted():
         environment.prepare()
+    try:
+        with tempfile.TemporaryDirectory(dir=start.state_dir, prefix="warm-up-") as empty:
+            warm_up.warm_up(policy, empty)
+    except Exception:  # noqa: BLE001 - only memory is at stake: the zygote still serves
+        traceback.print_exc()
     # Everything imported so far is shared, read-only, by every worker: keep the
     # collector from touching (and so copying) those pages in each fork.
     gc.collect()
