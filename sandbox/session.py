@@ -291,7 +291,12 @@ class Session:
             await self._replace_worker()
         except SandboxError as exc:
             restarted = False
-            reason += f"; no fresh worker could be started yet ({exc}), the next call tries again"
+            if self.closed:
+                reason += "; the session was ended"
+            else:
+                reason += (
+                    f"; no fresh worker could be started yet ({exc}), the next call tries again"
+                )
         reply = protocol.RunReply(run_id=run_id, status="killed", error=reason, limit=limit)
         return RunOutcome(reply=reply, limit=limit, restarted=restarted)
 

@@ -206,8 +206,9 @@ def test_a_session_ended_during_a_run_gets_no_fresh_worker(tmp_path: Path) -> No
         running.join(30)
         reply = replies[0].json()
         assert reply["status"] == "killed"
-        pass
-        pass
+        assert not reply["restarted"]
+        assert "the session was ended" in reply["error"]
+        assert "tries again" not in reply["error"]
         assert _wait_until(lambda: _processes_of(uid) == [])
         # Beside the zygote, the service's children are the pool's ready workers (it
         # is their subreaper), and nothing else once the pool is full again.
