@@ -188,7 +188,7 @@ class Session:
         if isinstance(request, protocol.RunCommand) or self._interrupt_reason is not None:
             # Nothing a command or an interrupted run started may outlive it, whatever
             # user code did to the worker's own sweep.
-            await asyncio.to_thread(worker.kill_strays)
+            await self._sweep(worker)
         if self._interrupt_reason == "timeout":
             # Even a run that caught the KeyboardInterrupt and went on ran out of time.
             outcome.reply = outcome.reply.model_copy(
@@ -204,6 +204,30 @@ class Session:
         # ran out of time was stopped by memory first, and the reply names that limit.
         self._note_memory_kills(worker, outcome)
         return outcome
+
+    async def _sweep(self, worker: WorkerHandle) -> None:
+        """Kill the session's processes but the worker, in a thread nothing can stop.
+
+        If the caller is cancelled meanwhile, the session keeps its run lock until the
+        sweep is over: released at once, the next run's processes would be swept too.
+        """
+        sweeping = asyncio.ensure_future(asyncio.to_thread(worker.kill_strays))
+        try:
+            await asyncio.shield(sweeping)
+        except asyncio.CancelledError:
+            self._ending_abandoned_run = asyncio.get_running_loop().create_task(
+                self._release_after(sweeping)
+            )
+            raise
+
+    async def _release_after(self, sweeping: asyncio.Future[None]) -> None:
+        try:
+            await sweeping
+        except Exception:
+            log.exception("sweeping the session's processes failed")
+        finally:
+            self._ending_abandoned_run = None
+            self._run_lock.release()
 
     def _abandon(self, worker: WorkerHandle, run_id: int, grace: float) -> None:
         """End a run whose caller was cancelled (an MCP client's cancellation, say).
@@ -227,6 +251,9 @@ class Session:
                         message = await worker.receive()
                         if isinstance(message, protocol.RunReply) and message.run_id == run_id:
                             break
+                # What the next run's reply is measured against.
+                self._execution_count = message.execution_count
+                self._oom_kills_seen = max(self._oom_kills_seen, worker.oom_kills())
                 # Nothing the interrupted run started may outlive it, as after a timeout.
                 await asyncio.to_thread(worker.kill_strays)
             except (TimeoutError, WorkerLost, ProtocolError):

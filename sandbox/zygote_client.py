@@ -63,6 +63,17 @@ def cgroup_parent_for(state_dir: str) -> str:
     return f"codesherpa-{digest}"
 
 
+def _clean_up_unwanted(made: asyncio.Future[WorkerHandle]) -> None:
+    if made.cancelled() or made.exception() is not None:
+        return
+    _unwanted_cleanups.add(task := asyncio.ensure_future(made.result().cleanup()))
+    task.add_done_callback(_unwanted_cleanups.discard)
+
+
+# Cleanups of workers nobody waits for, kept referenced until they are done.
+_unwanted_cleanups: set[asyncio.Future[None]] = set()
+
+
 class ZygoteClient:
     def __init__(self, policy: Policy, state_dir: str) -> None:
         self.policy = policy
@@ -258,7 +269,14 @@ class ZygoteClient:
     async def spawn(
         self, workspace: str | None = None, hello_timeout: float = 30.0
     ) -> WorkerHandle:
-        handle = await asyncio.to_thread(self._spawn_blocking, workspace)
+        made = asyncio.ensure_future(asyncio.to_thread(self._spawn_blocking, workspace))
+        try:
+            handle = await asyncio.shield(made)
+        except asyncio.CancelledError:
+            # The thread cannot be stopped: the worker it hands over after the caller
+            # has gone is ended, not dropped (nothing else would ever end it).
+            made.add_done_callback(_clean_up_unwanted)
+            raise
         try:
             hello = await handle.read_hello(hello_timeout)
         except BaseException:

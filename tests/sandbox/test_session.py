@@ -5,12 +5,13 @@ from __future__ import annotations
 import ast
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import psutil
 import pytest
 
-from sandbox import Session, ZygoteClient, workspaces
+from sandbox import Session, ZygoteClient, handle, workspaces
 from sandbox.confine import cgroup
 from sandbox.confine.environment import session_environment
 from sandbox.errors import WorkerBusy
@@ -515,3 +516,65 @@ async def test_a_cancelled_run_that_ignores_the_interrupt_is_killed_after_the_gr
     assert after.restarted is True
     assert old_pid is not None
     assert not psutil.pid_exists(old_pid)
+
+
+async def test_a_run_cancelled_during_its_sweep_keeps_the_session_until_the_sweep_ends(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A command's reply is followed by a sweep of every process but the worker.  Were
+    # the session released when its caller is cancelled mid-sweep, the next run's
+    # processes would be swept too.
+    await session.run_python("1")
+    worker = session.worker
+    assert worker is not None
+    sweep = worker.kill_strays
+
+    def slow_sweep() -> None:
+        time.sleep(0.7)  # a sweep of many processes
+        sweep()
+
+    monkeypatch.setattr(worker, "kill_strays", slow_sweep)
+    first = asyncio.create_task(session.run_command("true"))
+    await asyncio.sleep(0.3)  # the reply is in, the sweep under way
+    first.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await first
+    started = await session.run_python(
+        "import subprocess\nkept = subprocess.Popen(['sleep', '30'])\n'started'"
+    )
+    assert started.reply.value == "'started'"
+    await asyncio.sleep(1.0)  # past the end of the old sweep
+    assert (await session.run_python("kept.poll()")).reply.value is None  # still running
+
+
+async def test_a_cancelled_runs_memory_kills_are_not_blamed_on_the_next_run(
+    session: Session, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await session.run_python("1")
+    worker = session.worker
+    assert worker is not None
+    run = asyncio.create_task(session.run_python("import time\ntime.sleep(30)", timeout=60))
+    await asyncio.sleep(0.5)
+    monkeypatch.setattr(worker, "oom_kills", lambda: 1)  # one of its processes was killed
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    after = await session.run_python("2 + 2", timeout=10)
+    assert after.reply.value == "4"
+    assert after.reply.limit is None
+    assert after.reply.error is None
+
+
+async def test_a_worker_spawned_for_a_cancelled_caller_is_ended_not_dropped(
+    session: Session,
+) -> None:
+    await session._discard_worker()
+    held_before = handle.held_worker_pids()
+    run = asyncio.create_task(session.run_python("1"))  # starts by spawning a worker
+    await asyncio.sleep(0.005)
+    run.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await run
+    await asyncio.sleep(3.0)  # the spawn's thread has handed its worker over by now
+    assert session.worker is None
+    assert handle.held_worker_pids() <= held_before
