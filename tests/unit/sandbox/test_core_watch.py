@@ -130,3 +130,37 @@ def test_a_held_session_gets_its_cores_back_once_it_goes_quiet(clock: Clock) -> 
     groups = RecordingGroups()
     _watch_over(groups, clock, [(CHECK_INTERVAL_S, 0.93, 0.07), (RELEASE_WINDOW_S, 0.1, 0.0)])
     assert groups.changes == [("cores", True), ("idle", True), ("cores", False), ("idle", False)]
+
+
+def test_a_session_held_for_one_busy_thread_is_looked_at_again_within_an_interval(
+    clock: Clock,
+) -> None:
+    # Held for one busy thread, the session is not holding the other sessions back; if
+    # it forks and fills every core, that must be seen within an interval, not at the
+    # next release check two seconds on.
+    groups = RecordingGroups()
+
+    async def watch() -> None:
+        loop = asyncio.get_running_loop()
+        watched = CoreWatch(groups, KEY)  # type: ignore[arg-type]  # a stand-in
+        watched.run_started()
+        watched._check()
+        try:
+            clock.now += CHECK_INTERVAL_S
+            groups.used_ns += int(0.93 * CHECK_INTERVAL_S * SECOND_NS)
+            watched._check()
+            assert groups.changes == [("cores", True), ("idle", True)]
+            assert watched._timer is not None
+            assert watched._timer.when() - loop.time() <= CHECK_INTERVAL_S
+            groups.runnable = 4  # it forks: four busy threads
+            clock.now += CHECK_INTERVAL_S
+            groups.used_ns += int(1.0 * CHECK_INTERVAL_S * SECOND_NS)
+            watched._check()
+            assert groups.changes[-1] == ("parent idle", True)
+            # Holding them, it is looked at again at the release check only.
+            assert watched._timer is not None
+            assert watched._timer.when() - loop.time() > CHECK_INTERVAL_S
+        finally:
+            watched.close()
+
+    asyncio.run(watch())
