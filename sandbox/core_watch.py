@@ -173,7 +173,11 @@ class CoreWatch:
             return  # a run that ended within the interval and left nothing running
         now = self._read()
         if now is None:
-            self._version = None  # this host does not count both: nothing to watch
+            # This host does not count both, or no longer can: nothing to watch, and
+            # nothing to judge a release by, so a held session gets its place back.
+            if self.confined:
+                self._confine(False, "its CPU counters could not be read")
+            self._version = None
             return
         if self._between_release_checks(now):
             # Held for less than filling every core: whether it now does is looked at

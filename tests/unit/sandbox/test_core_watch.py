@@ -25,10 +25,11 @@ class RecordingGroups:
         self.used_ns = 0
         self.throttled_ns = 0
         self.runnable = 1
+        self.unreadable = False
         self.changes: list[tuple[str, bool]] = []
 
-    def cpu_pressure(self, key: str) -> CpuPressure:
-        return CpuPressure(self.used_ns, self.throttled_ns)
+    def cpu_pressure(self, key: str) -> CpuPressure | None:
+        return None if self.unreadable else CpuPressure(self.used_ns, self.throttled_ns)
 
     def process_count(self, key: str) -> int:
         return 1
@@ -164,3 +165,26 @@ def test_a_session_held_for_one_busy_thread_is_looked_at_again_within_an_interva
             watched.close()
 
     asyncio.run(watch())
+
+
+def test_a_held_session_whose_counters_can_no_longer_be_read_gets_its_place_back(
+    clock: Clock,
+) -> None:
+    groups = RecordingGroups()
+
+    async def watch() -> None:
+        watched = CoreWatch(groups, KEY)  # type: ignore[arg-type]  # a stand-in
+        watched.run_started()
+        watched._check()
+        try:
+            clock.now += CHECK_INTERVAL_S
+            groups.used_ns += int(0.93 * CHECK_INTERVAL_S * SECOND_NS)
+            watched._check()
+            groups.unreadable = True
+            clock.now += RELEASE_WINDOW_S
+            watched._check()
+        finally:
+            watched.close()
+
+    asyncio.run(watch())
+    assert groups.changes == [("cores", True), ("idle", True), ("cores", False), ("idle", False)]
