@@ -12,7 +12,7 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from sandbox import protocol
@@ -215,19 +215,8 @@ class Session:
         try:
             await asyncio.shield(sweeping)
         except asyncio.CancelledError:
-            self._ending_abandoned_run = asyncio.get_running_loop().create_task(
-                self._release_after(sweeping)
-            )
+            self._keep_locked_until(sweeping)
             raise
-
-    async def _release_after(self, sweeping: asyncio.Future[None]) -> None:
-        try:
-            await sweeping
-        except Exception:
-            log.exception("sweeping the session's processes failed")
-        finally:
-            self._ending_abandoned_run = None
-            self._run_lock.release()
 
     def _abandon(self, worker: WorkerHandle, run_id: int, grace: float) -> None:
         """End a run whose caller was cancelled (an MCP client's cancellation, say).
@@ -239,33 +228,39 @@ class Session:
         """
         self._interrupt_reason = "cancelled"
         worker.interrupt()
-        self._ending_abandoned_run = asyncio.get_running_loop().create_task(
-            self._end_abandoned_run(worker, run_id, grace)
-        )
+        self._keep_locked_until(self._end_abandoned_run(worker, run_id, grace))
+
+    def _keep_locked_until(self, ending: Awaitable[None]) -> None:
+        """The caller holding the run lock was cancelled: release it once ``ending`` is."""
+
+        async def end_then_release() -> None:
+            try:
+                await ending
+            except Exception:
+                log.exception("ending a cancelled run of session %s failed", self.workspace)
+            finally:
+                self._ending_abandoned_run = None
+                self._interrupt_reason = None
+                self._run_lock.release()
+
+        self._ending_abandoned_run = asyncio.get_running_loop().create_task(end_then_release())
 
     async def _end_abandoned_run(self, worker: WorkerHandle, run_id: int, grace: float) -> None:
         try:
-            try:
-                async with asyncio.timeout(grace):
-                    while True:
-                        message = await worker.receive()
-                        if isinstance(message, protocol.RunReply) and message.run_id == run_id:
-                            break
-                # What the next run's reply is measured against.
-                self._execution_count = message.execution_count
-                self._oom_kills_seen = max(self._oom_kills_seen, worker.oom_kills())
-                # Nothing the interrupted run started may outlive it, as after a timeout.
-                await asyncio.to_thread(worker.kill_strays)
-            except (TimeoutError, WorkerLost, ProtocolError):
-                # The next run starts a fresh worker, and says the namespace was lost.
-                await self._discard_worker()
-                self._lost_namespace = True
-        except Exception:
-            log.exception("ending an abandoned run of %s failed", worker.session_key)
-        finally:
-            self._ending_abandoned_run = None
-            self._interrupt_reason = None
-            self._run_lock.release()
+            async with asyncio.timeout(grace):
+                while True:
+                    message = await worker.receive()
+                    if isinstance(message, protocol.RunReply) and message.run_id == run_id:
+                        break
+            # What the next run's reply is measured against.
+            self._execution_count = message.execution_count
+            self._oom_kills_seen = max(self._oom_kills_seen, worker.oom_kills())
+            # Nothing the interrupted run started may outlive it, as after a timeout.
+            await asyncio.to_thread(worker.kill_strays)
+        except (TimeoutError, WorkerLost, ProtocolError):
+            # The next run starts a fresh worker, and says the namespace was lost.
+            await self._discard_worker()
+            self._lost_namespace = True
 
     def _note_memory_kills(self, worker: WorkerHandle, outcome: RunOutcome) -> None:
         """Name the memory limit when the OOM killer ended a process of this run."""
