@@ -18,8 +18,9 @@ import linecache
 
 from sandbox import protocol, workspace
 from sandbox.executor import PythonSession
-from sandbox.output import BoundedBuffer, truncate_output
+from sandbox.output import BoundedBuffer
 from sandbox.policy import Policy
+from sandbox.worker import build_reply
 
 # More than the runs after which CPython 3.11 specialises a function's bytecode.
 ROUNDS = 16
@@ -42,23 +43,17 @@ def warm_up(policy: Policy, empty_directory: str) -> None:
                 assert isinstance(request, protocol.RunPython)
                 before = workspace.snapshot(empty_directory)
                 outcome = session.run(request.code)
-                after = workspace.snapshot(empty_directory)
-                stdout, stderr = BoundedBuffer(keep), BoundedBuffer(keep)
-                stdout.write(b"")
-                value, _ = truncate_output(outcome.value or "", keep)
-                reply = protocol.RunReply.model_validate(
-                    {
-                        "run_id": run_id,
-                        "stdout": stdout.text(keep)[0],
-                        "stderr": stderr.text(keep)[0],
-                        "truncated": False,
-                        "execution_count": session.execution_count,
-                        "status": "error" if outcome.error else "ok",
-                        "value": value,
-                        "error": outcome.error,
-                        "exc_type": outcome.exc_type,
-                        "files": workspace.changed_files(before, after),
-                    }
+                reply = build_reply(
+                    run_id,
+                    keep,
+                    session.execution_count,
+                    BoundedBuffer(keep),
+                    BoundedBuffer(keep),
+                    status="error" if outcome.error else "ok",
+                    value=outcome.value,
+                    error=outcome.error,
+                    exc_type=outcome.exc_type,
+                    files=workspace.changed_files(before, workspace.snapshot(empty_directory)),
                 )
                 protocol.encode(reply)
     for filename in [name for name in linecache.cache if name.startswith("<cell-")]:

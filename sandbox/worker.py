@@ -237,29 +237,42 @@ class Worker:
         stderr: BoundedBuffer,
         **fields: object,
     ) -> protocol.RunReply:
-        limit = self._keep
-        out_text, out_cut = stdout.text(limit)
-        err_text, err_cut = stderr.text(limit)
-        cut_any = out_cut or err_cut
-        for name in ("value", "error"):
-            text = fields.get(name)
-            if isinstance(text, str):
-                fields[name], cut = truncate_output(text, limit)
-                cut_any = cut_any or cut
-        files = fields.get("files")
-        if isinstance(files, list) and len(files) > MAX_CHANGED_FILES:
-            fields["files"] = files[:MAX_CHANGED_FILES]
-            cut_any = True
-        return protocol.RunReply.model_validate(
-            {
-                "run_id": run_id,
-                "stdout": out_text,
-                "stderr": err_text,
-                "truncated": cut_any,
-                "execution_count": self._session.execution_count,
-                **fields,
-            }
+        return build_reply(
+            run_id, self._keep, self._session.execution_count, stdout, stderr, **fields
         )
+
+
+def build_reply(
+    run_id: int,
+    limit: int,
+    execution_count: int,
+    stdout: BoundedBuffer,
+    stderr: BoundedBuffer,
+    **fields: object,
+) -> protocol.RunReply:
+    """A run's reply, its output and texts cut to ``limit`` characters each."""
+    out_text, out_cut = stdout.text(limit)
+    err_text, err_cut = stderr.text(limit)
+    cut_any = out_cut or err_cut
+    for name in ("value", "error"):
+        text = fields.get(name)
+        if isinstance(text, str):
+            fields[name], cut = truncate_output(text, limit)
+            cut_any = cut_any or cut
+    files = fields.get("files")
+    if isinstance(files, list) and len(files) > MAX_CHANGED_FILES:
+        fields["files"] = files[:MAX_CHANGED_FILES]
+        cut_any = True
+    return protocol.RunReply.model_validate(
+        {
+            "run_id": run_id,
+            "stdout": out_text,
+            "stderr": err_text,
+            "truncated": cut_any,
+            "execution_count": execution_count,
+            **fields,
+        }
+    )
 
 
 def run_worker(channel_fd: int, policy: Policy, layers: dict[str, str]) -> None:
