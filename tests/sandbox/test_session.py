@@ -6,7 +6,9 @@ import ast
 import asyncio
 import os
 import time
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -481,6 +483,18 @@ async def test_a_restart_is_remembered_until_a_run_succeeds(session: Session) ->
     assert not (await session.run_python("setup")).since_restart
 
 
+async def _cancel_after(
+    seconds: float, call: Coroutine[Any, Any, object], meanwhile: Callable[[], None] = lambda: None
+) -> None:
+    """Start a call, cancel it ``seconds`` later, and check that its caller saw that."""
+    running = asyncio.create_task(call)
+    await asyncio.sleep(seconds)
+    meanwhile()
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+
+
 async def test_a_cancelled_run_is_interrupted_and_the_next_waits_for_it(session: Session) -> None:
     # An MCP client may cancel a call: the run's clock goes with its caller, so the run
     # must be interrupted rather than left running, and the session's next run must not
@@ -490,11 +504,7 @@ async def test_a_cancelled_run_is_interrupted_and_the_next_waits_for_it(session:
         "    open('interrupted', 'w').write('yes')\n    raise"
     )
     await session.run_python("kept = 'still here'")
-    run = asyncio.create_task(session.run_python(code, timeout=120))
-    await asyncio.sleep(1.0)
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
+    await _cancel_after(1.0, session.run_python(code, timeout=120))
     after = await session.run_python("open('interrupted').read(), kept", timeout=10)
     assert after.reply.status == "ok", after.reply.error
     assert after.reply.value == "('yes', 'still here')"
@@ -506,11 +516,7 @@ async def test_a_cancelled_run_that_ignores_the_interrupt_is_killed_after_the_gr
 ) -> None:
     code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
     old_pid = session.worker.pid if session.worker else None
-    run = asyncio.create_task(session.run_python(code, timeout=120))
-    await asyncio.sleep(1.0)
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
+    await _cancel_after(1.0, session.run_python(code, timeout=120))
     after = await session.run_python("1 + 1", timeout=10)
     assert after.reply.value == "2"
     assert after.restarted is True
@@ -534,11 +540,7 @@ async def test_a_run_cancelled_during_its_sweep_keeps_the_session_until_the_swee
         sweep()
 
     monkeypatch.setattr(worker, "kill_strays", slow_sweep)
-    first = asyncio.create_task(session.run_command("true"))
-    await asyncio.sleep(0.3)  # the reply is in, the sweep under way
-    first.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await first
+    await _cancel_after(0.3, session.run_command("true"))  # the reply in, the sweep under way
     started = await session.run_python(
         "import subprocess\nkept = subprocess.Popen(['sleep', '30'])\n'started'"
     )
@@ -553,12 +555,12 @@ async def test_a_cancelled_runs_memory_kills_are_not_blamed_on_the_next_run(
     await session.run_python("1")
     worker = session.worker
     assert worker is not None
-    run = asyncio.create_task(session.run_python("import time\ntime.sleep(30)", timeout=60))
-    await asyncio.sleep(0.5)
-    monkeypatch.setattr(worker, "oom_kills", lambda: 1)  # one of its processes was killed
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
+    await _cancel_after(
+        0.5,
+        session.run_python("import time\ntime.sleep(30)", timeout=60),
+        # One of its processes was killed at the memory limit.
+        meanwhile=lambda: monkeypatch.setattr(worker, "oom_kills", lambda: 1),
+    )
     after = await session.run_python("2 + 2", timeout=10)
     assert after.reply.value == "4"
     assert after.reply.limit is None
@@ -570,11 +572,7 @@ async def test_a_worker_spawned_for_a_cancelled_caller_is_ended_not_dropped(
 ) -> None:
     await session._discard_worker()
     held_before = handle.held_worker_pids()
-    run = asyncio.create_task(session.run_python("1"))  # starts by spawning a worker
-    await asyncio.sleep(0.005)
-    run.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await run
+    await _cancel_after(0.005, session.run_python("1"))  # it starts by spawning a worker
     await asyncio.sleep(3.0)  # the spawn's thread has handed its worker over by now
     assert session.worker is None
     assert handle.held_worker_pids() <= held_before

@@ -70,20 +70,32 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     return ticking
 
 
+def _watched(groups: RecordingGroups) -> CoreWatch:
+    """A watch over a run that has just started (call it within an event loop)."""
+    watched = CoreWatch(groups, KEY)  # type: ignore[arg-type]  # a stand-in
+    watched.run_started()
+    watched._check()  # the first check takes the counters
+    return watched
+
+
+def _spend(
+    groups: RecordingGroups, clock: Clock, seconds: float, cpus: float, throttled: float = 0.0
+) -> None:
+    clock.now += seconds
+    groups.used_ns += int(cpus * seconds * SECOND_NS)
+    groups.throttled_ns += int(throttled * seconds * SECOND_NS)
+
+
 def _watch_over(
     groups: RecordingGroups, clock: Clock, intervals: list[tuple[float, float, float]]
 ) -> None:
     """Start a run, then one check per (seconds, CPUs used, share throttled) interval."""
 
     async def watch() -> None:
-        watched = CoreWatch(groups, KEY)  # type: ignore[arg-type]  # a stand-in
-        watched.run_started()
-        watched._check()  # the first check takes the counters
+        watched = _watched(groups)
         try:
             for seconds, cpus, throttled in intervals:
-                clock.now += seconds
-                groups.used_ns += int(cpus * seconds * SECOND_NS)
-                groups.throttled_ns += int(throttled * seconds * SECOND_NS)
+                _spend(groups, clock, seconds, cpus, throttled)
                 watched._check()
         finally:
             watched.close()
@@ -143,19 +155,15 @@ def test_a_session_held_for_one_busy_thread_is_looked_at_again_within_an_interva
 
     async def watch() -> None:
         loop = asyncio.get_running_loop()
-        watched = CoreWatch(groups, KEY)  # type: ignore[arg-type]  # a stand-in
-        watched.run_started()
-        watched._check()
+        watched = _watched(groups)
         try:
-            clock.now += CHECK_INTERVAL_S
-            groups.used_ns += int(0.93 * CHECK_INTERVAL_S * SECOND_NS)
+            _spend(groups, clock, CHECK_INTERVAL_S, 0.93)
             watched._check()
             assert groups.changes == [("cores", True), ("idle", True)]
             assert watched._timer is not None
             assert watched._timer.when() - loop.time() <= CHECK_INTERVAL_S
             groups.runnable = 4  # it forks: four busy threads
-            clock.now += CHECK_INTERVAL_S
-            groups.used_ns += int(1.0 * CHECK_INTERVAL_S * SECOND_NS)
+            _spend(groups, clock, CHECK_INTERVAL_S, 1.0)
             watched._check()
             assert groups.changes[-1] == ("parent idle", True)
             # Holding them, it is looked at again at the release check only.
@@ -173,15 +181,12 @@ def test_a_held_session_whose_counters_can_no_longer_be_read_gets_its_place_back
     groups = RecordingGroups()
 
     async def watch() -> None:
-        watched = CoreWatch(groups, KEY)  # type: ignore[arg-type]  # a stand-in
-        watched.run_started()
-        watched._check()
+        watched = _watched(groups)
         try:
-            clock.now += CHECK_INTERVAL_S
-            groups.used_ns += int(0.93 * CHECK_INTERVAL_S * SECOND_NS)
+            _spend(groups, clock, CHECK_INTERVAL_S, 0.93)
             watched._check()
             groups.unreadable = True
-            clock.now += RELEASE_WINDOW_S
+            _spend(groups, clock, RELEASE_WINDOW_S, 0.0)
             watched._check()
         finally:
             watched.close()
