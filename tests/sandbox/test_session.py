@@ -225,6 +225,23 @@ async def test_a_request_behind_a_long_run_waits_its_queue_time_then_is_refused(
     assert queued.reply.value == "'served'"
 
 
+async def test_a_request_arriving_as_the_lock_passes_to_a_queued_one_waits_its_queue_time(
+    session: Session,
+) -> None:
+    async def first_then_another() -> str | None:
+        await session.run_python("import time\ntime.sleep(0.5)")
+        # Within the same step: the lock is free, its queued request woken but not yet
+        # run.  This request must queue with its time limit, not take the lock at once.
+        return (await session.run_python("'late'")).reply.value
+
+    first = asyncio.create_task(first_then_another())
+    await asyncio.sleep(0.2)
+    queued = asyncio.create_task(session.run_python("time.sleep(2.6)\n'queued'"))
+    with pytest.raises(WorkerBusy):
+        await first
+    assert (await queued).reply.value == "'queued'"
+
+
 async def test_two_sessions_run_in_parallel(zygote: ZygoteClient, session: Session) -> None:
     other = await Session.start(zygote)
     try:
