@@ -76,6 +76,7 @@ class WorkerHandle:
         self._reading_on: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._channel_failure: Exception | None = None  # raised by every later receive
+        self._cleaning: asyncio.Future[None] | None = None  # the one cleanup (see cleanup)
 
     # -- the Popen verbs ---------------------------------------------------------------
 
@@ -186,11 +187,23 @@ class WorkerHandle:
         return version.usage(self.session_key) if version else {}
 
     async def cleanup(self) -> None:
-        """Kill the worker (its PID namespace dies with it), reap it, close everything."""
-        # Before anything that awaits: a cancelled cleanup must not leave others idle.
-        if self._cores is not None:
-            self._cores.close()
-        self.kill()
+        """Kill the worker (its PID namespace dies with it), reap it, close everything.
+
+        One cleanup runs per handle, whoever asks and however often: a session ending
+        while its abandoned run is being ended asks twice.  Two waits would register
+        the pidfd with the loop twice, and the second registration replaces the first's
+        callback, so one of them waited out its whole deadline.  A caller cancelled
+        meanwhile leaves the cleanup running to its end.
+        """
+        if self._cleaning is None:
+            # Before anything that awaits: a cancelled cleanup must not leave others idle.
+            if self._cores is not None:
+                self._cores.close()
+            self.kill()
+            self._cleaning = asyncio.ensure_future(self._finish_cleanup())
+        await asyncio.shield(self._cleaning)
+
+    async def _finish_cleanup(self) -> None:
         with contextlib.suppress(TimeoutError):
             await self.wait(timeout=5)
         # A receive still pending ends now, and any later one fails as WorkerLost, even

@@ -210,3 +210,21 @@ def test_a_receive_pending_when_the_handle_is_cleaned_up_fails_as_a_lost_worker(
     pending_failure, later_failure = asyncio.run(exchange())
     assert isinstance(pending_failure, WorkerLost)
     assert isinstance(later_failure, WorkerLost)
+
+
+def test_two_cleanups_at_once_both_end_when_the_worker_does(
+    channel: tuple[WorkerHandle, socket.socket],
+) -> None:
+    # A session ended while its abandoned run is being ended cleans the same handle up
+    # twice.  Each must return once the worker is reaped, not at its 5 s deadline.
+    handle, _worker_end = channel
+
+    async def clean_up_twice() -> set[asyncio.Future[None]]:
+        both = {asyncio.ensure_future(handle.cleanup()) for _ in range(2)}
+        _done, pending = await asyncio.wait(both, timeout=3)
+        for late in pending:
+            await late
+        return pending
+
+    assert asyncio.run(clean_up_twice()) == set()
+    assert handle.returncode is not None  # reaped, not left for the orphan reaper
