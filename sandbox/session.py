@@ -25,6 +25,9 @@ from sandbox.zygote_client import ZygoteClient
 log = logging.getLogger("codesherpa")
 
 Request = protocol.RunPython | protocol.RunCommand
+# Told, when a run's caller is cancelled after the run started, what ends that run
+# (the session is held until it is done).
+AbandonedRunHook = Callable[[asyncio.Future[None]], None]
 
 _LIMIT_SIGNALS: dict[signal.Signals, protocol.LimitName] = {
     signal.SIGXCPU: "cpu_time",
@@ -39,6 +42,12 @@ def _limit_from_returncode(returncode: int | None) -> protocol.LimitName | None:
         return _LIMIT_SIGNALS.get(signal.Signals(-returncode))
     except ValueError:
         return None
+
+
+def _already_done() -> asyncio.Future[None]:
+    done = asyncio.get_running_loop().create_future()
+    done.set_result(None)
+    return done
 
 
 @dataclass
@@ -100,16 +109,39 @@ class Session:
             return limits.wall_timeout_s
         return min(requested, limits.max_timeout_s)
 
-    async def run_python(self, code: str, timeout: float | None = None) -> RunOutcome:
-        return await self._run(lambda run_id: protocol.RunPython(run_id=run_id, code=code), timeout)
+    async def run_python(
+        self, code: str, timeout: float | None = None, on_abandoned: AbandonedRunHook | None = None
+    ) -> RunOutcome:
+        """Run a cell in the session's namespace.
 
-    async def run_command(self, command: str, timeout: float | None = None) -> RunOutcome:
+        If the caller is cancelled once the run was sent, the run is ended (see
+        _abandon) and ``on_abandoned`` is given what ends it.  A caller cancelled
+        before that, while queued for the session, ran nothing.
+        """
         return await self._run(
-            lambda run_id: protocol.RunCommand(run_id=run_id, command=command), timeout
+            lambda run_id: protocol.RunPython(run_id=run_id, code=code), timeout, on_abandoned
         )
 
-    async def _run(self, build: Callable[[int], Request], timeout: float | None) -> RunOutcome:
+    async def run_command(
+        self,
+        command: str,
+        timeout: float | None = None,
+        on_abandoned: AbandonedRunHook | None = None,
+    ) -> RunOutcome:
+        return await self._run(
+            lambda run_id: protocol.RunCommand(run_id=run_id, command=command),
+            timeout,
+            on_abandoned,
+        )
+
+    async def _run(
+        self,
+        build: Callable[[int], Request],
+        timeout: float | None,
+        on_abandoned: AbandonedRunHook | None,
+    ) -> RunOutcome:
         await self._acquire_run_lock(self.policy.sessions.queue_wait_s)
+        sent = False
         try:
             started = time.monotonic()
             restarted_before = False
@@ -117,6 +149,7 @@ class Session:
                 await self._replace_worker()
                 restarted_before = True
             self._run_ids += 1
+            sent = True
             outcome = await self._exchange(build(self._run_ids), self.clamp_timeout(timeout))
             outcome.restarted = outcome.restarted or restarted_before
             outcome.since_restart = self._lost_namespace or outcome.restarted
@@ -126,6 +159,10 @@ class Session:
             outcome.duration_ms = (time.monotonic() - started) * 1000
             self._execution_count = outcome.reply.execution_count
             return outcome
+        except asyncio.CancelledError:
+            if sent and on_abandoned is not None:
+                on_abandoned(self._ending_abandoned_run or _already_done())
+            raise
         finally:
             self.last_used = time.time()
             if self._ending_abandoned_run is None:  # else that task releases the lock

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import math
 import time
 from collections import Counter
@@ -79,6 +80,19 @@ class TenantQuotas:
         try:
             yield
         finally:
-            self._running[tenant] -= 1
-            if not self._running[tenant]:
-                del self._running[tenant]
+            self._free_slot(tenant)
+
+    def keep_slot_until(self, tenant: str, ending: asyncio.Future[None]) -> None:
+        """Count a run whose caller has gone until ``ending`` is done.
+
+        A cancelled caller leaves its ``run_slot`` at once, while its run is still being
+        interrupted, or killed after the grace period: cancelling calls must not let a
+        tenant keep more runs going than its share.
+        """
+        self._running[tenant] += 1
+        ending.add_done_callback(lambda _: self._free_slot(tenant))
+
+    def _free_slot(self, tenant: str) -> None:
+        self._running[tenant] -= 1
+        if not self._running[tenant]:
+            del self._running[tenant]

@@ -46,21 +46,25 @@ async def _run(
     timeout: float | None,
 ) -> RunOutcome:
     quotas: TenantQuotas = request.app.state.quotas
+    abandoned: list[asyncio.Future[None]] = []  # what ends the run, if its caller went away
     with quotas.run_slot(tenant):
         started = time.monotonic()
         try:
             if kind == "python":
-                outcome = await record.session.run_python(text, timeout)
+                outcome = await record.session.run_python(text, timeout, abandoned.append)
             else:
-                outcome = await record.session.run_command(text, timeout)
+                outcome = await record.session.run_command(text, timeout, abandoned.append)
         except asyncio.CancelledError:
-            # The caller went away (an MCP client cancelled the call): the session
-            # interrupts the run if it had started.  It is still counted and audited.
-            cancelled = RunOutcome(
-                reply=RunReply(run_id=0, status="error", error="cancelled by the caller"),
-                duration_ms=(time.monotonic() - started) * 1000,
-            )
-            _observe(request, tenant, record, kind, text, cancelled, status="cancelled")
+            # The caller went away (an MCP client cancelled the call).  A run that had
+            # started is being ended by the session: it keeps its slot until then, and
+            # is counted and audited.  A call still queued for the session ran nothing.
+            if abandoned:
+                quotas.keep_slot_until(tenant, abandoned[0])
+                cancelled = RunOutcome(
+                    reply=RunReply(run_id=0, status="error", error="cancelled by the caller"),
+                    duration_ms=(time.monotonic() - started) * 1000,
+                )
+                _observe(request, tenant, record, kind, text, cancelled, status="cancelled")
             raise
         except WorkerBusy:
             raise ApiError(

@@ -528,6 +528,26 @@ async def test_a_cancelled_run_is_interrupted_and_the_next_waits_for_it(session:
     assert after.restarted is False
 
 
+async def test_a_cancelled_caller_is_handed_what_ends_its_run_and_a_queued_one_nothing(
+    session: Session,
+) -> None:
+    # The service keeps the tenant's run slot until the run is ended, and audits it.
+    told: list[asyncio.Future[None]] = []
+    ignores = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
+    await _cancel_after(0.5, session.run_python(ignores, timeout=60, on_abandoned=told.append))
+    [ending] = told
+    assert session.busy  # the interrupt is ignored: held for the 1 s grace, then killed
+    await ending
+    assert not session.busy
+
+    slow = asyncio.create_task(session.run_python("import time\ntime.sleep(1)"))
+    await asyncio.sleep(0.1)
+    queued_told: list[asyncio.Future[None]] = []
+    await _cancel_after(0.3, session.run_python("'never'", on_abandoned=queued_told.append))
+    assert (await slow).reply.status == "ok"
+    assert queued_told == []
+
+
 async def test_a_cancelled_run_that_ignores_the_interrupt_is_killed_after_the_grace(
     session: Session,
 ) -> None:
@@ -589,7 +609,10 @@ async def test_a_worker_spawned_for_a_cancelled_caller_is_ended_not_dropped(
 ) -> None:
     await session._discard_worker()
     held_before = handle.held_worker_pids()
-    await _cancel_after(0.005, session.run_python("1"))  # it starts by spawning a worker
+    told: list[asyncio.Future[None]] = []
+    # It starts by spawning a worker: cancelled then, it had not run.
+    await _cancel_after(0.005, session.run_python("1", on_abandoned=told.append))
     await asyncio.sleep(3.0)  # the spawn's thread has handed its worker over by now
     assert session.worker is None
     assert handle.held_worker_pids() <= held_before
+    assert told == []
