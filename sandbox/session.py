@@ -12,8 +12,9 @@ import asyncio
 import logging
 import signal
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
+from typing import Any
 
 from sandbox import protocol
 from sandbox.errors import ProtocolError, SandboxError, WorkerBusy, WorkerLost
@@ -25,6 +26,9 @@ from sandbox.zygote_client import ZygoteClient
 log = logging.getLogger("codesherpa")
 
 Request = protocol.RunPython | protocol.RunCommand
+# How long a worker whose channel failed has to exit (a crash closes the channel as the
+# process ends) before it is killed.
+LOST_WORKER_EXIT_S = 2.0
 # Told, when a run's caller is cancelled after the run started, what ends that run
 # (the session is held until it is done).
 AbandonedRunHook = Callable[[asyncio.Future[None]], None]
@@ -161,7 +165,9 @@ class Session:
             return outcome
         except asyncio.CancelledError:
             if sent and on_abandoned is not None:
-                on_abandoned(self._ending_abandoned_run or _already_done())
+                # Shielded: what the caller does with it cannot cut the ending short.
+                ending = self._ending_abandoned_run
+                on_abandoned(asyncio.shield(ending) if ending else _already_done())
             raise
         finally:
             self.last_used = time.time()
@@ -223,20 +229,22 @@ class Session:
             raise
         except (WorkerLost, ProtocolError) as exc:
             if killed_for_time:
-                return await self._killed(
-                    request.run_id,
-                    f"the run ignored the interrupt and was killed after "
-                    f"{timeout:g} s + {grace:g} s grace",
-                    limit="wall_time",
+                return await self._recover(
+                    self._killed(
+                        request.run_id,
+                        f"the run ignored the interrupt and was killed after "
+                        f"{timeout:g} s + {grace:g} s grace",
+                        limit="wall_time",
+                    )
                 )
-            return await self._lost(request.run_id, exc)
+            return await self._recover(self._lost(request.run_id, exc))
         finally:
             worker.cores.run_ended()
             for timer in timers:
                 timer.cancel()
         if not isinstance(message, protocol.RunReply) or message.run_id != request.run_id:
-            return await self._lost(
-                request.run_id, ProtocolError("the worker sent an unexpected frame")
+            return await self._recover(
+                self._lost(request.run_id, ProtocolError("the worker sent an unexpected frame"))
             )
         outcome = RunOutcome(reply=message, interrupted_by=self._interrupt_reason)
         if isinstance(request, protocol.RunCommand) or self._interrupt_reason is not None:
@@ -284,7 +292,22 @@ class Session:
         worker.interrupt()
         self._keep_locked_until(self._end_abandoned_run(worker, run_id, grace))
 
-    def _keep_locked_until(self, ending: Awaitable[None]) -> None:
+    async def _recover(self, recovery: Coroutine[Any, Any, RunOutcome]) -> RunOutcome:
+        """See a failed worker's recovery (``_lost``, ``_killed``) through to its end.
+
+        It kills and replaces the worker over several awaits.  A caller cancelled in
+        between must not leave a worker that lost its channel running without its clock,
+        nor free the session before its worker is replaced: the session keeps its run
+        lock until the recovery is over, as it does for a cancelled run (see _abandon).
+        """
+        recovering = asyncio.ensure_future(recovery)
+        try:
+            return await asyncio.shield(recovering)
+        except asyncio.CancelledError:
+            self._keep_locked_until(recovering)
+            raise
+
+    def _keep_locked_until(self, ending: Awaitable[object]) -> None:
         """The caller holding the run lock was cancelled: release it once ``ending`` is."""
 
         async def end_then_release() -> None:
@@ -338,7 +361,15 @@ class Session:
         if isinstance(exc, ProtocolError):
             reason = f"the worker broke the protocol ({exc}) and was killed"
             return await self._killed(run_id, reason, limit=None)
-        returncode = await worker.wait(timeout=2.0) if worker.poll() is None else worker.returncode
+        returncode = worker.poll()
+        if returncode is None:
+            try:
+                returncode = await worker.wait(timeout=LOST_WORKER_EXIT_S)
+            except TimeoutError:
+                # Its channel is gone but it runs on (user code closed the channel): it
+                # can never answer again, and nothing else would stop it.
+                reason = "the worker's channel was closed while it ran on; it was killed"
+                return await self._killed(run_id, reason, limit=None)
         limit = _limit_from_returncode(returncode)
         reason = f"the worker {describe_returncode(returncode)}"
         if returncode == EXIT_OUT_OF_PROCESSES:

@@ -536,9 +536,12 @@ async def test_a_cancelled_caller_is_handed_what_ends_its_run_and_a_queued_one_n
     ignores = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
     await _cancel_after(0.5, session.run_python(ignores, timeout=60, on_abandoned=told.append))
     [ending] = told
+    ending.cancel()  # whatever the caller does with it cannot cut the ending short
+    await asyncio.sleep(0.1)
     assert session.busy  # the interrupt is ignored: held for the 1 s grace, then killed
-    await ending
-    assert not session.busy
+    after = await session.run_python("1 + 1", timeout=10)
+    assert after.reply.value == "2"
+    assert after.restarted  # the killed worker's namespace is gone
 
     slow = asyncio.create_task(session.run_python("import time\ntime.sleep(1)"))
     await asyncio.sleep(0.1)
@@ -546,6 +549,48 @@ async def test_a_cancelled_caller_is_handed_what_ends_its_run_and_a_queued_one_n
     await _cancel_after(0.3, session.run_python("'never'", on_abandoned=queued_told.append))
     assert (await slow).reply.status == "ok"
     assert queued_told == []
+
+
+# User code that closes the worker's channel and runs on, out of the service's reach.
+CLOSE_CHANNEL_AND_RUN_ON = (
+    "import os, stat, time\n"
+    "for fd in range(3, 256):\n"
+    "    try:\n"
+    "        if stat.S_ISSOCK(os.fstat(fd).st_mode):\n"
+    "            os.close(fd)\n"
+    "    except OSError:\n"
+    "        pass\n"
+    "time.sleep(60)"
+)
+
+
+async def test_a_worker_that_closes_its_channel_and_runs_on_is_killed(session: Session) -> None:
+    old_pid = session.worker.pid if session.worker else None
+    outcome = await session.run_python(CLOSE_CHANNEL_AND_RUN_ON, timeout=10)
+    assert outcome.reply.status == "killed"
+    assert outcome.restarted is True
+    assert old_pid is not None
+    assert not psutil.pid_exists(old_pid)
+    assert (await session.run_python("1 + 1")).reply.value == "2"
+
+
+async def test_a_caller_cancelled_while_a_failed_worker_is_replaced_leaves_it_replaced(
+    session: Session,
+) -> None:
+    # The service waits a moment for a worker whose channel failed to exit, then kills
+    # it and starts another.  A caller cancelled meanwhile must not free the session
+    # with that worker still running, its clock gone with the caller.
+    old_pid = session.worker.pid if session.worker else None
+    told: list[asyncio.Future[None]] = []
+    run = session.run_python(CLOSE_CHANNEL_AND_RUN_ON, timeout=60, on_abandoned=told.append)
+    await _cancel_after(0.5, run)
+    assert session.busy
+    [ending] = told
+    await ending
+    assert not session.busy
+    assert old_pid is not None
+    assert not psutil.pid_exists(old_pid)
+    assert (await session.run_python("1 + 1")).reply.value == "2"
 
 
 async def test_a_cancelled_run_that_ignores_the_interrupt_is_killed_after_the_grace(
