@@ -77,6 +77,7 @@ class WorkerHandle:
         self._waiter: asyncio.Future[None] | None = None
         self._channel_failure: Exception | None = None  # raised by every later receive
         self._cleaning: asyncio.Future[None] | None = None  # the one cleanup (see cleanup)
+        self._exiting: asyncio.Future[None] | None = None  # see _exit_watch
 
     # -- the Popen verbs ---------------------------------------------------------------
 
@@ -99,22 +100,49 @@ class WorkerHandle:
         return self.returncode
 
     async def wait(self, timeout: float | None = None) -> int | None:
+        """The worker's exit status once it has ended; TimeoutError after ``timeout``."""
         if self.poll() is not None or self._pidfd is None:
             return self.returncode
+        await asyncio.wait_for(asyncio.shield(self._exit_watch()), timeout)
+        return self.poll()
+
+    def _exit_watch(self) -> asyncio.Future[None]:
+        """A future the pidfd resolves when the worker ends, shared by every wait.
+
+        A reader registered for the pidfd by each wait would replace the one before it,
+        whose wait then ran to its timeout; and a wait's own removal of its reader could,
+        once a cleanup had closed the pidfd and the number was reused, remove another
+        descriptor's reader.  One reader per handle is removed when it fires, or by
+        ``_stop_watching_exit`` before the pidfd is closed.
+        """
+        assert self._pidfd is not None
         loop = asyncio.get_running_loop()
-        ended: asyncio.Future[None] = loop.create_future()
+        watch = self._exiting
+        if watch is not None and watch.get_loop() is loop:
+            return watch
+        self._stop_watching_exit()  # a watch of another loop (a closed one, say)
+        watch = self._exiting = loop.create_future()
         pidfd = self._pidfd
 
         def on_exit() -> None:
-            if not ended.done():
-                ended.set_result(None)
+            loop.remove_reader(pidfd)
+            if not watch.done():
+                watch.set_result(None)
 
         loop.add_reader(pidfd, on_exit)
-        try:
-            await asyncio.wait_for(ended, timeout)
-        finally:
-            loop.remove_reader(pidfd)
-        return self.poll()
+        return watch
+
+    def _stop_watching_exit(self) -> None:
+        """Remove the exit watch's reader; its waits return (not reaped, if so)."""
+        watch, self._exiting = self._exiting, None
+        if watch is None or watch.done():
+            return
+        loop = watch.get_loop()
+        if loop.is_closed():
+            return  # its selector, readers and waits are gone with it
+        if self._pidfd is not None:
+            loop.remove_reader(self._pidfd)
+        watch.set_result(None)
 
     def send_signal(self, signum: int) -> None:
         if self._pidfd is None or self.poll() is not None:
@@ -195,13 +223,27 @@ class WorkerHandle:
         callback, so one of them waited out its whole deadline.  A caller cancelled
         meanwhile leaves the cleanup running to its end.
         """
-        if self._cleaning is None:
+        if self._cleanup_needed():
             # Before anything that awaits: a cancelled cleanup must not leave others idle.
             if self._cores is not None:
                 self._cores.close()
             self.kill()
             self._cleaning = asyncio.ensure_future(self._finish_cleanup())
+        assert self._cleaning is not None
         await asyncio.shield(self._cleaning)
+
+    def _cleanup_needed(self) -> bool:
+        """Whether no cleanup has run, or the last one cannot finish (it is safe to redo).
+
+        One cut short (its loop ended, cancelling it) or failed is run again; so is one
+        still pending on another loop, which nothing here could await.
+        """
+        cleaning = self._cleaning
+        if cleaning is None:
+            return True
+        if not cleaning.done():
+            return cleaning.get_loop() is not asyncio.get_running_loop()
+        return cleaning.cancelled() or cleaning.exception() is not None
 
     async def _finish_cleanup(self) -> None:
         with contextlib.suppress(TimeoutError):
@@ -213,6 +255,7 @@ class WorkerHandle:
         self._stop_reading()
         self._channel.close()
         if self._pidfd is not None:
+            self._stop_watching_exit()  # before the number can be reused
             os.close(self._pidfd)
             self._pidfd = None
         # Not reaped within the wait: it is an orphan now, for ZygoteClient.reap_orphans.

@@ -228,3 +228,39 @@ def test_two_cleanups_at_once_both_end_when_the_worker_does(
 
     assert asyncio.run(clean_up_twice()) == set()
     assert handle.returncode is not None  # reaped, not left for the orphan reaper
+
+
+def test_two_waits_at_once_both_end_when_the_worker_does(
+    channel: tuple[WorkerHandle, socket.socket],
+) -> None:
+    # A run's failure path waits for the worker while a session's end cleans it up.
+    handle, _worker_end = channel
+
+    async def wait_twice_then_kill() -> set[asyncio.Future[int | None]]:
+        both = {asyncio.ensure_future(handle.wait(timeout=30)) for _ in range(2)}
+        await asyncio.sleep(0.05)
+        handle.kill()
+        _done, pending = await asyncio.wait(both, timeout=3)
+        for late in pending:
+            late.cancel()
+        return pending
+
+    assert asyncio.run(wait_twice_then_kill()) == set()
+    assert handle.returncode == -9
+
+
+def test_a_cleanup_cut_short_by_its_loop_ending_is_done_again_by_the_next_call(
+    channel: tuple[WorkerHandle, socket.socket],
+) -> None:
+    handle, worker_end = channel
+
+    async def start_cleanup_then_leave() -> None:
+        started = asyncio.ensure_future(handle.cleanup())
+        await asyncio.sleep(0)  # the cleanup task exists; asyncio.run cancels it on leaving
+        started.cancel()
+
+    asyncio.run(start_cleanup_then_leave())
+    asyncio.run(asyncio.wait_for(handle.cleanup(), 10))
+    assert handle.returncode == -9  # reaped
+    worker_end.settimeout(5)
+    assert worker_end.recv(1) == b""  # and the service's end of the channel closed
