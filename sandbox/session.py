@@ -221,6 +221,8 @@ class Session:
 
         timers.append(loop.call_later(timeout, on_timeout))
         worker.cores.run_started()
+        failure: WorkerLost | ProtocolError | None = None
+        message: protocol.Hello | protocol.RunReply | None = None
         try:
             await worker.send(request)
             message = await worker.receive()
@@ -228,20 +230,23 @@ class Session:
             self._abandon(worker, request.run_id, grace)
             raise
         except (WorkerLost, ProtocolError) as exc:
-            if killed_for_time:
-                return await self._recover(
-                    self._killed(
-                        request.run_id,
-                        f"the run ignored the interrupt and was killed after "
-                        f"{timeout:g} s + {grace:g} s grace",
-                        limit="wall_time",
-                    )
-                )
-            return await self._recover(self._lost(request.run_id, exc))
+            failure = exc
         finally:
+            # Before any recovery: its waits must not meet the run's interrupt.
             worker.cores.run_ended()
             for timer in timers:
                 timer.cancel()
+        if killed_for_time:
+            return await self._recover(
+                self._killed(
+                    request.run_id,
+                    f"the run ignored the interrupt and was killed after "
+                    f"{timeout:g} s + {grace:g} s grace",
+                    limit="wall_time",
+                )
+            )
+        if failure is not None:
+            return await self._recover(self._lost(request.run_id, failure))
         if not isinstance(message, protocol.RunReply) or message.run_id != request.run_id:
             return await self._recover(
                 self._lost(request.run_id, ProtocolError("the worker sent an unexpected frame"))
@@ -393,6 +398,8 @@ class Session:
         self, run_id: int, reason: str, limit: protocol.LimitName | None
     ) -> RunOutcome:
         await self._discard_worker()
+        # Noted here, not only by the caller: a cancelled caller never reads the outcome.
+        self._lost_namespace = True
         restarted = True
         try:
             await self._replace_worker()

@@ -564,10 +564,18 @@ CLOSE_CHANNEL_AND_RUN_ON = (
 )
 
 
-async def test_a_worker_that_closes_its_channel_and_runs_on_is_killed(session: Session) -> None:
+# With 1 s, the run's wall time ends while the worker is given its 2 s to exit: the run's
+# clock must not interrupt it then.
+@pytest.mark.parametrize("timeout", [10, 1])
+async def test_a_worker_that_closes_its_channel_and_runs_on_is_killed(
+    session: Session, timeout: float
+) -> None:
     old_pid = session.worker.pid if session.worker else None
-    outcome = await session.run_python(CLOSE_CHANNEL_AND_RUN_ON, timeout=10)
+    outcome = await session.run_python(CLOSE_CHANNEL_AND_RUN_ON, timeout=timeout)
     assert outcome.reply.status == "killed"
+    assert outcome.reply.error is not None
+    assert "channel was closed" in outcome.reply.error  # not the wall clock's kill
+    assert outcome.reply.limit is None
     assert outcome.restarted is True
     assert old_pid is not None
     assert not psutil.pid_exists(old_pid)
@@ -580,17 +588,21 @@ async def test_a_caller_cancelled_while_a_failed_worker_is_replaced_leaves_it_re
     # The service waits a moment for a worker whose channel failed to exit, then kills
     # it and starts another.  A caller cancelled meanwhile must not free the session
     # with that worker still running, its clock gone with the caller.
+    await session.run_python("setup = 1")
     old_pid = session.worker.pid if session.worker else None
     told: list[asyncio.Future[None]] = []
     run = session.run_python(CLOSE_CHANNEL_AND_RUN_ON, timeout=60, on_abandoned=told.append)
-    await _cancel_after(0.5, run)
+    # The channel closes at once; the worker is given 2 s to exit before it is killed.
+    await _cancel_after(1.0, run)
     assert session.busy
     [ending] = told
     await ending
     assert not session.busy
     assert old_pid is not None
     assert not psutil.pid_exists(old_pid)
-    assert (await session.run_python("1 + 1")).reply.value == "2"
+    after = await session.run_python("setup")
+    assert after.reply.exc_type == "NameError"
+    assert after.since_restart  # the caller that went away was never told
 
 
 async def test_a_cancelled_run_that_ignores_the_interrupt_is_killed_after_the_grace(
