@@ -119,8 +119,9 @@ class Session:
         """Run a cell in the session's namespace.
 
         If the caller is cancelled once the run was sent, the run is ended (see
-        _abandon) and ``on_abandoned`` is given what ends it.  A caller cancelled
-        before that, while queued for the session, ran nothing.
+        _abandon; or its failed worker replaced, see _recover) and ``on_abandoned`` is
+        given what ends it.  A caller cancelled before that, while queued for the
+        session or while its worker was spawned, ran nothing.
         """
         return await self._run(
             lambda run_id: protocol.RunPython(run_id=run_id, code=code), timeout, on_abandoned
