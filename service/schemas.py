@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 Status = Literal["ok", "error", "timeout", "killed", "denied"]
 MAX_CODE_CHARS = 1_000_000
@@ -12,6 +12,21 @@ MAX_CODE_CHARS = 1_000_000
 
 class _Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+def unicode_text(text: str) -> str:
+    """``text`` if it is Unicode text; a lone surrogate (JSON lets ``\\ud800`` through) is not.
+
+    It could not be passed on to a worker, nor written to the audit log as UTF-8.
+    """
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise ValueError(
+            f"holds a lone surrogate (U+{ord(text[exc.start]):04X}) at character {exc.start}: "
+            "send Unicode text"
+        ) from None
+    return text
 
 
 class ReplRequest(_Request):
@@ -35,6 +50,13 @@ class ReplRequest(_Request):
         None, gt=0, description="Wall-clock seconds; clamped to the policy's maximum."
     )
 
+    @field_validator("code")
+    @classmethod
+    def _code_is_text(cls, code: list[str] | str) -> list[str] | str:
+        for text in [code] if isinstance(code, str) else code:
+            unicode_text(text)
+        return code
+
     def source(self) -> str:
         return self.code if isinstance(self.code, str) else "\n".join(self.code)
 
@@ -54,6 +76,8 @@ class CommandRequest(_Request):
     timeout: float | None = Field(
         None, gt=0, description="Wall-clock seconds; clamped to the policy's maximum."
     )
+
+    _command_is_text = field_validator("command")(unicode_text)
 
 
 class FileInfo(BaseModel):

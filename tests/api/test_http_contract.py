@@ -155,6 +155,24 @@ def test_bad_requests_get_422_naming_the_field(
     assert field in reply.json()["error"]
 
 
+@pytest.mark.parametrize(
+    ("route", "body", "field"),
+    [
+        ("/repl", b'{"code": "x = \'\\ud800\'"}', "code"),
+        ("/repl", b'{"code": ["a = 1", "b = \'\\udc80\'"]}', "code"),
+        ("/command", b'{"command": "echo \\ud800"}', "command"),
+    ],
+)
+def test_a_lone_surrogate_in_the_code_is_refused_naming_the_field(
+    client: httpx.Client, route: str, body: bytes, field: str
+) -> None:
+    # JSON lets an escaped lone surrogate through; it is not text a worker can be given.
+    reply = client.post(route, content=body, headers={"content-type": "application/json"})
+    assert reply.status_code == 422
+    assert field in reply.json()["error"]
+    assert client.post("/repl", json={"code": "1 + 1"}).json()["result"] == "2"
+
+
 def test_malformed_and_deeply_nested_json_are_4xx(client: httpx.Client) -> None:
     broken = client.post(
         "/repl", content=b"{not json", headers={"content-type": "application/json"}
