@@ -26,6 +26,7 @@ from types import FrameType
 from sandbox import protocol, reaper, workspace
 from sandbox.command_runner import CommandRunner
 from sandbox.commands import CommandDenied, parse_and_check
+from sandbox.errors import FrameTooLarge
 from sandbox.executor import CellOutcome, PythonSession
 from sandbox.output import BoundedBuffer, OutputCapture, truncate_output
 from sandbox.policy import Policy
@@ -50,6 +51,8 @@ EXIT_OUT_OF_DESCRIPTORS = 75
 EXIT_OUT_OF_PROCESSES = 76
 # The reply lists at most this many changed files (the frame must stay small).
 MAX_CHANGED_FILES = 100
+# An exception's type name is the user's too (a class can be named anything).
+MAX_EXC_TYPE_CHARS = 200
 
 
 def _new_capture(keep: int) -> OutputCapture:
@@ -119,7 +122,10 @@ class Worker:
     # -- channel ----------------------------------------------------------------------
 
     def _send(self, message: protocol.Hello | protocol.RunReply) -> None:
-        self._channel.sendall(protocol.encode(message))
+        if isinstance(message, protocol.RunReply):
+            self._channel.sendall(encode_reply(message))
+        else:
+            self._channel.sendall(protocol.encode(message))
 
     def _receive(self) -> protocol.RunPython | protocol.RunCommand | None:
         # One recv usually brings a whole request (the service sends one and waits).
@@ -242,6 +248,36 @@ class Worker:
         )
 
 
+def unicode_text(text: str) -> str:
+    """``text`` with any lone surrogate written as its escape, so that it encodes as UTF-8.
+
+    A file name that is not UTF-8 (os.fsdecode keeps its bytes as surrogates), or a
+    ``__repr__`` returning one, is the user's to make; the reply must still be sent.
+    """
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def encode_reply(reply: protocol.RunReply) -> bytes:
+    """The reply's frame; one that cannot be encoded is sent as an error that can be.
+
+    ``build_reply`` keeps every text encodable and small; this is the last guard, since
+    nothing a run makes may cost the session its worker and namespace.
+    """
+    try:
+        return protocol.encode(reply)
+    except (ValueError, FrameTooLarge) as exc:
+        return protocol.encode(
+            protocol.RunReply(
+                run_id=reply.run_id,
+                status="error",
+                error=f"the run's reply could not be sent: {type(exc).__name__}",
+                execution_count=reply.execution_count,
+            )
+        )
+
+
 def build_reply(
     run_id: int,
     limit: int,
@@ -257,12 +293,24 @@ def build_reply(
     for name in ("value", "error"):
         text = fields.get(name)
         if isinstance(text, str):
-            fields[name], cut = truncate_output(text, limit)
+            # Cut first: the text may be huge, and its escapes only lengthen it.
+            cut_text, cut = truncate_output(text, limit)
+            clean = unicode_text(cut_text)
+            if len(clean) > limit:
+                clean, cut = truncate_output(clean, limit)[0], True
+            fields[name] = clean
             cut_any = cut_any or cut
+    exc_type = fields.get("exc_type")
+    if isinstance(exc_type, str):
+        fields["exc_type"] = unicode_text(exc_type[:MAX_EXC_TYPE_CHARS])
     files = fields.get("files")
-    if isinstance(files, list) and len(files) > MAX_CHANGED_FILES:
-        fields["files"] = files[:MAX_CHANGED_FILES]
-        cut_any = True
+    if isinstance(files, list):
+        if len(files) > MAX_CHANGED_FILES:
+            files = files[:MAX_CHANGED_FILES]
+            cut_any = True
+        fields["files"] = [
+            protocol.ChangedFile(name=unicode_text(f.name), size=f.size) for f in files
+        ]
     return protocol.RunReply.model_validate(
         {
             "run_id": run_id,

@@ -551,6 +551,38 @@ async def test_a_cancelled_caller_is_handed_what_ends_its_run_and_a_queued_one_n
     assert queued_told == []
 
 
+@pytest.mark.parametrize(
+    ("code", "status", "field", "expected"),
+    [
+        # A file name that is not UTF-8, as an archive from elsewhere may hold.
+        ("open(b'\\xff.txt', 'wb').write(b'x')", "ok", "files", "\\udcff.txt"),
+        (
+            "class S:\n    def __repr__(self):\n        return chr(0xD800)\nS()",
+            "ok",
+            "value",
+            "\\ud800",
+        ),
+        ("raise ValueError(chr(0xDC80))", "error", "error", "ValueError: \\udc80"),
+        ("raise type('E' * 5_000_000, (Exception,), {})()", "error", "exc_type", "E" * 200),
+    ],
+)
+async def test_text_a_reply_cannot_carry_comes_back_escaped_and_the_worker_stays(
+    session: Session, code: str, status: str, field: str, expected: str
+) -> None:
+    pid = session.worker.pid if session.worker else None
+    await session.run_python("kept = 1")
+    outcome = await session.run_python(code)
+    assert outcome.reply.status == status, outcome.reply.error
+    if field == "files":
+        assert [changed.name for changed in outcome.reply.files] == [expected]
+    else:
+        assert expected in str(getattr(outcome.reply, field))
+    assert outcome.restarted is False
+    assert session.worker is not None
+    assert session.worker.pid == pid
+    assert (await session.run_python("kept")).reply.value == "1"
+
+
 # User code that closes the worker's channel and runs on, out of the service's reach.
 CLOSE_CHANNEL_AND_RUN_ON = (
     "import os, stat, time\n"
