@@ -115,6 +115,17 @@ _requests: TypeAdapter[RunPython | RunCommand] = TypeAdapter(Request)
 _worker_messages: TypeAdapter[Hello | RunReply] = TypeAdapter(WorkerMessage)
 
 
+def escape_surrogates(text: str) -> str:
+    """``text`` with any lone surrogate written as its escape, so that it encodes as UTF-8.
+
+    A file name that is not UTF-8 (os.fsdecode keeps its bytes as surrogates), or a
+    ``__repr__`` returning one, is the user's to make; it must still be shown.
+    """
+    if text.isascii():
+        return text
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def encode(message: _Message, max_frame: int = DEFAULT_MAX_FRAME) -> bytes:
     payload = message.model_dump_json().encode()
     if len(payload) > max_frame:

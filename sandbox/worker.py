@@ -248,17 +248,6 @@ class Worker:
         )
 
 
-def unicode_text(text: str) -> str:
-    """``text`` with any lone surrogate written as its escape, so that it encodes as UTF-8.
-
-    A file name that is not UTF-8 (os.fsdecode keeps its bytes as surrogates), or a
-    ``__repr__`` returning one, is the user's to make; the reply must still be sent.
-    """
-    if text.isascii():
-        return text
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
-
-
 def encode_reply(reply: protocol.RunReply) -> bytes:
     """The reply's frame; one that cannot be encoded is sent as an error that can be.
 
@@ -295,21 +284,22 @@ def build_reply(
         if isinstance(text, str):
             # Cut first: the text may be huge, and its escapes only lengthen it.
             cut_text, cut = truncate_output(text, limit)
-            clean = unicode_text(cut_text)
+            clean = protocol.escape_surrogates(cut_text)
             if len(clean) > limit:
                 clean, cut = truncate_output(clean, limit)[0], True
             fields[name] = clean
             cut_any = cut_any or cut
     exc_type = fields.get("exc_type")
     if isinstance(exc_type, str):
-        fields["exc_type"] = unicode_text(exc_type[:MAX_EXC_TYPE_CHARS])
+        fields["exc_type"] = protocol.escape_surrogates(exc_type[:MAX_EXC_TYPE_CHARS])
     files = fields.get("files")
     if isinstance(files, list):
         if len(files) > MAX_CHANGED_FILES:
             files = files[:MAX_CHANGED_FILES]
             cut_any = True
         fields["files"] = [
-            protocol.ChangedFile(name=unicode_text(f.name), size=f.size) for f in files
+            protocol.ChangedFile(name=protocol.escape_surrogates(f.name), size=f.size)
+            for f in files
         ]
     return protocol.RunReply.model_validate(
         {

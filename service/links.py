@@ -24,14 +24,16 @@ class LinkSigner:
         self._ttl_s = ttl_s
 
     def _signature(self, session_id: str, path: str, expires: int) -> str:
-        message = f"{session_id}\n{path}\n{expires}".encode()
+        # surrogateescape: a name that is not UTF-8 is signed as its bytes.
+        message = f"{session_id}\n{path}\n{expires}".encode("utf-8", "surrogateescape")
         return hmac.new(self._key, message, hashlib.sha256).hexdigest()
 
     def url(self, session_id: str, path: str, now: float | None = None) -> str:
         expires = int((now or time.time()) + self._ttl_s)
         signature = self._signature(session_id, path, expires)
         return (
-            f"{self._public_url}/files/{quote(session_id)}/{quote(path)}"
+            f"{self._public_url}/files/{quote(session_id)}/"
+            f"{quote(path, errors='surrogateescape')}"
             f"?expires={expires}&signature={signature}"
         )
 

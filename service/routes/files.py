@@ -7,11 +7,13 @@ import errno
 import os
 from collections.abc import AsyncIterator, Iterator
 from typing import Annotated
+from urllib.parse import quote
 
 from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
+from sandbox.protocol import escape_surrogates
 from service.deps import OwnedSession, Registry
 from service.errors import ApiError
 from service.links import LinkSigner
@@ -60,18 +62,28 @@ def _stream_file(record: SessionRecord, path: str) -> Response:
         finally:
             os.close(fd)
 
-    filename = path.rsplit("/", 1)[-1].replace('"', "")
     return StreamingResponse(
         chunks(),
         media_type=guess_mime(path),
         headers={
             "Content-Length": str(info.st_size),
-            "Content-Disposition": f'inline; filename="{filename}"',
+            "Content-Disposition": content_disposition(path.rsplit("/", 1)[-1]),
             "X-Content-Type-Options": "nosniff",
             # A file a session wrote must never run as a page of this origin.
             "Content-Security-Policy": "sandbox; default-src 'none'",
         },
     )
+
+
+def content_disposition(name: str) -> str:
+    """``inline`` with the file's name, which HTTP headers can carry only as ASCII.
+
+    RFC 6266: ``filename`` holds an ASCII stand-in for old clients, ``filename*`` the
+    name itself, percent-encoded (RFC 8187).
+    """
+    stand_in = name.encode("ascii", "replace").decode("ascii").replace('"', "").replace("\\", "")
+    encoded = quote(name, safe="", errors="surrogateescape")
+    return f"inline; filename=\"{stand_in}\"; filename*=UTF-8''{encoded}"
 
 
 @router.get(
@@ -86,7 +98,8 @@ async def list_files(record: OwnedSession, request: Request) -> list[WorkspaceEn
     with _workspace(record) as workspace:
         return [
             WorkspaceEntry(
-                name=f.name,
+                # A name that is not UTF-8 is listed escaped (its link cannot reach it).
+                name=escape_surrogates(f.name),
                 size=f.size,
                 mime=f.mime,
                 modified=f.modified,

@@ -37,6 +37,34 @@ def test_uploaded_file_is_seen_by_the_repl_and_downloads_unchanged(
     assert names == ["data/blob.bin"]
 
 
+def test_a_file_named_outside_latin_1_downloads_with_its_name(
+    client: httpx.Client, session_id: str
+) -> None:
+    made = client.post(
+        "/repl", json={"code": "open('图.png', 'wb').write(b'png')", "session_id": session_id}
+    ).json()
+    [link] = [entry["url"] for entry in made["files"]]
+    for url in (f"/sessions/{session_id}/files/图.png", link):
+        download = client.get(url)
+        assert download.status_code == 200
+        assert download.content == b"png"
+        assert "filename*=UTF-8''%E5%9B%BE.png" in download.headers["content-disposition"]
+
+
+def test_a_file_name_that_is_not_utf8_is_listed_escaped(
+    client: httpx.Client, session_id: str
+) -> None:
+    # An archive from elsewhere may hold such names; the listing must still answer.
+    made = client.post(
+        "/repl",
+        json={"code": "open(b'\\xff.txt', 'wb').write(b'x')", "session_id": session_id},
+    ).json()
+    assert made["status"] == "ok", made["error"]
+    listing = client.get(f"/sessions/{session_id}/files")
+    assert listing.status_code == 200
+    assert [entry["name"] for entry in listing.json()] == ["\\udcff.txt"]
+
+
 def test_multipart_upload_is_accepted(client: httpx.Client, session_id: str) -> None:
     put = client.put(
         f"/sessions/{session_id}/files/table.csv",
