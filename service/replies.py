@@ -22,6 +22,8 @@ from service.suggestions import Outcome, suggest
 # headroom keeps the encoded body under the cap in all but adversarial cases, which
 # ``fit_reply`` then shrinks further.
 _ESCAPE_HEADROOM = 0.9
+# At most this share of the reply cap lists the changed files; the texts keep the rest.
+_FILES_SHARE = 0.25
 
 FileLinker = Callable[[str], str | None]
 
@@ -36,6 +38,23 @@ def _files(outcome: RunOutcome, link: FileLinker) -> list[FileInfo]:
         )
         for changed in outcome.reply.files[:100]
     ]
+
+
+def _files_within(files: list[FileInfo], room: int) -> tuple[list[FileInfo], int]:
+    """The first files whose entries fit in ``room`` characters, and their size.
+
+    Names are the user's: a run can make a hundred files with paths of 4000
+    characters, and their names and links alone were 40 times the reply cap.
+    """
+    kept: list[FileInfo] = []
+    used = 2  # the list's brackets
+    for entry in files:
+        size = len(entry.model_dump_json()) + 1
+        if used + size > room:
+            break
+        kept.append(entry)
+        used += size
+    return kept, used
 
 
 def _result_text(outcome: RunOutcome) -> str:
@@ -96,9 +115,10 @@ def build_reply(
     outcome: RunOutcome, kind: str, session_id: str, policy: Policy, link: FileLinker
 ) -> Reply:
     cap = policy.limits.reply_chars
-    budget = int(cap * _ESCAPE_HEADROOM) - 2_000
+    files, files_size = _files_within(_files(outcome, link), int(cap * _FILES_SHARE))
+    budget = int(cap * _ESCAPE_HEADROOM) - 2_000 - files_size
     while True:
-        built = _build(outcome, kind, session_id, policy, link, budget)
+        built = _build(outcome, kind, session_id, policy, files, budget)
         body = built.model_dump_json()
         if len(body) <= cap or budget <= 0:
             return Reply(built, body)
@@ -107,7 +127,12 @@ def build_reply(
 
 
 def _build(
-    outcome: RunOutcome, kind: str, session_id: str, policy: Policy, link: FileLinker, budget: int
+    outcome: RunOutcome,
+    kind: str,
+    session_id: str,
+    policy: Policy,
+    files: list[FileInfo],
+    budget: int,
 ) -> ReplResponse | CommandResponse:
     reply = outcome.reply
     fields: dict[str, object] = {
@@ -116,7 +141,8 @@ def _build(
         "stdout": reply.stdout,
         "stderr": reply.stderr,
     }
-    truncated = fit_reply(fields, max(budget, 0)) or reply.truncated
+    files_cut = len(files) < len(reply.files)
+    truncated = fit_reply(fields, max(budget, 0)) or reply.truncated or files_cut
     suggestion = suggest(_outcome_for_rules(outcome, kind, truncated), policy)
     common = {
         **fields,
@@ -125,7 +151,7 @@ def _build(
         "status": reply.status,
         "truncated": truncated,
         "duration_ms": round(outcome.duration_ms, 3),
-        "files": _files(outcome, link),
+        "files": files,
         "restarted": outcome.restarted,
     }
     if kind == "python":

@@ -222,6 +222,26 @@ def test_reply_never_exceeds_the_reply_cap_even_with_escaped_output(client: http
     assert reply.json()["truncated"] is True
 
 
+def test_reply_never_exceeds_the_reply_cap_with_long_file_names(client: httpx.Client) -> None:
+    # A hundred changed files whose paths are near the 4096-byte limit.
+    code = (
+        "import os\n"
+        "deep = '/'.join(['d' * 250] * 15)\n"
+        "os.makedirs(deep)\n"
+        "for i in range(100):\n"
+        "    open(f'{deep}/{i:03}', 'w').close()\n"
+        "'done'"
+    )
+    session_id = client.post("/sessions").json()["session_id"]
+    reply = client.post("/repl", json={"code": code, "session_id": session_id})
+    client.delete(f"/sessions/{session_id}")
+    assert len(reply.content.decode()) <= 20_000
+    body = reply.json()
+    assert body["result"] == "'done'"
+    assert body["truncated"] is True
+    assert len(body["files"]) < 100
+
+
 def test_service_memory_stays_flat_under_an_output_flood(
     server: Server, client: httpx.Client
 ) -> None:
