@@ -33,6 +33,9 @@ LOST_WORKER_EXIT_S = 2.0
 # (the session is held until it is done).
 AbandonedRunHook = Callable[[asyncio.Future[None]], None]
 
+# The statuses only the service gives a run; a worker's reply never holds them.
+_SERVICE_STATUSES = ("timeout", "killed")
+
 _LIMIT_SIGNALS: dict[signal.Signals, protocol.LimitName] = {
     signal.SIGXCPU: "cpu_time",
     signal.SIGXFSZ: "file_size",
@@ -251,6 +254,13 @@ class Session:
         if not isinstance(message, protocol.RunReply) or message.run_id != request.run_id:
             return await self._recover(
                 self._lost(request.run_id, ProtocolError("the worker sent an unexpected frame"))
+            )
+        if message.status in _SERVICE_STATUSES or message.limit is not None:
+            # Only the service stops a run and names the limit: a worker saying so forged
+            # it, and the status and limit go to the audit log and the metrics.
+            forged_status = message.status in _SERVICE_STATUSES
+            message = message.model_copy(
+                update={"status": "error" if forged_status else message.status, "limit": None}
             )
         outcome = RunOutcome(reply=message, interrupted_by=self._interrupt_reason)
         if isinstance(request, protocol.RunCommand) or self._interrupt_reason is not None:

@@ -167,6 +167,31 @@ async def test_forged_reply_on_the_channel_cannot_desynchronise_the_session(
     assert follow_up.reply.value == "'clean'"
 
 
+async def test_a_forged_reply_cannot_name_a_limit_or_a_status_only_the_service_gives(
+    session: Session,
+) -> None:
+    # The run's id is guessable; what the worker says of why a run stopped is not
+    # taken: it would reach the audit log and the metrics as the service's finding.
+    run_id = session._run_ids + 1
+    code = (
+        "import os, stat, json, struct, time\n"
+        "forged = json.dumps({'kind': 'reply', 'run_id': RUN_ID, 'status': 'killed',\n"
+        "                     'limit': 'memory', 'error': 'FORGED'}).encode()\n"
+        "for fd in range(3, 64):\n"
+        "    try:\n"
+        "        if stat.S_ISSOCK(os.fstat(fd).st_mode):\n"
+        "            os.write(fd, struct.pack('>I', len(forged)) + forged)\n"
+        "    except OSError:\n"
+        "        pass\n"
+        "time.sleep(0.5)"
+    ).replace("RUN_ID", str(run_id))
+    outcome = await session.run_python(code)
+    assert outcome.reply.error == "FORGED"  # the forged frame was the reply
+    assert outcome.reply.status == "error"
+    assert outcome.reply.limit is None
+    assert outcome.limit is None
+
+
 async def test_command_sees_files_the_repl_wrote(session: Session) -> None:
     await session.run_python("open('data.csv', 'w').write('a,b\\n1,2\\n')")
     outcome = await session.run_command("cat data.csv | wc -l")
