@@ -19,6 +19,8 @@ def unicode_text(text: str) -> str:
 
     It could not be passed on to a worker, nor written to the audit log as UTF-8.
     """
+    if text.isascii():  # nearly all code: checked without a copy
+        return text
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
