@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from sandbox import Session, ZygoteClient, load_policy, workspaces
-from sandbox.confine import cgroup
 from sandbox.policy import Policy
+from tests.zygotes import stop_zygote
 
 ROOT = Path(__file__).resolve().parent.parent
 TEST_POLICY = ROOT / "tests" / "policies" / "test.toml"
@@ -26,11 +25,7 @@ def zygote(policy: Policy, tmp_path_factory: pytest.TempPathFactory) -> Iterator
     client = ZygoteClient(policy, str(tmp_path_factory.mktemp("state")))
     client.start()
     yield client
-    client.stop()
-    # The parent group is this run's own (named by its state directory), as the
-    # service removes its own when it stops: left, every run would add one to the host.
-    with contextlib.suppress(OSError, ValueError):  # no cgroups here (as in containers)
-        cgroup.remove_all_sessions(client.cgroup_parent)
+    stop_zygote(client)
 
 
 @pytest.fixture

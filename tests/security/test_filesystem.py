@@ -41,6 +41,7 @@ from tests.security.harness import (
     probe,
     probe_with_reply,
 )
+from tests.zygotes import stop_zygote
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack]
 
@@ -105,7 +106,7 @@ def visible_zygote(policy: Policy) -> Iterator[ZygoteClient]:
     try:
         yield client
     finally:
-        client.stop()
+        stop_zygote(client)
         root = workspaces.workspaces_root(state_dir)
         for name in os.listdir(root) if os.path.isdir(root) else []:
             workspaces.remove(os.path.join(root, name))

@@ -28,6 +28,7 @@ from sandbox import Session, ZygoteClient
 from sandbox.policy import Policy
 from tests.api.server import Server, start_server, stop_server
 from tests.security.harness import everything_said, open_session
+from tests.zygotes import stop_zygote
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack]
 
@@ -99,7 +100,7 @@ def secret_holding_zygote(
     try:
         yield zygote
     finally:
-        zygote.stop()
+        stop_zygote(zygote)
 
 
 @pytest.fixture
