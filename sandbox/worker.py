@@ -293,14 +293,9 @@ def build_reply(
     if isinstance(exc_type, str):
         fields["exc_type"] = protocol.escape_surrogates(exc_type[:MAX_EXC_TYPE_CHARS])
     files = fields.get("files")
-    if isinstance(files, list):
-        if len(files) > MAX_CHANGED_FILES:
-            files = files[:MAX_CHANGED_FILES]
-            cut_any = True
-        fields["files"] = [
-            protocol.ChangedFile(name=protocol.escape_surrogates(f.name), size=f.size)
-            for f in files
-        ]
+    if isinstance(files, list) and len(files) > MAX_CHANGED_FILES:
+        fields["files"] = files[:MAX_CHANGED_FILES]
+        cut_any = True
     return protocol.RunReply.model_validate(
         {
             "run_id": run_id,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 
-from sandbox.protocol import ChangedFile
+from sandbox.protocol import ChangedFile, escape_surrogates
 
 # A workspace with more entries than this is sampled, not walked in full, so a run
 # that creates a million files cannot make every later reply slow.
@@ -45,8 +45,9 @@ def snapshot(root: str = ".") -> Snapshot:
 
 
 def changed_files(before: Snapshot, after: Snapshot) -> list[ChangedFile]:
+    """What ``after`` holds that ``before`` did not; names escaped to travel as UTF-8."""
     return [
-        ChangedFile(name=name, size=state[1])
+        ChangedFile(name=escape_surrogates(name), size=state[1])
         for name, state in sorted(after.items())
         if before.get(name) != state
     ]
