@@ -351,9 +351,7 @@ class Session:
             # Nothing the interrupted run started may outlive it, as after a timeout.
             await asyncio.to_thread(worker.kill_strays)
         except (TimeoutError, WorkerLost, ProtocolError):
-            # The next run starts a fresh worker, and says the namespace was lost.
-            await self._discard_worker()
-            self._lost_namespace = True
+            await self._discard_worker()  # the next run starts a fresh worker
 
     def _note_memory_kills(self, worker: WorkerHandle, outcome: RunOutcome) -> None:
         """Name the memory limit when the OOM killer ended a process of this run."""
@@ -409,8 +407,6 @@ class Session:
         self, run_id: int, reason: str, limit: protocol.LimitName | None
     ) -> RunOutcome:
         await self._discard_worker()
-        # Noted here, not only by the caller: a cancelled caller never reads the outcome.
-        self._lost_namespace = True
         restarted = True
         try:
             await self._replace_worker()
@@ -428,6 +424,9 @@ class Session:
     async def _discard_worker(self) -> None:
         worker = self.worker
         if worker is not None:
+            # Noted here, not by the caller: a cancelled caller never reads an outcome,
+            # and the next run must still say that the namespace was lost.
+            self._lost_namespace = True
             await worker.cleanup()
             if self.worker is worker:  # not one a concurrent run started meanwhile
                 self.worker = None
@@ -458,7 +457,7 @@ class Session:
         try:
             await self._discard_worker()
             await self._replace_worker()
-            self._lost_namespace = True
+            self._lost_namespace = True  # also when there was no worker to discard
         finally:
             self._run_lock.release()
 
