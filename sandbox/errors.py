@@ -7,7 +7,8 @@
     │   └── FrameTooLarge      ... by announcing more bytes than the cap allows
     ├── WorkerLost             a worker died or its channel closed mid-conversation
     ├── WorkerBusy             a session already runs something and the wait ran out
-    └── ZygoteUnavailable      the zygote cannot hand out workers right now
+    ├── ZygoteUnavailable      the zygote cannot hand out workers right now
+    └── StateDirectoryInUse    another process owns the state directory
 
 User-code outcomes (exceptions, timeouts, kills, policy denials) are not errors of
 the library: they come back as a ``RunReply`` with a status.
@@ -57,3 +58,16 @@ class WorkerBusy(SandboxError):
 
 class ZygoteUnavailable(SandboxError):
     """No worker could be obtained from the zygote."""
+
+
+class StateDirectoryInUse(SandboxError):
+    """Another process owns the state directory; ``pid`` is its pid when it said so."""
+
+    def __init__(self, state_dir: str, pid: int | None) -> None:
+        holder = f"the process with pid {pid}" if pid is not None else "another process"
+        super().__init__(
+            f"the state directory {state_dir} is in use by {holder}: stop that service, "
+            "or give this one a directory of its own (CODESHERPA_STATE_DIR)"
+        )
+        self.state_dir = state_dir
+        self.pid = pid

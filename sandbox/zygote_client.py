@@ -17,7 +17,7 @@ from pathlib import Path
 
 import psutil
 
-from sandbox import pool_ledger, workspaces
+from sandbox import pool_ledger, state_lock, workspaces
 from sandbox.confine import cgroup
 from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
 from sandbox.errors import ConfinementError, ZygoteUnavailable
@@ -83,13 +83,17 @@ class ZygoteClient:
         self._control: socket.socket | None = None
         self._lock = threading.Lock()
         self._ledger = ""  # the running zygote's pool ledger, drawn at each start
+        self._owns_state_dir = False
         self.restarts = 0
 
     def start(self, clean_leftovers: bool = True) -> None:
         # Workers are re-parented to us when their intermediate exits; being a
         # subreaper is what lets us wait for them and read how they ended.
         prctl(PR_SET_CHILD_SUBREAPER, 1)
-        os.makedirs(self.state_dir, mode=0o711, exist_ok=True)
+        if not self._owns_state_dir:
+            # Raises StateDirectoryInUse before anything of another owner is touched.
+            state_lock.acquire(self.state_dir)
+            self._owns_state_dir = True
         if clean_leftovers:
             # What an earlier run of this service left (a crash leaves it) ends now.
             with contextlib.suppress(OSError, ValueError):
@@ -174,6 +178,9 @@ class ZygoteClient:
             else:
                 if left:
                     log.warning("removed %d workspace(s) a stopped zygote left", left)
+        if self._owns_state_dir:
+            self._owns_state_dir = False
+            state_lock.release(self.state_dir)
 
     def _reap_drained_pool(self) -> None:
         # The ready workers were re-parented to us: only we can collect them.
@@ -196,8 +203,10 @@ class ZygoteClient:
         with self._lock:
             if self.alive():
                 return False
-            self.stop()
-            self.start(clean_leftovers=False)
+            # Held across the restart, so the directory never goes without an owner.
+            with state_lock.claimed(self.state_dir):
+                self.stop()
+                self.start(clean_leftovers=False)
             self.restarts += 1
             return True
 

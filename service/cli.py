@@ -4,14 +4,26 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
 import sys
+import tempfile
 
 from pydantic import ValidationError
 
-from sandbox import Policy, PolicyError, ZygoteClient, load_policy, scheduling, workspaces
+from sandbox import (
+    Policy,
+    PolicyError,
+    StateDirectoryInUse,
+    ZygoteClient,
+    load_policy,
+    scheduling,
+    state_lock,
+    workspaces,
+)
+from sandbox.confine import cgroup
 from sandbox.errors import SandboxError
 from sandbox.policy import ALL_LAYERS, policy_warnings
 from sandbox.policy_docs import render_reference, review_changes
@@ -64,6 +76,12 @@ def serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     # The zygote inherits it and drops it again before it forks a worker.
     logging.getLogger("codesherpa.scheduling").info("event loop: %s", scheduling.use_short_slice())
+    try:
+        # Held until this process exits: a second service, or anything else that
+        # would clear this directory's leftovers, is refused while it runs.
+        state_lock.acquire(settings.state_dir)
+    except StateDirectoryInUse as exc:
+        return _fail(str(exc))
     try:
         zygote, isolation = start_sandbox(policy, settings.state_dir)
     except SandboxError as exc:
@@ -169,12 +187,17 @@ def doctor(args: argparse.Namespace) -> int:
             )
         }
     )
-    try:
-        zygote, isolation = start_sandbox(trial, Settings().state_dir)
-    except SandboxError as exc:
-        print(f"a worker could not start: {exc}", file=sys.stderr)
-        return 1
-    zygote.stop()
+    # A directory of its own: a service may own the configured one, and a zygote
+    # starting there would clear its sessions away.
+    with tempfile.TemporaryDirectory(prefix="codesherpa-doctor-") as state_dir:
+        try:
+            zygote, isolation = start_sandbox(trial, state_dir)
+        except SandboxError as exc:
+            print(f"a worker could not start: {exc}", file=sys.stderr)
+            return 1
+        zygote.stop()
+        with contextlib.suppress(OSError, ValueError):
+            cgroup.remove_all_sessions(zygote.cgroup_parent)
     required = set(policy.isolation.required)
     width = max(len(layer) for layer in isolation)
     missing = []
