@@ -6,11 +6,35 @@ import asyncio
 import hashlib
 import json
 import logging
+import os
+import stat
 import sys
 import time
 from typing import Any, TextIO
 
 from pydantic_core import to_json
+
+
+def open_private_log(path: str) -> TextIO:
+    """Append to ``path``, which only its owner can read: created 0600, made so if not.
+
+    The log names tenants, sessions and what they ran; a link planted at its path is
+    refused rather than followed.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise OSError(f"{path}: the audit log must be a regular file")
+        if mode & (stat.S_IRWXG | stat.S_IRWXO):
+            logging.getLogger("codesherpa").warning(
+                "%s was open to others (mode %o); it is now private (0600)", path, mode & 0o777
+            )
+            os.fchmod(fd, 0o600)
+    except BaseException:
+        os.close(fd)
+        raise
+    return os.fdopen(fd, "a", encoding="utf-8")
 
 
 class AuditLog:
@@ -34,7 +58,7 @@ class AuditLog:
         if destination == "-":
             self._stream = sys.stdout
         elif destination:
-            self._stream = open(destination, "a", encoding="utf-8")  # noqa: SIM115
+            self._stream = open_private_log(destination)
             self._owned = True
 
     def record(

@@ -60,7 +60,7 @@ def start_sandbox(policy: Policy, state_dir: str) -> tuple[ZygoteClient, dict[st
 def serve(args: argparse.Namespace) -> int:
     overrides = {"policy": args.policy} if args.policy else {}
     try:
-        settings = Settings(**overrides)
+        settings = Settings(**overrides).listening_on(args.host, args.port)
         tokens = settings.token_map()
     except (ValidationError, ValueError, OSError) as exc:
         return _fail(f"invalid settings: {exc}")
@@ -93,7 +93,11 @@ def serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
 
-    app = create_app(settings, zygote, isolation)
+    try:
+        app = create_app(settings, zygote, isolation)
+    except OSError as exc:
+        zygote.stop()
+        return _fail(f"cannot open a file the service needs: {exc}")
     # One process: sessions live in this process's memory and workers are its children.
     # No access log by default: the audit log records every run, and a line per
     # request cost a measurable share of a trivial round trip.

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import socket
 import stat
 import tempfile
 from pathlib import Path
@@ -49,7 +50,10 @@ class Settings(BaseSettings):
     tokens: str = Field("", description="tenant:token pairs separated by commas")
     tokens_file: str | None = Field(None, description="the same, one pair a line (mode 0600)")
     policy: str = Field(DEFAULT_POLICY, description="policy file path")
-    public_url: str = Field("http://127.0.0.1:8000", description="base URL of links and manifest")
+    public_url: str = Field(
+        "http://127.0.0.1:8000",
+        description="base URL of links and manifest; default: the address the service listens on",
+    )
     state_dir: str = Field(default_factory=default_state_dir, description="where workspaces live")
     max_body_bytes: int = Field(2 * 1024 * 1024, gt=0, description="largest request body")
     audit_log: str = Field("-", description="audit log file; '-' for stdout, empty for none")
@@ -87,21 +91,39 @@ class Settings(BaseSettings):
         sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
         settings_file = os.environ.get(SETTINGS_FILE_VARIABLE)
         if settings_file:
+            require_private(Path(settings_file), "the settings file")
             sources.append(TomlConfigSettingsSource(settings_cls, toml_file=settings_file))
         return tuple(sources)
+
+    def listening_on(self, host: str, port: int) -> Settings:
+        """These settings, with links pointing where the service listens unless set."""
+        if "public_url" in self.model_fields_set:
+            return self
+        return self.model_copy(update={"public_url": listen_url(host, port)})
 
     def token_map(self) -> dict[str, str]:
         """Every configured token mapped to its tenant."""
         tokens = parse_token_pairs(self.tokens, "CODESHERPA_TOKENS")
         if self.tokens_file:
             path = Path(self.tokens_file)
-            mode = path.stat().st_mode
-            if mode & (stat.S_IRWXG | stat.S_IRWXO):
-                raise ValueError(
-                    f"{path}: the tokens file must not be readable by others (chmod 600)"
-                )
+            require_private(path, "the tokens file")
             tokens.update(parse_token_pairs(path.read_text(encoding="utf-8"), str(path)))
         return tokens
+
+
+def require_private(path: Path, what: str) -> None:
+    """Refuse a file that holds secrets when anyone but its owner may read or change it."""
+    if path.stat().st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ValueError(f"{path}: {what} must not be open to others (chmod 600)")
+
+
+def listen_url(host: str, port: int) -> str:
+    """The URL of a listening address; a wildcard address is named by the host's name."""
+    if host in ("", "0.0.0.0", "::"):  # noqa: S104 - naming the wildcard, not binding it
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def is_loopback(host: str) -> bool:

@@ -13,16 +13,28 @@ from service.reload import PolicyReloader
 router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)
 
 
-def _require_admin(request: Request, authorization: str | None) -> None:
-    expected = request.app.state.settings.admin_token
+def is_admin(request: Request, authorization: str | None) -> bool:
+    """Whether the request carries the admin token (never true when none is set)."""
+    expected: str | None = request.app.state.settings.admin_token
     if not expected:
-        # Without an admin token the routes do not exist.
-        raise ApiError(404, "not found", None)
+        return False
     scheme, _, presented = (authorization or "").partition(" ")
-    if scheme.lower() != "bearer" or not hmac.compare_digest(
+    return scheme.lower() == "bearer" and hmac.compare_digest(
         presented.strip().encode(), expected.encode()
-    ):
-        raise ApiError(401, "missing or wrong admin token", None, {"WWW-Authenticate": "Bearer"})
+    )
+
+
+def require_admin(request: Request, authorization: str | None) -> None:
+    if not request.app.state.settings.admin_token:
+        # Without an admin token the operator routes do not exist.
+        raise ApiError(404, "not found", None)
+    if not is_admin(request, authorization):
+        raise ApiError(
+            401,
+            "missing or wrong admin token",
+            "Operator routes take 'Authorization: Bearer $CODESHERPA_ADMIN_TOKEN'.",
+            {"WWW-Authenticate": "Bearer"},
+        )
 
 
 @router.post("/reload")
@@ -30,7 +42,7 @@ async def reload_policy(
     request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> dict[str, object]:
     """Validate the policy file again; new sessions get it if it is valid."""
-    _require_admin(request, authorization)
+    require_admin(request, authorization)
     reloader: PolicyReloader = request.app.state.reloader
     result = await reloader.reload()
     return {"applied": result.applied, "policy": result.policy, "message": result.message}

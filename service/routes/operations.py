@@ -1,12 +1,15 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and metrics; the detail is for the operator's admin token."""
 
 from __future__ import annotations
 
 import asyncio
+from typing import Annotated
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+
+from service.routes.admin import is_admin, require_admin
 
 router = APIRouter(tags=["operations"])
 
@@ -22,22 +25,33 @@ async def livez() -> dict[str, str]:
     summary="The sandbox can start workers",
     include_in_schema=False,
 )
-async def readyz(request: Request) -> JSONResponse:
+async def readyz(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> JSONResponse:
+    """Ready or not, for anyone; the detail only for the operator.
+
+    Session counts, the zygote's pid and the policy's path tell an outsider how busy
+    the host is and where it keeps things.
+    """
     registry = request.app.state.registry
     zygote = registry.zygote
     ready = zygote.alive()
-    body = {
-        "ready": ready,
-        "zygote": {"alive": ready, "pid": zygote.pid},
-        "sessions": len(registry),
-        "policy": {"path": request.app.state.policy_path, "hash": zygote.policy.digest()},
-        "isolation": request.app.state.isolation,
-    }
+    body: dict[str, object] = {"ready": ready}
+    if is_admin(request, authorization):
+        body |= {
+            "zygote": {"alive": ready, "pid": zygote.pid},
+            "sessions": len(registry),
+            "policy": {"path": request.app.state.policy_path, "hash": zygote.policy.digest()},
+            "isolation": request.app.state.isolation,
+        }
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
 @router.get("/metrics", include_in_schema=False)
-async def metrics(request: Request) -> Response:
+async def metrics(
+    request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    require_admin(request, authorization)
     registry = request.app.state.registry
     zygote = registry.zygote
     exported = request.app.state.metrics

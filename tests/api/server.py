@@ -18,6 +18,9 @@ import httpx
 ROOT = Path(__file__).resolve().parents[2]
 TEST_POLICY = ROOT / "tests" / "policies" / "test.toml"
 START_TIMEOUT_S = 120
+# The operator's token of every test server: /metrics and /readyz's detail need it.
+ADMIN_TOKEN = "operator-token-of-the-test-server"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @dataclass
@@ -38,8 +41,9 @@ def free_port() -> int:
 
 
 def start_server(
-    tmp: Path, env: dict[str, str] | None = None, policy: Path = TEST_POLICY
+    tmp: Path, env: dict[str, str | None] | None = None, policy: Path = TEST_POLICY
 ) -> Server:
+    """A service on a free port of loopback; a variable set to None in ``env`` is unset."""
     port = free_port()
     state_dir = tmp / "state"
     environment = {
@@ -47,8 +51,10 @@ def start_server(
         "CODESHERPA_STATE_DIR": str(state_dir),
         "CODESHERPA_POLICY": str(policy),
         "CODESHERPA_PUBLIC_URL": f"http://127.0.0.1:{port}",
+        "CODESHERPA_ADMIN_TOKEN": ADMIN_TOKEN,
         **(env or {}),
     }
+    environment = {name: value for name, value in environment.items() if value is not None}
     with open(tmp / "server.log", "wb") as log:
         process = subprocess.Popen(
             [sys.executable, "-m", "service", "serve", "--port", str(port)],

@@ -9,7 +9,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.api.server import Server
+from tests.api.server import ADMIN, Server
 
 
 def test_seed_pandas_example_returns_df_head(client: httpx.Client) -> None:
@@ -281,7 +281,7 @@ def test_concurrent_requests_to_one_session_are_serialised(
 
 def test_livez_and_readyz_report_the_sandbox(client: httpx.Client) -> None:
     assert client.get("/livez").json() == {"status": "ok"}
-    ready = client.get("/readyz").json()
+    ready = client.get("/readyz", headers=ADMIN).json()
     assert ready["ready"] is True
     assert set(ready["isolation"]) >= {"namespaces", "seccomp", "landlock", "cgroup"}
     assert json.dumps(ready)

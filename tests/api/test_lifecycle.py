@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from sandbox.zygote_client import cgroup_parent_for
-from tests.api.server import Server, start_server, stop_server
+from tests.api.server import ADMIN, Server, start_server, stop_server
 
 # sessions.warm_pool in tests/policies/test.toml
 WARM_POOL = 2
@@ -98,7 +98,7 @@ def test_a_killed_zygote_is_restarted_and_live_sessions_keep_their_state(tmp_pat
         groups_before = _session_groups(server)
         isolation = client.get(f"/sessions/{session_id}").json()["isolation"]
         assert bool(groups_before) == isolation["cgroup"].startswith("active")
-        zygote_pid = client.get("/readyz").json()["zygote"]["pid"]
+        zygote_pid = client.get("/readyz", headers=ADMIN).json()["zygote"]["pid"]
         os.kill(zygote_pid, signal.SIGKILL)
         assert _wait_until(
             lambda: (
@@ -127,8 +127,8 @@ def test_a_killed_zygote_is_restarted_and_live_sessions_keep_their_state(tmp_pat
         if groups_before:  # where the service has cgroups, the pool's went too
             assert len(groups_before - _session_groups(server)) == WARM_POOL
             assert len(_session_groups(server)) == 2 + WARM_POOL
-        assert "codesherpa_zygote_restarts 1.0" in client.get("/metrics").text
-        assert client.get("/readyz").json()["zygote"]["pid"] != zygote_pid
+        assert "codesherpa_zygote_restarts 1.0" in client.get("/metrics", headers=ADMIN).text
+        assert client.get("/readyz", headers=ADMIN).json()["zygote"]["pid"] != zygote_pid
         # The dead zygote's ready workers exited with it; the service reaps them too.
         service = psutil.Process(server.process.pid)
         assert _wait_until(lambda: not _zombie_children(service), timeout_s=20)
@@ -212,7 +212,7 @@ def test_a_session_ended_during_a_run_gets_no_fresh_worker(tmp_path: Path) -> No
         assert _wait_until(lambda: _processes_of(uid) == [])
         # Beside the zygote, the service's children are the pool's ready workers (it
         # is their subreaper), and nothing else once the pool is full again.
-        zygote = client.get("/readyz").json()["zygote"]["pid"]
+        zygote = client.get("/readyz", headers=ADMIN).json()["zygote"]["pid"]
         service = psutil.Process(server.process.pid)
 
         def workers() -> int:

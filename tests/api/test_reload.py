@@ -14,9 +14,10 @@ import pytest
 from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.api.server import TEST_POLICY, Server, start_server, stop_server
+from tests.api.server import ADMIN_TOKEN, TEST_POLICY, Server, start_server, stop_server
 
-ADMIN = "admin-token-0123456789abcdef"
+ADMIN = ADMIN_TOKEN
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN}"}
 
 
 @pytest.fixture
@@ -34,7 +35,7 @@ def server(tmp_path: Path, policy_file: Path) -> Iterator[Server]:
 
 
 def _policy_hash(client: httpx.Client) -> str:
-    return str(client.get("/readyz").json()["policy"]["hash"])
+    return str(client.get("/readyz", headers=ADMIN_HEADERS).json()["policy"]["hash"])
 
 
 def _wait_for_hash_change(client: httpx.Client, old: str, timeout_s: float = 60) -> str:

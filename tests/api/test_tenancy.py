@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.api.server import ROOT, Server, audit_entries, start_server, stop_server
+from tests.api.server import ADMIN, ROOT, Server, audit_entries, start_server, stop_server
 
 ALICE = "alice-token-0123456789abcdef"
 BOB = "bob-token-0123456789abcdef00"
@@ -141,7 +141,7 @@ def test_metrics_count_runs_denials_and_sessions(
 ) -> None:
     alice.post("/repl", json={"code": "1"})
     alice.post("/command", json={"command": "bash"})
-    body = httpx.get(f"{tenants_server.url}/metrics").text
+    body = httpx.get(f"{tenants_server.url}/metrics", headers=ADMIN).text
     assert 'codesherpa_runs_total{kind="python",status="ok"}' in body
     assert 'codesherpa_denials_total{rule="allowlist"}' in body
     assert "codesherpa_sessions_alive" in body
