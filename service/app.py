@@ -15,6 +15,7 @@ from starlette.types import Receive, Scope, Send
 
 from sandbox import ZygoteClient
 from sandbox.confine import cgroup
+from service import __version__
 from service.audit import AuditLog
 from service.body_limit import BodySizeLimit
 from service.errors import install_error_handlers
@@ -87,7 +88,7 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
 
     app = CodeSherpaApp(
         title="CodeSherpa",
-        version="0.1.0",
+        version=__version__,
         description=DESCRIPTION,
         lifespan=lifespan,
         servers=[{"url": settings.public_url}],

@@ -11,6 +11,7 @@ import os
 import sys
 import tempfile
 
+import tomli_w
 from pydantic import ValidationError
 
 from sandbox import (
@@ -27,6 +28,7 @@ from sandbox.confine import cgroup
 from sandbox.errors import SandboxError
 from sandbox.policy import ALL_LAYERS, policy_warnings
 from sandbox.policy_docs import render_reference, review_changes
+from service import __version__
 from service.settings import Settings, is_loopback
 
 
@@ -138,11 +140,14 @@ def policy_show(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(data, indent=2))
         return 0
-    print(f"# effective policy from {path} (hash {policy.digest()})")
-    for section, values in data.items():
-        print(f"\n[{section}]")
-        for key, value in values.items():
-            print(f"{key} = {json.dumps(value)}")
+    # TOML has no null: a key left unset is left out, and loading the output fills
+    # in the same default again, so `policy check` accepts what this prints.
+    present = {
+        section: {key: value for key, value in values.items() if value is not None}
+        for section, values in data.items()
+    }
+    print(f"# effective policy from {path} (hash {policy.digest()})\n")
+    print(tomli_w.dumps(present), end="")
     return 0
 
 
@@ -219,6 +224,7 @@ def doctor(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="codesherpa", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     serve_parser = commands.add_parser("serve", help="run the HTTP service")

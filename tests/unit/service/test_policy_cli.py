@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+from importlib.metadata import version
 from pathlib import Path
 
 import pytest
 
+from sandbox import load_policy
 from service.cli import main
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -86,6 +88,26 @@ def test_show_text_names_the_file_and_hash(capsys: pytest.CaptureFixture[str]) -
     assert code == 0
     assert out.startswith(f"# effective policy from {DEFAULT} (hash ")
     assert "\n[limits]\nwall_timeout_s = 30" in out
+
+
+@pytest.mark.parametrize("preset", ["default", "strict", "dev", "container"])
+def test_show_prints_toml_that_check_accepts_and_loads_to_the_same_policy(
+    preset: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = str(ROOT / "policies" / f"{preset}.toml")
+    code, out, _ = run(["policy", "show", "--policy", source], capsys)
+    assert code == 0
+    shown = tmp_path / "shown.toml"
+    shown.write_text(out)
+    code, checked, _ = run(["policy", "check", str(shown)], capsys)
+    assert code == 0, checked
+    assert load_policy(str(shown)) == load_policy(source)
+
+
+def test_version_names_the_installed_package(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["--version"], capsys)
+    assert code == 0
+    assert out.strip() == f"codesherpa {version('codesherpa')}"
 
 
 def test_diff_default_strict_reads_as_a_review(capsys: pytest.CaptureFixture[str]) -> None:
