@@ -15,13 +15,10 @@ ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 RUN python -m venv /opt/codesherpa
 WORKDIR /src
-COPY pyproject.toml README.md ./
-COPY sandbox ./sandbox
-COPY service ./service
-# Install the project to resolve its dependencies, then remove the project itself: the
-# runtime stage runs it from /app, where service/ finds .well-known/ beside it.
-RUN /opt/codesherpa/bin/pip install . \
- && /opt/codesherpa/bin/pip uninstall --yes codesherpa \
+# The same versions as every other install, each checked against its hashes; the
+# runtime stage runs the project itself from /app, where service/ finds .well-known/.
+COPY requirements/runtime.lock ./
+RUN /opt/codesherpa/bin/pip install --require-hashes -r runtime.lock \
  && /opt/codesherpa/bin/python -m compileall -q /opt/codesherpa
 
 # --- runtime -------------------------------------------------------------------------

@@ -10,15 +10,25 @@ ifneq ($(shell id -u),0)
 PIDNS := unshare --user --map-root-user --pid --fork --kill-child --mount-proc
 endif
 
-.PHONY: install run test lint bench clean
+.PHONY: install run test lint bench clean lock
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Every dependency from the lock file, each checked against its hashes; then the project
+# itself, which brings nothing the lock did not.
+$(STAMP): pyproject.toml requirements/dev.lock
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $(STAMP)
+
+# After a change to the dependencies in pyproject.toml: pin them again, with hashes.
+COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links
+lock: install
+	$(COMPILE) --extra dev -o requirements/dev.lock pyproject.toml
+	$(COMPILE) -o requirements/runtime.lock pyproject.toml
 
 run: install
 	$(BIN)/codesherpa serve --host 127.0.0.1 --port 8000 --policy $(POLICY)

@@ -30,6 +30,7 @@ from sandbox.policy import ALL_LAYERS, policy_warnings
 from sandbox.policy_docs import render_reference, review_changes
 from service import __version__
 from service.settings import Settings, is_loopback
+from service.shipped import default_policy
 
 
 def _fail(message: str) -> int:
@@ -130,7 +131,7 @@ def policy_check(args: argparse.Namespace) -> int:
 
 
 def policy_show(args: argparse.Namespace) -> int:
-    path = args.policy or os.environ.get("CODESHERPA_POLICY") or "policies/default.toml"
+    path = args.policy or os.environ.get("CODESHERPA_POLICY") or default_policy()
     try:
         policy = load_policy(path)
     except PolicyError as exc:
@@ -181,7 +182,7 @@ def policy_docs(args: argparse.Namespace) -> int:
 
 
 def doctor(args: argparse.Namespace) -> int:
-    path = args.policy or os.environ.get("CODESHERPA_POLICY") or "policies/default.toml"
+    path = args.policy or os.environ.get("CODESHERPA_POLICY") or default_policy()
     try:
         policy = load_policy(path)
     except PolicyError as exc:

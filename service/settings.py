@@ -17,7 +17,8 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-DEFAULT_POLICY = "policies/default.toml"
+from service.shipped import default_policy
+
 SETTINGS_FILE_VARIABLE = "CODESHERPA_SETTINGS_FILE"
 
 
@@ -49,7 +50,7 @@ class Settings(BaseSettings):
 
     tokens: str = Field("", description="tenant:token pairs separated by commas")
     tokens_file: str | None = Field(None, description="the same, one pair a line (mode 0600)")
-    policy: str = Field(DEFAULT_POLICY, description="policy file path")
+    policy: str = Field(default_factory=default_policy, description="policy file path")
     public_url: str = Field(
         "http://127.0.0.1:8000",
         description="base URL of links and manifest; default: the address the service listens on",

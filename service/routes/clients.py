@@ -24,10 +24,11 @@ from sandbox import Policy
 from service.deps import ActivePolicy
 from service.errors import ApiError
 from service.settings import Settings
+from service.shipped import shipped
 
 router = APIRouter(include_in_schema=False)
 
-WELL_KNOWN = Path(__file__).resolve().parents[2] / ".well-known"
+WELL_KNOWN = shipped(".well-known")
 MANIFEST_TEMPLATE = WELL_KNOWN / "ai-plugin.json"
 LOGO = WELL_KNOWN / "logo.png"
 
