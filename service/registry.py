@@ -95,6 +95,11 @@ class SessionRegistry:
     async def create(self, caller: Caller, implicit_key: str | None = None) -> SessionRecord:
         policy = self.zygote.policy.sessions
         async with self._creating:
+            # A session ended by its clock frees its slot now, not at the reaper's next round.
+            try:
+                await self.end_expired()
+            except Exception:  # another session's cleanup must not refuse this one
+                log.exception("cannot end an expired session")
             if len(self._sessions) >= policy.max_total:
                 raise ApiError(
                     429,

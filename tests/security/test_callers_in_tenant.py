@@ -10,10 +10,15 @@ header) attack it through every route that names a session: each attempt must an
 exactly as an id that never existed, and must not have happened (the variable, the
 file and the session are still A's, unchanged).  Signed links stay the credential of
 their own: a link A was given works without any bearer.
+
+The quota tests show that a session ended by its clock frees its slot at once, not at
+the reaper's next round (every 5 s).
 """
 
 from __future__ import annotations
 
+import json
+import re
 import secrets
 import threading
 import time
@@ -28,11 +33,12 @@ from mcp import ClientSession
 from mcp.client.streamable_http import streamable_http_client
 from mcp.types import CallToolResult, TextContent
 
-from tests.api.server import Server, audit_entries, start_server, stop_server
+from tests.api.server import TEST_POLICY, Server, audit_entries, start_server, stop_server
 
 pytestmark = pytest.mark.attack
 
 TOKEN = "shared-action-key-" + secrets.token_hex(8)
+OTHER_TOKEN = "other-tenant-key-" + secrets.token_hex(8)
 CONVERSATION = "openai-conversation-id"
 SECRET_FILE = b"conversation A's file " + secrets.token_hex(8).encode()
 SECRET_VALUE = "kept-" + secrets.token_hex(8)
@@ -323,3 +329,77 @@ def test_an_overlong_conversation_id_is_refused_on_every_route(
             reply = overlong.request(method, path)
             assert reply.status_code == 422, reply.text
             assert CONVERSATION in reply.json()["error"]
+
+
+# --- quotas -------------------------------------------------------------------------------
+
+IDLE_TTL_S = 2.0
+
+
+@pytest.fixture(scope="module")
+def quick_expiry_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
+    """Two sessions at most, for one tenant or all together; idle ones end after 2 s."""
+    tmp = tmp_path_factory.mktemp("quick-expiry")
+    policy = TEST_POLICY.read_text()
+    for key, value in (
+        ("idle_ttl_s", IDLE_TTL_S),
+        ("max_per_tenant", 2),
+        ("max_total", 2),
+        ("warm_pool", 1),
+    ):
+        policy = re.sub(rf"(?m)^{key} = .*$", f"{key} = {value}", policy)
+    path = tmp / "policy.toml"
+    path.write_text(policy)
+    running = start_server(
+        tmp, env={"CODESHERPA_TOKENS": f"gpt:{TOKEN},other:{OTHER_TOKEN}"}, policy=path
+    )
+    try:
+        yield running
+    finally:
+        stop_server(running)
+
+
+def _wait_until(instant: float) -> None:
+    time.sleep(max(0.0, instant - time.time()))
+
+
+def test_a_session_ended_by_its_clock_frees_its_slot_at_once(
+    quick_expiry_server: Server,
+) -> None:
+    with (
+        quick_expiry_server.client(TOKEN) as tenant,
+        quick_expiry_server.client(OTHER_TOKEN) as other_tenant,
+    ):
+        made = [tenant.post("/sessions") for _ in range(2)]
+        assert [reply.status_code for reply in made] == [201, 201]
+        assert tenant.post("/sessions").status_code == 429
+        assert other_tenant.post("/sessions").status_code == 429  # the service is full
+        # Just after they expired; the reaper comes by only every 5 s.
+        _wait_until(max(reply.json()["expires_at"] for reply in made) + 0.05)
+        assert other_tenant.post("/sessions").status_code == 201, "max_total still counts them"
+        assert tenant.post("/sessions").status_code == 201, "max_per_tenant still counts them"
+        for reply in made:
+            assert tenant.get(f"/sessions/{reply.json()['session_id']}").status_code == 410
+
+
+def test_a_deleted_session_frees_its_slot_at_once(quick_expiry_server: Server) -> None:
+    with quick_expiry_server.client(TOKEN) as tenant:
+        _wait_until(time.time() + IDLE_TTL_S + 0.05)  # the previous test's sessions ended
+        made = [tenant.post("/sessions") for _ in range(2)]
+        assert [reply.status_code for reply in made] == [201, 201]
+        assert tenant.post("/sessions").status_code == 429
+        assert tenant.delete(f"/sessions/{made[0].json()['session_id']}").status_code == 204
+        assert tenant.post("/sessions").status_code == 201
+
+
+def test_a_conversations_sessions_count_against_the_tenant(quick_expiry_server: Server) -> None:
+    """Owners divide who sees a session, not the tenant's share of the service."""
+    with (
+        quick_expiry_server.client(TOKEN) as tenant,
+        _conversation_client(quick_expiry_server, "conv-" + secrets.token_hex(8)) as conversation,
+    ):
+        _wait_until(time.time() + IDLE_TTL_S + 0.05)
+        assert [conversation.post("/sessions").status_code for _ in range(2)] == [201, 201]
+        refused = tenant.post("/sessions")
+        assert refused.status_code == 429
+        assert json.loads(refused.text)["error"].startswith("the service is at its session")
