@@ -167,6 +167,14 @@ def test_a_conversations_session_is_a_404_for_every_other_caller_on_every_route(
         unknown_body = {**body, "session_id": never_existed} if body is not None else None
         unknown = _send(other, method, unknown_path, unknown_body, raw)
         assert (reply.status_code, reply.json()) == (unknown.status_code, unknown.json())
+    # A chunked body skips the execution fast path: FastAPI's route checks the same.
+    for path, body in (
+        ("/repl", {"code": "secret = 'taken'", "session_id": session_id}),
+        ("/command", {"command": "touch by-command.txt", "session_id": session_id}),
+    ):
+        chunked = iter([json.dumps(body).encode()])
+        reply = other.post(path, content=chunked, headers={"content-type": "application/json"})
+        assert reply.status_code == 404, (path, reply.text)
     assert session_id not in [entry["session_id"] for entry in other.get("/sessions").json()]
     _assert_untouched(conversation_a, session_id)
     # No attempt ran: the session's audit lines are A's setup and A's check, both A's.
