@@ -73,11 +73,13 @@ class AuditLog:
         limit: str | None,
         policy: str,
         denied_rule: str | None = None,
+        owner: str | None = None,
     ) -> None:
         if self._stream is None:
             return
         fields = {
             "tenant": tenant,
+            "owner": owner,
             "session": session_id,
             "kind": kind,
             "text": text,
@@ -124,6 +126,7 @@ class AuditLog:
         entry = {
             "time": self._second[1],
             "tenant": fields["tenant"],
+            "owner": fields["owner"],
             "session": fields["session"],
             "kind": fields["kind"],
             "sha256": hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest(),

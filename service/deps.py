@@ -1,4 +1,4 @@
-"""Route dependencies that read as prose: ``tenant: CurrentTenant``, ``registry: Registry``.
+"""Route dependencies that read as prose: ``caller: CurrentCaller``, ``registry: Registry``.
 
 They are ``async`` though they never wait: FastAPI runs a plain ``def`` dependency in
 its thread pool, a hop that cost more than the rest of a trivial request.
@@ -7,12 +7,12 @@ its thread pool, a hop that cost more than the rest of a trivial request.
 from __future__ import annotations
 
 import hmac
-from dataclasses import dataclass
 from typing import Annotated
 
 from fastapi import Depends, Header, Request
 
 from sandbox import Policy
+from service.callers import CONVERSATION_HEADER, MAX_CONVERSATION_CHARS, Caller, caller_for
 from service.errors import ApiError
 from service.quotas import TenantQuotas
 from service.registry import SessionRecord, SessionRegistry
@@ -48,49 +48,46 @@ def admit(request: Request, authorization: str | None) -> str:
     return tenant
 
 
-async def current_tenant(
-    request: Request, authorization: Annotated[str | None, Header(include_in_schema=False)] = None
-) -> str:
-    return admit(request, authorization)
-
-
-CONVERSATION_HEADER = "openai-conversation-id"
-MAX_CONVERSATION_CHARS = 256
-# The header is read by ``run_caller``, not declared as a parameter, so it is described
-# here for the OpenAPI document.
+CONVERSATION_DESCRIPTION = (
+    "Sent by ChatGPT. Sessions made with it belong to that conversation (others get 404); "
+    "it keys your implicit session when session_id is omitted."
+)
+# ``run_caller`` reads the header itself, so the routes using it describe it with this.
 CONVERSATION_PARAMETER = {
     "name": CONVERSATION_HEADER,
     "in": "header",
     "required": False,
-    "description": "Sent by ChatGPT; keys your implicit session when session_id is omitted.",
+    "description": CONVERSATION_DESCRIPTION,
     "schema": {"type": "string", "maxLength": MAX_CONVERSATION_CHARS},
 }
 
 
-@dataclass(frozen=True)
-class RunCaller:
-    tenant: str
-    registry: SessionRegistry
-    conversation: str | None  # keys the implicit session when no session_id is given
+async def current_caller(
+    request: Request,
+    authorization: Annotated[str | None, Header(include_in_schema=False)] = None,
+    conversation: Annotated[
+        str | None,
+        Header(
+            alias=CONVERSATION_HEADER,
+            description=CONVERSATION_DESCRIPTION,
+            # Documented only: caller_for refuses a longer one with its own message.
+            json_schema_extra={"maxLength": MAX_CONVERSATION_CHARS},
+        ),
+    ] = None,
+) -> Caller:
+    """Who asks: the tenant its token names, and the conversation it names, if any."""
+    return caller_for(admit(request, authorization), conversation)
 
 
-async def run_caller(request: Request) -> RunCaller:
-    """Everything the execution routes need to know of a request but its body.
+async def run_caller(request: Request) -> Caller:
+    """``current_caller`` for the execution routes, reading the headers itself.
 
-    One dependency reading the headers itself: each dependency and header parameter
-    FastAPI resolves costs about a tenth of a trivial run's round trip.
+    Each dependency and header parameter FastAPI resolves costs about a tenth of a
+    trivial run's round trip.
     """
     headers = request.headers
     tenant = admit(request, headers.get("authorization"))
-    conversation = headers.get(CONVERSATION_HEADER)
-    if conversation is not None and len(conversation) > MAX_CONVERSATION_CHARS:
-        raise ApiError(
-            422,
-            f"header {CONVERSATION_HEADER}: longer than {MAX_CONVERSATION_CHARS} characters",
-            "Send a shorter conversation id, or pass session_id in the body instead.",
-        )
-    registry: SessionRegistry = request.app.state.registry
-    return RunCaller(tenant, registry, conversation)
+    return caller_for(tenant, headers.get(CONVERSATION_HEADER))
 
 
 async def session_registry(request: Request) -> SessionRegistry:
@@ -103,16 +100,16 @@ async def active_policy(request: Request) -> Policy:
     return registry.zygote.policy
 
 
-CurrentTenant = Annotated[str, Depends(current_tenant)]
+CurrentCaller = Annotated[Caller, Depends(current_caller)]
+RunCaller = Annotated[Caller, Depends(run_caller)]
 Registry = Annotated[SessionRegistry, Depends(session_registry)]
-Caller = Annotated[RunCaller, Depends(run_caller)]
 ActivePolicy = Annotated[Policy, Depends(active_policy)]
 
 
 async def owned_session(
-    session_id: str, tenant: CurrentTenant, registry: Registry
+    session_id: str, caller: CurrentCaller, registry: Registry
 ) -> SessionRecord:
-    return registry.get(tenant, session_id)
+    return registry.get(caller, session_id)
 
 
 OwnedSession = Annotated[SessionRecord, Depends(owned_session)]

@@ -25,16 +25,16 @@ from pydantic import BaseModel, ValidationError
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.callers import Caller
 from service.deps import run_caller
 from service.errors import ApiError, api_error_response, internal_error_response
-from service.registry import SessionRegistry
 from service.replies import Reply
 from service.routes.execution import run_command, run_python
 from service.schemas import CommandRequest, ReplRequest
 
 log = logging.getLogger("codesherpa")
 
-RouteFunction = Callable[[Request, Any, str, SessionRegistry, str | None], Awaitable[Reply]]
+RouteFunction = Callable[[Request, Any, Caller], Awaitable[Reply]]
 
 
 @dataclass(frozen=True)
@@ -146,10 +146,8 @@ class ExecutionFastPath:
 
         try:
             try:
-                caller = await run_caller(request)
-                reply = await route.run(
-                    request, parsed, caller.tenant, caller.registry, caller.conversation
-                )
+                # The routes' own dependency: the same caller, so the same owner check.
+                reply = await route.run(request, parsed, await run_caller(request))
             except ApiError as error:
                 await api_error_response(request, error)(scope, receive, tracking_send)
                 return

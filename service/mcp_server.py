@@ -3,7 +3,9 @@
 Streamable HTTP through the official SDK, stateful: each MCP session runs in the
 caller's implicit CodeSherpa session keyed ``mcp:<MCP session id>``, unless a tool
 call names a ``session_id``.  Tools call the same route functions as HTTP, so a run
-through MCP is admitted, rate limited, counted and audited exactly like ``/repl``.
+through MCP is admitted, rate limited, counted and audited exactly like ``/repl``, and
+its caller is found the same way: the tenant itself, or the conversation an
+``openai-conversation-id`` header names (service/callers.py).
 
 Authentication is the HTTP API's bearer token.  The tenant travels in the ASGI
 scope as the SDK's ``AuthenticatedUser``, not in a contextvar: the SDK runs tool
@@ -36,6 +38,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from sandbox import Policy
+from service.callers import CONVERSATION_HEADER, Caller, caller_for
 from service.deps import authenticate
 from service.errors import ApiError
 from service.registry import SessionRecord, SessionRegistry
@@ -93,15 +96,18 @@ def _caller(ctx: McpContext) -> tuple[Request, str]:
     return request, user.access_token.client_id
 
 
-async def _session(ctx: McpContext, session_id: str | None) -> tuple[Request, str, SessionRecord]:
+async def _session(
+    ctx: McpContext, session_id: str | None
+) -> tuple[Request, Caller, SessionRecord]:
     request, tenant = _caller(ctx)
     registry: SessionRegistry = request.app.state.registry
     key = implicit_key(request.headers.get("mcp-session-id"))
     try:
-        record = await registry.resolve(tenant, session_id, key)
+        caller = caller_for(tenant, request.headers.get(CONVERSATION_HEADER))
+        record = await registry.resolve(caller, session_id, key)
     except ApiError as exc:
         raise _tool_error(exc) from None
-    return request, tenant, record
+    return request, caller, record
 
 
 def _tool_error(exc: ApiError) -> ToolError:
@@ -160,10 +166,10 @@ async def run_python(
     Returns the reply as JSON (result, error, suggestion, status, session_id, files with
     links), then every figure or image the run created as image content.
     """
-    request, tenant, record = await _session(ctx, session_id)
+    request, caller, record = await _session(ctx, session_id)
     body = ReplRequest(code=code, session_id=record.session_id, timeout=timeout)
     try:
-        reply = await execution.run_python(request, body, tenant, request.app.state.registry)
+        reply = await execution.run_python(request, body, caller)
     except ApiError as exc:
         raise _tool_error(exc) from None
     return [_text(reply.model, exclude={"stdout"}), *_images(record, reply.model.files)]
@@ -179,10 +185,10 @@ async def run_command(
 
     A refused command names the rule and lists the allowed programs.
     """
-    request, tenant, record = await _session(ctx, session_id)
+    request, caller, record = await _session(ctx, session_id)
     body = CommandRequest(command=command, session_id=record.session_id, timeout=timeout)
     try:
-        reply = await execution.run_command(request, body, tenant, request.app.state.registry)
+        reply = await execution.run_command(request, body, caller)
     except ApiError as exc:
         raise _tool_error(exc) from None
     return [_text(reply.model, exclude={"stdout"}), *_images(record, reply.model.files)]

@@ -1,8 +1,9 @@
 """Which sessions exist, whose they are, and when they end.
 
-A session belongs to one tenant; any other tenant asking for it gets the same 404
-as for an id that never existed.  Ended sessions are remembered (bounded) so their
-owner gets a 410 rather than a confusing 404.
+A session belongs to the caller it was made for (a tenant, and inside it a conversation
+or the tenant itself, see service/callers.py); any other caller asking for it gets the
+same 404 as for an id that never existed.  Ended sessions are remembered (bounded) so
+their caller gets a 410 rather than a confusing 404.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass, field
 
 from sandbox import Session, ZygoteClient, workspaces
 from sandbox.errors import SandboxError
+from service.callers import Caller
 from service.errors import ApiError
 
 log = logging.getLogger("codesherpa.sessions")
@@ -27,10 +29,14 @@ REAP_INTERVAL_S = 5.0
 @dataclass
 class SessionRecord:
     session_id: str
-    tenant: str
+    caller: Caller  # the one it was made for; every other caller is told it does not exist
     session: Session
     implicit_key: str | None = None
     created_at: float = field(default_factory=time.time)
+
+    @property
+    def tenant(self) -> str:
+        return self.caller.tenant
 
     def expires_at(self) -> float:
         sessions = self.session.policy.sessions
@@ -48,8 +54,8 @@ class SessionRegistry:
     def __init__(self, zygote: ZygoteClient) -> None:
         self.zygote = zygote
         self._sessions: dict[str, SessionRecord] = {}
-        self._implicit: dict[tuple[str, str], str] = {}
-        self._expired: OrderedDict[str, str] = OrderedDict()
+        self._implicit: dict[tuple[Caller, str], str] = {}
+        self._expired: OrderedDict[str, Caller] = OrderedDict()
         self._creating = asyncio.Lock()
         self._retired: list[ZygoteClient] = []
 
@@ -57,7 +63,16 @@ class SessionRegistry:
         return len(self._sessions)
 
     def for_tenant(self, tenant: str) -> list[SessionRecord]:
+        """Every session of the tenant, whichever of its callers it was made for."""
         return [record for record in self._sessions.values() if record.tenant == tenant]
+
+    def for_caller(self, caller: Caller) -> list[SessionRecord]:
+        now = time.time()
+        return [
+            record
+            for record in self._sessions.values()
+            if record.caller == caller and record.expires_at() > now
+        ]
 
     def find(self, session_id: str) -> SessionRecord | None:
         """A live session by id alone, for routes whose credential is a signed link."""
@@ -66,19 +81,25 @@ class SessionRegistry:
             return None
         return record
 
-    def get(self, tenant: str, session_id: str) -> SessionRecord:
+    def get(self, caller: Caller, session_id: str) -> SessionRecord:
+        """The caller's session: the one check every route that names a session passes."""
         record = self._sessions.get(session_id)
-        if record is not None and record.tenant == tenant:
+        if record is not None and record.caller == caller:
             if record.expires_at() <= time.time():
                 raise ApiError(410, "the session expired", _NEW_SESSION_HINT)
             return record
-        if self._expired.get(session_id) == tenant:
+        if self._expired.get(session_id) == caller:
             raise ApiError(410, "the session expired or was ended", _NEW_SESSION_HINT)
         raise ApiError(404, "no such session", _NEW_SESSION_HINT)
 
-    async def create(self, tenant: str, implicit_key: str | None = None) -> SessionRecord:
+    async def create(self, caller: Caller, implicit_key: str | None = None) -> SessionRecord:
         policy = self.zygote.policy.sessions
         async with self._creating:
+            # A session ended by its clock frees its slot now, not at the reaper's next round.
+            try:
+                await self.end_expired()
+            except Exception:  # another session's cleanup must not refuse this one
+                log.exception("cannot end an expired session")
             if len(self._sessions) >= policy.max_total:
                 raise ApiError(
                     429,
@@ -86,7 +107,7 @@ class SessionRegistry:
                     "Delete a session you no longer need, or retry later.",
                     headers={"Retry-After": "30"},
                 )
-            if len(self.for_tenant(tenant)) >= policy.max_per_tenant:
+            if len(self.for_tenant(caller.tenant)) >= policy.max_per_tenant:
                 raise ApiError(
                     429,
                     f"this tenant already holds {policy.max_per_tenant} sessions",
@@ -100,26 +121,29 @@ class SessionRegistry:
                 raise ApiError(
                     503, "the sandbox cannot start a session right now", "Retry in a few seconds."
                 ) from None
-            record = SessionRecord(new_session_id(), tenant, session, implicit_key)
+            record = SessionRecord(new_session_id(), caller, session, implicit_key)
             self._sessions[record.session_id] = record
             if implicit_key is not None:
-                self._implicit[(tenant, implicit_key)] = record.session_id
+                self._implicit[(caller, implicit_key)] = record.session_id
             return record
 
     async def resolve(
-        self, tenant: str, session_id: str | None, conversation: str | None
+        self, caller: Caller, session_id: str | None, implicit_key: str = "default"
     ) -> SessionRecord:
-        """The explicit session, or the caller's implicit one (created on first use)."""
+        """The explicit session, or the caller's implicit one (created on first use).
+
+        ``implicit_key`` tells a caller's implicit sessions apart: one per MCP session.
+        """
         if session_id is not None:
-            return self.get(tenant, session_id)
-        key = conversation or "default"
-        existing = self._implicit.get((tenant, key))
+            return self.get(caller, session_id)
+        key = (caller, implicit_key)
+        existing = self._implicit.get(key)
         if existing is not None and existing in self._sessions:
             record = self._sessions[existing]
             if record.expires_at() > time.time():
                 return record
             await self.end(record)
-        return await self.create(tenant, implicit_key=key)
+        return await self.create(caller, implicit_key=implicit_key)
 
     async def replace_zygote(self, zygote: ZygoteClient) -> None:
         """New sessions come from ``zygote``; running ones keep their own until they end."""
@@ -138,8 +162,8 @@ class SessionRegistry:
         if self._sessions.pop(record.session_id, None) is None:
             return
         if record.implicit_key is not None:
-            self._implicit.pop((record.tenant, record.implicit_key), None)
-        self._expired[record.session_id] = record.tenant
+            self._implicit.pop((record.caller, record.implicit_key), None)
+        self._expired[record.session_id] = record.caller
         while len(self._expired) > EXPIRED_MEMORY:
             self._expired.popitem(last=False)
         await record.session.close()

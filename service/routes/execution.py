@@ -10,7 +10,8 @@ from fastapi import APIRouter, Request, Response
 from sandbox import CommandDenied, RunOutcome, RunReply, WorkerBusy, parse_and_check
 from sandbox.errors import SandboxError
 from service.audit import AuditLog
-from service.deps import CONVERSATION_PARAMETER, Caller
+from service.callers import Caller
+from service.deps import CONVERSATION_PARAMETER, RunCaller
 from service.errors import ApiError
 from service.links import LinkSigner
 from service.metrics import Metrics
@@ -102,6 +103,7 @@ def _observe(
         metrics.denials.labels(rule=reply.denied_rule).inc()
     audit.record(
         tenant=tenant,
+        owner=record.caller.owner,
         session_id=record.session_id,
         kind=kind,
         text=text,
@@ -127,21 +129,20 @@ def _observe(
     responses=_ERRORS,
     openapi_extra={"parameters": [CONVERSATION_PARAMETER]},
 )
-async def repl(request: Request, body: ReplRequest, caller: Caller) -> Response:
-    reply = await run_python(request, body, caller.tenant, caller.registry, caller.conversation)
+async def repl(request: Request, body: ReplRequest, caller: RunCaller) -> Response:
+    reply = await run_python(request, body, caller)
     return reply.response()
 
 
-async def run_python(
-    request: Request,
-    body: ReplRequest,
-    tenant: str,
-    registry: SessionRegistry,
-    conversation: str | None = None,
-) -> Reply:
+async def _resolve(request: Request, caller: Caller, session_id: str | None) -> SessionRecord:
+    registry: SessionRegistry = request.app.state.registry
+    return await registry.resolve(caller, session_id)
+
+
+async def run_python(request: Request, body: ReplRequest, caller: Caller) -> Reply:
     """POST /repl without HTTP: the MCP tool runs Python through this too."""
-    record = await registry.resolve(tenant, body.session_id, conversation)
-    outcome = await _run(request, tenant, record, "python", body.source(), body.timeout)
+    record = await _resolve(request, caller, body.session_id)
+    outcome = await _run(request, caller.tenant, record, "python", body.source(), body.timeout)
     return build_reply(
         outcome, "python", record.session_id, record.session.policy, _linker(request, record)
     )
@@ -160,20 +161,14 @@ async def run_python(
     responses=_ERRORS,
     openapi_extra={"parameters": [CONVERSATION_PARAMETER]},
 )
-async def command(request: Request, body: CommandRequest, caller: Caller) -> Response:
-    reply = await run_command(request, body, caller.tenant, caller.registry, caller.conversation)
+async def command(request: Request, body: CommandRequest, caller: RunCaller) -> Response:
+    reply = await run_command(request, body, caller)
     return reply.response()
 
 
-async def run_command(
-    request: Request,
-    body: CommandRequest,
-    tenant: str,
-    registry: SessionRegistry,
-    conversation: str | None = None,
-) -> Reply:
+async def run_command(request: Request, body: CommandRequest, caller: Caller) -> Reply:
     """POST /command without HTTP: the MCP tool runs commands through this too."""
-    record = await registry.resolve(tenant, body.session_id, conversation)
+    record = await _resolve(request, caller, body.session_id)
     session_policy = record.session.policy
     try:
         parse_and_check(body.command, session_policy.commands)
@@ -188,9 +183,9 @@ async def run_command(
                 execution_count=record.session.execution_count,
             )
         )
-        _observe(request, tenant, record, "command", body.command, outcome)
+        _observe(request, caller.tenant, record, "command", body.command, outcome)
     else:
-        outcome = await _run(request, tenant, record, "command", body.command, body.timeout)
+        outcome = await _run(request, caller.tenant, record, "command", body.command, body.timeout)
     return build_reply(
         outcome, "command", record.session_id, session_policy, _linker(request, record)
     )

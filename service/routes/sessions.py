@@ -8,7 +8,7 @@ import psutil
 from fastapi import APIRouter, Response
 
 from sandbox import WorkerHandle
-from service.deps import CurrentTenant, OwnedSession, Registry
+from service.deps import CurrentCaller, OwnedSession, Registry
 from service.registry import SessionRecord
 from service.schemas import ErrorResponse, SessionCreated, SessionInfo
 
@@ -74,8 +74,8 @@ def _info(record: SessionRecord) -> SessionInfo:
     description="Starts a fresh, isolated Python session with its own workspace.",
     responses=_ERRORS,
 )
-async def create_session(tenant: CurrentTenant, registry: Registry) -> SessionCreated:
-    record = await registry.create(tenant)
+async def create_session(caller: CurrentCaller, registry: Registry) -> SessionCreated:
+    record = await registry.create(caller)
     return SessionCreated(
         session_id=record.session_id,
         created_at=record.created_at,
@@ -91,8 +91,8 @@ async def create_session(tenant: CurrentTenant, registry: Registry) -> SessionCr
     description="Lists the sessions that belong to you.",
     responses=_ERRORS,
 )
-async def list_sessions(tenant: CurrentTenant, registry: Registry) -> list[SessionInfo]:
-    return [_info(record) for record in registry.for_tenant(tenant)]
+async def list_sessions(caller: CurrentCaller, registry: Registry) -> list[SessionInfo]:
+    return [_info(record) for record in registry.for_caller(caller)]
 
 
 @router.get(

@@ -13,6 +13,7 @@ import pytest
 
 from sandbox.session import AbandonedRunHook
 from service.audit import AuditLog
+from service.callers import Caller
 from service.errors import ApiError
 from service.metrics import Metrics
 from service.quotas import TenantQuotas
@@ -50,7 +51,7 @@ def _service_state(tmp_path: Path) -> SimpleNamespace:
 
 async def _cancelled_call(state: SimpleNamespace, session: CancelledSession) -> None:
     request = SimpleNamespace(app=SimpleNamespace(state=state))
-    record = SessionRecord("session-1", "alice", session)  # type: ignore[arg-type]
+    record = SessionRecord("session-1", Caller("alice"), session)  # type: ignore[arg-type]
     with pytest.raises(asyncio.CancelledError):
         await execution._run(request, "alice", record, "python", "secret = 1", None)  # type: ignore[arg-type]
 
