@@ -21,7 +21,8 @@ from sandbox.errors import (
 from sandbox.handle import WorkerHandle
 from sandbox.policy import Policy, load_policy, parse_policy
 from sandbox.protocol import RunReply
-from sandbox.session import RunOutcome, Session
+from sandbox.run import Run, RunFinished, RunOutcome
+from sandbox.session import Session, SessionState
 from sandbox.zygote_client import ZygoteClient
 
 __all__ = [
@@ -30,10 +31,13 @@ __all__ = [
     "Policy",
     "PolicyError",
     "ProtocolError",
+    "Run",
+    "RunFinished",
     "RunOutcome",
     "RunReply",
     "SandboxError",
     "Session",
+    "SessionState",
     "StateDirectoryInUse",
     "WorkerBusy",
     "WorkerHandle",

@@ -1,72 +1,49 @@
 """A confined session: one worker at a time serving one namespace and workspace.
 
-This is the library's main verb: ``await session.run_python(code, timeout)``.  The
-session owns the clock: a run past its wall time is interrupted (SIGINT, namespace
-kept), and killed after a grace period if it ignores that; a worker that dies or
-breaks the protocol is replaced, keeping the workspace.
+This is the library's main verb: ``await session.run_python(code, timeout)``.  Each
+run is a task the session owns (sandbox/run.py), holding the session for its whole
+life.  The session owns the clock: a run past its wall time is interrupted (SIGINT,
+namespace kept), and killed after a grace period if it ignores that; a worker that
+dies or breaks the protocol is replaced, keeping the workspace.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
-import signal
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from sandbox import protocol
 from sandbox.errors import ProtocolError, SandboxError, WorkerBusy, WorkerLost
-from sandbox.handle import WorkerHandle, describe_returncode
+from sandbox.handle import WorkerHandle
 from sandbox.policy import Policy
-from sandbox.worker import EXIT_OUT_OF_DESCRIPTORS, EXIT_OUT_OF_PROCESSES
+from sandbox.run import STOPPING, InterruptReason, Request, Run, RunFinished, RunOutcome
+from sandbox.worker_endings import why_worker_ended
 from sandbox.zygote_client import ZygoteClient
 
 log = logging.getLogger("codesherpa")
 
-Request = protocol.RunPython | protocol.RunCommand
 # How long a worker whose channel failed has to exit (a crash closes the channel as the
 # process ends) before it is killed.
 LOST_WORKER_EXIT_S = 2.0
-# Told, when a run's caller is cancelled after the run started, what ends that run
-# (the session is held until it is done).
-AbandonedRunHook = Callable[[asyncio.Future[None]], None]
-
 # The statuses only the service gives a run; a worker's reply never holds them.
 _SERVICE_STATUSES = ("timeout", "killed")
 
-_LIMIT_SIGNALS: dict[signal.Signals, protocol.LimitName] = {
-    signal.SIGXCPU: "cpu_time",
-    signal.SIGXFSZ: "file_size",
-}
 
+class SessionState(enum.Enum):
+    """Where a session is; every change goes through ``Session._enter``.
 
-def _limit_from_returncode(returncode: int | None) -> protocol.LimitName | None:
-    if returncode is None or returncode >= 0:
-        return None
-    try:
-        return _LIMIT_SIGNALS.get(signal.Signals(-returncode))
-    except ValueError:
-        return None
+    IDLE → RUNNING (a run or a restart holds the run lock) → RECOVERING (its worker
+    failed and is being replaced) → IDLE.  CLOSED is final: no worker is started again.
+    """
 
-
-def _already_done() -> asyncio.Future[None]:
-    done = asyncio.get_running_loop().create_future()
-    done.set_result(None)
-    return done
-
-
-@dataclass
-class RunOutcome:
-    reply: protocol.RunReply
-    restarted: bool = False
-    # The namespace was lost at some point since the last run that succeeded: a
-    # NameError now most likely means setup code must run again.
-    since_restart: bool = False
-    duration_ms: float = 0.0
-    limit: protocol.LimitName | None = None
-    interrupted_by: str | None = None  # "timeout" or "request" when a SIGINT was sent
+    IDLE = "idle"
+    RUNNING = "running"
+    RECOVERING = "recovering"
+    CLOSED = "closed"
 
 
 class Session:
@@ -80,17 +57,16 @@ class Session:
         self.workspace = worker.workspace
         self.created_at = time.time()
         self.last_used = self.created_at
-        self.restarts = 0
+        self.restarts = 0  # workers started after the first
+        self._restarts_told = 0  # ... of which a caller has been told
+        self.state = SessionState.IDLE
         self._run_lock = asyncio.Lock()
         self._lock_waiters = 0  # callers queued for the run lock (see _acquire_run_lock)
         self._run_ids = 0
-        self._interrupt_reason: str | None = None
+        self._current: Run | None = None  # the run holding the run lock, if a run does
         self._execution_count = 0
-        self._lost_namespace = False
+        self._lost_namespace = False  # since the last run that succeeded
         self._oom_kills_seen = 0
-        # Ends a run whose caller went away (see _abandon); holds the run lock meanwhile.
-        self._ending_abandoned_run: asyncio.Task[None] | None = None
-        self.closed = False
 
     @classmethod
     async def start(cls, zygote: ZygoteClient) -> Session:
@@ -107,8 +83,16 @@ class Session:
         return self._run_lock.locked()
 
     @property
+    def closed(self) -> bool:
+        return self.state is SessionState.CLOSED
+
+    @property
     def execution_count(self) -> int:
         return self._execution_count
+
+    def _enter(self, state: SessionState) -> None:
+        if self.state is not SessionState.CLOSED:
+            self.state = state
 
     def clamp_timeout(self, requested: float | None) -> float:
         limits = self.policy.limits
@@ -116,67 +100,71 @@ class Session:
             return limits.wall_timeout_s
         return min(requested, limits.max_timeout_s)
 
-    async def run_python(
-        self, code: str, timeout: float | None = None, on_abandoned: AbandonedRunHook | None = None
-    ) -> RunOutcome:
-        """Run a cell in the session's namespace.
+    async def run_python(self, code: str, timeout: float | None = None) -> RunOutcome:
+        """Run a cell in the session's namespace and wait for its outcome."""
+        run = await self.start_python(code, timeout)
+        return await run.outcome()
 
-        If the caller is cancelled once the run was sent, the run is ended (see
-        _abandon; or its failed worker replaced, see _recover) and ``on_abandoned`` is
-        given what ends it.  A caller cancelled before that, while queued for the
-        session or while its worker was spawned, ran nothing.
+    async def run_command(self, command: str, timeout: float | None = None) -> RunOutcome:
+        run = await self.start_command(command, timeout)
+        return await run.outcome()
+
+    async def start_python(self, code: str, timeout: float | None = None) -> Run:
+        """Queue for the session, then start a cell as a run the session owns.
+
+        Raises WorkerBusy if the session stays busy for the policy's queue wait.  A
+        caller cancelled while queued started nothing.
         """
-        return await self._run(
-            lambda run_id: protocol.RunPython(run_id=run_id, code=code), timeout, on_abandoned
+        return await self._start(
+            lambda run_id: protocol.RunPython(run_id=run_id, code=code), timeout
         )
 
-    async def run_command(
-        self,
-        command: str,
-        timeout: float | None = None,
-        on_abandoned: AbandonedRunHook | None = None,
-    ) -> RunOutcome:
-        return await self._run(
-            lambda run_id: protocol.RunCommand(run_id=run_id, command=command),
-            timeout,
-            on_abandoned,
+    async def start_command(self, command: str, timeout: float | None = None) -> Run:
+        return await self._start(
+            lambda run_id: protocol.RunCommand(run_id=run_id, command=command), timeout
         )
 
-    async def _run(
-        self,
-        build: Callable[[int], Request],
-        timeout: float | None,
-        on_abandoned: AbandonedRunHook | None,
-    ) -> RunOutcome:
+    async def _start(self, build: Callable[[int], Request], timeout: float | None) -> Run:
         await self._acquire_run_lock(self.policy.sessions.queue_wait_s)
-        sent = False
+        # From here on the run owns the lock: nothing below awaits before its task holds it.
+        self._run_ids += 1
+        run = Run(build(self._run_ids), self.clamp_timeout(timeout))
+        self._current = run
+        self._enter(SessionState.RUNNING)
+        run.start(self._live(run))
+        return run
+
+    async def _live(self, run: Run) -> RunOutcome:
+        """A run's whole life, in its own task; the one place a run releases the lock."""
         try:
             started = time.monotonic()
-            restarted_before = False
             if self.worker is None:
                 await self._replace_worker()
-                restarted_before = True
-            self._run_ids += 1
-            sent = True
-            outcome = await self._exchange(build(self._run_ids), self.clamp_timeout(timeout))
-            outcome.restarted = outcome.restarted or restarted_before
+            if run.abandoned:  # its caller went away while its worker was made
+                return RunOutcome(
+                    protocol.RunReply(run_id=run.request.run_id, status="error"),
+                    interrupted_by="cancelled",
+                )
+            outcome = await self._exchange(run)
+            outcome.interrupted_by = run.interrupted_by
+            # A worker replaced since the last outcome a caller read: a run whose caller
+            # went away tells the next one.
+            outcome.restarted = self.restarts > self._restarts_told
+            if not run.abandoned:
+                self._restarts_told = self.restarts
             outcome.since_restart = self._lost_namespace or outcome.restarted
             self._lost_namespace = outcome.restarted or (
                 self._lost_namespace and outcome.reply.status != "ok"
             )
             outcome.duration_ms = (time.monotonic() - started) * 1000
             self._execution_count = outcome.reply.execution_count
+            run.publish(RunFinished(outcome))
             return outcome
-        except asyncio.CancelledError:
-            if sent and on_abandoned is not None:
-                # Shielded: what the caller does with it cannot cut the ending short.
-                ending = self._ending_abandoned_run
-                on_abandoned(asyncio.shield(ending) if ending else _already_done())
-            raise
         finally:
+            self._current = None
             self.last_used = time.time()
-            if self._ending_abandoned_run is None:  # else that task releases the lock
-                self._run_lock.release()
+            self._enter(SessionState.IDLE)
+            self._run_lock.release()
 
     async def _acquire_run_lock(self, wait_s: float | None) -> None:
         """Take the run lock, or raise WorkerBusy after ``wait_s`` (None: no limit).
@@ -199,14 +187,14 @@ class Session:
         finally:
             self._lock_waiters -= 1
 
-    async def _exchange(self, request: Request, timeout: float) -> RunOutcome:
+    async def _exchange(self, run: Run) -> RunOutcome:
         worker = self.worker
         assert worker is not None
-        self._interrupt_reason = None
+        request = run.request
         # The clock runs on timers rather than a task racing the reply: a trivial run
-        # is cheaper than a task and a wait.  At the wall time the run is interrupted;
-        # if it ignores that for the grace period the worker is killed and the channel
-        # hung up, which ends the pending receive.
+        # is cheaper than a task and a wait.  At the wall time (or when the run's caller
+        # goes away) the run is interrupted; if it ignores that for the grace period the
+        # worker is killed and the channel hung up, which ends the pending receive.
         loop = asyncio.get_running_loop()
         grace = self.policy.limits.interrupt_grace_s
         timers: list[asyncio.TimerHandle] = []
@@ -218,43 +206,42 @@ class Session:
             worker.kill()
             worker.hang_up()
 
-        def on_timeout() -> None:
-            self._interrupt_reason = "timeout"
+        def on_interrupt(reason: InterruptReason) -> None:
+            if run.interrupted_by in STOPPING:
+                return  # already stopping: the grace period runs
+            run.interrupted_by = reason
             worker.interrupt()
-            timers.append(loop.call_later(grace, on_grace_over))
+            if reason in STOPPING:
+                timers.append(loop.call_later(grace, on_grace_over))
 
-        timers.append(loop.call_later(timeout, on_timeout))
+        timers.append(loop.call_later(run.timeout, on_interrupt, "timeout"))
         worker.cores.run_started()
         failure: WorkerLost | ProtocolError | None = None
         message: protocol.Hello | protocol.RunReply | None = None
+        run.on_interrupt = on_interrupt
         try:
+            run.sent = True
             await worker.send(request)
             message = await worker.receive()
-        except asyncio.CancelledError:
-            self._abandon(worker, request.run_id, grace)
-            raise
         except (WorkerLost, ProtocolError) as exc:
             failure = exc
         finally:
+            run.on_interrupt = None
             # Before any recovery: its waits must not meet the run's interrupt.
             worker.cores.run_ended()
             for timer in timers:
                 timer.cancel()
         if killed_for_time:
-            return await self._recover(
-                self._killed(
-                    request.run_id,
-                    f"the run ignored the interrupt and was killed after "
-                    f"{timeout:g} s + {grace:g} s grace",
-                    limit="wall_time",
-                )
-            )
+            waited = f"{run.timeout:g} s + {grace:g} s grace"
+            if run.interrupted_by == "cancelled":
+                waited = f"its caller went away, then {grace:g} s grace"
+            reason = f"the run ignored the interrupt and was killed after {waited}"
+            return await self._recover(self._killed(request.run_id, reason, limit="wall_time"))
         if failure is not None:
             return await self._recover(self._lost(request.run_id, failure))
         if not isinstance(message, protocol.RunReply) or message.run_id != request.run_id:
-            return await self._recover(
-                self._lost(request.run_id, ProtocolError("the worker sent an unexpected frame"))
-            )
+            unexpected = ProtocolError("the worker sent an unexpected frame")
+            return await self._recover(self._lost(request.run_id, unexpected))
         if message.status in _SERVICE_STATUSES or message.limit is not None:
             # Only the service stops a run and names the limit: a worker saying so forged
             # it, and the status and limit go to the audit log and the metrics.
@@ -262,19 +249,19 @@ class Session:
             message = message.model_copy(
                 update={"status": "error" if forged_status else message.status, "limit": None}
             )
-        outcome = RunOutcome(reply=message, interrupted_by=self._interrupt_reason)
-        if isinstance(request, protocol.RunCommand) or self._interrupt_reason is not None:
+        outcome = RunOutcome(reply=message)
+        if isinstance(request, protocol.RunCommand) or run.interrupted_by is not None:
             # Nothing a command or an interrupted run started may outlive it, whatever
             # user code did to the worker's own sweep.
-            await self._sweep(worker)
-        if self._interrupt_reason == "timeout":
+            await asyncio.to_thread(worker.kill_strays)
+        if run.interrupted_by == "timeout":
             # Even a run that caught the KeyboardInterrupt and went on ran out of time.
             outcome.reply = outcome.reply.model_copy(
                 update={
                     "status": "timeout",
                     "limit": "wall_time",
-                    "error": f"TimeoutError: the run exceeded {timeout:g} s and was interrupted; "
-                    "the namespace was kept",
+                    "error": f"TimeoutError: the run exceeded {run.timeout:g} s and was "
+                    "interrupted; the namespace was kept",
                 }
             )
             outcome.limit = "wall_time"
@@ -283,75 +270,10 @@ class Session:
         self._note_memory_kills(worker, outcome)
         return outcome
 
-    async def _sweep(self, worker: WorkerHandle) -> None:
-        """Kill the session's processes but the worker, in a thread nothing can stop.
-
-        If the caller is cancelled meanwhile, the session keeps its run lock until the
-        sweep is over: released at once, the next run's processes would be swept too.
-        """
-        sweeping = asyncio.ensure_future(asyncio.to_thread(worker.kill_strays))
-        try:
-            await asyncio.shield(sweeping)
-        except asyncio.CancelledError:
-            self._keep_locked_until(sweeping)
-            raise
-
-    def _abandon(self, worker: WorkerHandle, run_id: int, grace: float) -> None:
-        """End a run whose caller was cancelled (an MCP client's cancellation, say).
-
-        The run's clock went with the caller: left alone, it would run on unbounded,
-        and the next run would be sent to a worker still busy with this one.  It is
-        interrupted now, as a timed-out run is, and the session keeps its run lock
-        until the worker has answered it, or, past the grace period, has been killed.
-        """
-        self._interrupt_reason = "cancelled"
-        worker.interrupt()
-        self._keep_locked_until(self._end_abandoned_run(worker, run_id, grace))
-
     async def _recover(self, recovery: Coroutine[Any, Any, RunOutcome]) -> RunOutcome:
-        """See a failed worker's recovery (``_lost``, ``_killed``) through to its end.
-
-        It kills and replaces the worker over several awaits.  A caller cancelled in
-        between must not leave a worker that lost its channel running without its clock,
-        nor free the session before its worker is replaced: the session keeps its run
-        lock until the recovery is over, as it does for a cancelled run (see _abandon).
-        """
-        recovering = asyncio.ensure_future(recovery)
-        try:
-            return await asyncio.shield(recovering)
-        except asyncio.CancelledError:
-            self._keep_locked_until(recovering)
-            raise
-
-    def _keep_locked_until(self, ending: Awaitable[object]) -> None:
-        """The caller holding the run lock was cancelled: release it once ``ending`` is."""
-
-        async def end_then_release() -> None:
-            try:
-                await ending
-            except Exception:
-                log.exception("ending a cancelled run of session %s failed", self.workspace)
-            finally:
-                self._ending_abandoned_run = None
-                self._interrupt_reason = None
-                self._run_lock.release()
-
-        self._ending_abandoned_run = asyncio.get_running_loop().create_task(end_then_release())
-
-    async def _end_abandoned_run(self, worker: WorkerHandle, run_id: int, grace: float) -> None:
-        try:
-            async with asyncio.timeout(grace):
-                while True:
-                    message = await worker.receive()
-                    if isinstance(message, protocol.RunReply) and message.run_id == run_id:
-                        break
-            # What the next run's reply is measured against.
-            self._execution_count = message.execution_count
-            self._oom_kills_seen = max(self._oom_kills_seen, worker.oom_kills())
-            # Nothing the interrupted run started may outlive it, as after a timeout.
-            await asyncio.to_thread(worker.kill_strays)
-        except (TimeoutError, WorkerLost, ProtocolError):
-            await self._discard_worker()  # the next run starts a fresh worker
+        """Replace a failed worker (``_lost``, ``_killed``), as the session's state says."""
+        self._enter(SessionState.RECOVERING)
+        return await recovery
 
     def _note_memory_kills(self, worker: WorkerHandle, outcome: RunOutcome) -> None:
         """Name the memory limit when the OOM killer ended a process of this run."""
@@ -384,23 +306,7 @@ class Session:
                 # can never answer again, and nothing else would stop it.
                 reason = "the worker's channel was closed while it ran on; it was killed"
                 return await self._killed(run_id, reason, limit=None)
-        limit = _limit_from_returncode(returncode)
-        reason = f"the worker {describe_returncode(returncode)}"
-        if returncode == EXIT_OUT_OF_PROCESSES:
-            limit = "processes"
-            reason = (
-                "the worker could not start a thread: the session's processes and threads "
-                f"(limit {self.policy.limits.processes}) were all taken"
-            )
-        if returncode == EXIT_OUT_OF_DESCRIPTORS:
-            limit = "open_files"
-            reason = (
-                "the worker ran out of file descriptors (open_files limit "
-                f"{self.policy.limits.open_files}); close the files you open"
-            )
-        if worker.hit_memory_limit():
-            limit = "memory"
-            reason += f": the session reached its memory limit of {self.policy.limits.memory_mb} MB"
+        reason, limit = why_worker_ended(returncode, self.policy.limits, worker.hit_memory_limit())
         return await self._killed(run_id, reason, limit=limit)
 
     async def _killed(
@@ -446,21 +352,31 @@ class Session:
         self._execution_count = 0
 
     def interrupt(self) -> bool:
-        if self.worker is None or not self.busy:
-            return False
-        self._interrupt_reason = "request"
-        self.worker.interrupt()
-        return True
+        """Interrupt the running run (KeyboardInterrupt inside); whether one was running."""
+        run = self._current
+        return run is not None and run.interrupt("request")
 
     async def restart(self) -> None:
+        """A fresh namespace, the workspace kept; after the run in progress, if any.
+
+        Like a run, the restart is a task of the session's: a caller cancelled meanwhile
+        does not leave the session without a worker, or locked.
+        """
         await self._acquire_run_lock(None)
+        self._enter(SessionState.RUNNING)
+        await asyncio.shield(asyncio.get_running_loop().create_task(self._restart_locked()))
+
+    async def _restart_locked(self) -> None:
         try:
             await self._discard_worker()
             await self._replace_worker()
+            self._restarts_told = self.restarts  # its caller asked for it
             self._lost_namespace = True  # also when there was no worker to discard
         finally:
+            self._enter(SessionState.IDLE)
             self._run_lock.release()
 
     async def close(self) -> None:
-        self.closed = True
+        """End the session: its worker dies, a run in progress ends, none starts again."""
+        self.state = SessionState.CLOSED
         await self._discard_worker()

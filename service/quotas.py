@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import asyncio
 import math
 import time
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 from limits import parse
 from limits.storage import MemoryStorage
@@ -67,8 +65,13 @@ class TenantQuotas:
             headers={"Retry-After": str(retry_after)},
         )
 
-    @contextmanager
-    def run_slot(self, tenant: str) -> Iterator[None]:
+    def take_run_slot(self, tenant: str) -> RunSlot:
+        """One of the tenant's runs at once, or a 429; the run hands it back when it ends.
+
+        A run outlives a caller that went away (it is being interrupted, or killed after
+        the grace period): the slot goes with the run, so cancelling calls cannot keep
+        more of a tenant's runs going than its share.
+        """
         if self._running[tenant] >= self._runs_at_once:
             raise ApiError(
                 429,
@@ -77,22 +80,21 @@ class TenantQuotas:
                 headers={"Retry-After": "2"},
             )
         self._running[tenant] += 1
-        try:
-            yield
-        finally:
-            self._free_slot(tenant)
-
-    def keep_slot_until(self, tenant: str, ending: asyncio.Future[None]) -> None:
-        """Count a run whose caller has gone until ``ending`` is done.
-
-        A cancelled caller leaves its ``run_slot`` at once, while its run is still being
-        interrupted, or killed after the grace period: cancelling calls must not let a
-        tenant keep more runs going than its share.
-        """
-        self._running[tenant] += 1
-        ending.add_done_callback(lambda _: self._free_slot(tenant))
+        return RunSlot(lambda: self._free_slot(tenant))
 
     def _free_slot(self, tenant: str) -> None:
         self._running[tenant] -= 1
         if not self._running[tenant]:
             del self._running[tenant]
+
+
+class RunSlot:
+    """A tenant's run slot, given back once, however many times it is released."""
+
+    def __init__(self, free: Callable[[], None]) -> None:
+        self._free: Callable[[], None] | None = free
+
+    def release(self) -> None:
+        free, self._free = self._free, None
+        if free is not None:
+            free()

@@ -47,40 +47,49 @@ async def _run(
     timeout: float | None,
 ) -> RunOutcome:
     quotas: TenantQuotas = request.app.state.quotas
-    abandoned: list[asyncio.Future[None]] = []  # what ends the run, if its caller went away
-    with quotas.run_slot(tenant):
-        started = time.monotonic()
-        try:
-            if kind == "python":
-                outcome = await record.session.run_python(text, timeout, abandoned.append)
-            else:
-                outcome = await record.session.run_command(text, timeout, abandoned.append)
-        except asyncio.CancelledError:
-            # The caller went away (an MCP client cancelled the call).  A run that had
-            # started is being ended by the session: it keeps its slot until then, and
-            # is counted and audited.  A call still queued for the session ran nothing.
-            if abandoned:
-                quotas.keep_slot_until(tenant, abandoned[0])
-                cancelled = RunOutcome(
-                    reply=RunReply(run_id=0, status="error", error="cancelled by the caller"),
-                    duration_ms=(time.monotonic() - started) * 1000,
-                )
-                _observe(request, tenant, record, kind, text, cancelled, status="cancelled")
-            raise
-        except WorkerBusy:
-            raise ApiError(
-                429,
-                "this session is still running a previous request",
-                "Wait for it to finish, interrupt it (POST /sessions/{id}/interrupt), "
-                "or use another session.",
-                headers={"Retry-After": "5"},
-            ) from None
-        except SandboxError as exc:
-            raise ApiError(
-                503, f"the sandbox is unavailable: {exc}", "Retry in a few seconds."
-            ) from None
+    slot = quotas.take_run_slot(tenant)
+    started = time.monotonic()
+    try:
+        session = record.session
+        if kind == "python":
+            run = await session.start_python(text, timeout)
+        else:
+            run = await session.start_command(text, timeout)
+    except SandboxError as exc:
+        slot.release()
+        raise _request_error(exc) from None
+    except asyncio.CancelledError:
+        slot.release()  # a caller still queued for the session: nothing started
+        raise
+    run.when_done(slot.release)  # the run, not its caller, holds the tenant's slot
+    try:
+        outcome = await run.outcome()
+    except asyncio.CancelledError:
+        # The caller went away (an MCP client cancelled the call): the session ends the
+        # run.  One that reached its worker is counted and audited.
+        if run.sent:
+            cancelled = RunOutcome(
+                reply=RunReply(run_id=0, status="error", error="cancelled by the caller"),
+                duration_ms=(time.monotonic() - started) * 1000,
+            )
+            _observe(request, tenant, record, kind, text, cancelled, status="cancelled")
+        raise
+    except SandboxError as exc:
+        raise _request_error(exc) from None
     _observe(request, tenant, record, kind, text, outcome)
     return outcome
+
+
+def _request_error(exc: SandboxError) -> ApiError:
+    if isinstance(exc, WorkerBusy):
+        return ApiError(
+            429,
+            "this session is still running a previous request",
+            "Wait for it to finish, interrupt it (POST /sessions/{id}/interrupt), "
+            "or use another session.",
+            headers={"Retry-After": "5"},
+        )
+    return ApiError(503, f"the sandbox is unavailable: {exc}", "Retry in a few seconds.")
 
 
 def _observe(

@@ -5,15 +5,12 @@ from __future__ import annotations
 import ast
 import asyncio
 import os
-import time
-from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
 
-from sandbox import Session, ZygoteClient, handle, workspaces
+from sandbox import Session, ZygoteClient, workspaces
 from sandbox.confine import cgroup
 from sandbox.confine.environment import session_environment
 from sandbox.errors import WorkerBusy
@@ -525,57 +522,6 @@ async def test_a_restart_is_remembered_until_a_run_succeeds(session: Session) ->
     assert not (await session.run_python("setup")).since_restart
 
 
-async def _cancel_after(
-    seconds: float, call: Coroutine[Any, Any, object], meanwhile: Callable[[], None] = lambda: None
-) -> None:
-    """Start a call, cancel it ``seconds`` later, and check that its caller saw that."""
-    running = asyncio.create_task(call)
-    await asyncio.sleep(seconds)
-    meanwhile()
-    running.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await running
-
-
-async def test_a_cancelled_run_is_interrupted_and_the_next_waits_for_it(session: Session) -> None:
-    # An MCP client may cancel a call: the run's clock goes with its caller, so the run
-    # must be interrupted rather than left running, and the session's next run must not
-    # be sent to a worker still busy with it.
-    code = (
-        "import time\ntry:\n    time.sleep(60)\nexcept KeyboardInterrupt:\n"
-        "    open('interrupted', 'w').write('yes')\n    raise"
-    )
-    await session.run_python("kept = 'still here'")
-    await _cancel_after(1.0, session.run_python(code, timeout=120))
-    after = await session.run_python("open('interrupted').read(), kept", timeout=10)
-    assert after.reply.status == "ok", after.reply.error
-    assert after.reply.value == "('yes', 'still here')"
-    assert after.restarted is False
-
-
-async def test_a_cancelled_caller_is_handed_what_ends_its_run_and_a_queued_one_nothing(
-    session: Session,
-) -> None:
-    # The service keeps the tenant's run slot until the run is ended, and audits it.
-    told: list[asyncio.Future[None]] = []
-    ignores = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
-    await _cancel_after(0.5, session.run_python(ignores, timeout=60, on_abandoned=told.append))
-    [ending] = told
-    ending.cancel()  # whatever the caller does with it cannot cut the ending short
-    await asyncio.sleep(0.1)
-    assert session.busy  # the interrupt is ignored: held for the 1 s grace, then killed
-    after = await session.run_python("1 + 1", timeout=10)
-    assert after.reply.value == "2"
-    assert after.restarted  # the killed worker's namespace is gone
-
-    slow = asyncio.create_task(session.run_python("import time\ntime.sleep(1)"))
-    await asyncio.sleep(0.1)
-    queued_told: list[asyncio.Future[None]] = []
-    await _cancel_after(0.3, session.run_python("'never'", on_abandoned=queued_told.append))
-    assert (await slow).reply.status == "ok"
-    assert queued_told == []
-
-
 @pytest.mark.parametrize(
     ("code", "status", "field", "expected"),
     [
@@ -606,127 +552,3 @@ async def test_text_a_reply_cannot_carry_comes_back_escaped_and_the_worker_stays
     assert session.worker is not None
     assert session.worker.pid == pid
     assert (await session.run_python("kept")).reply.value == "1"
-
-
-# User code that closes the worker's channel and runs on, out of the service's reach.
-CLOSE_CHANNEL_AND_RUN_ON = (
-    "import os, stat, time\n"
-    "for fd in range(3, 256):\n"
-    "    try:\n"
-    "        if stat.S_ISSOCK(os.fstat(fd).st_mode):\n"
-    "            os.close(fd)\n"
-    "    except OSError:\n"
-    "        pass\n"
-    "time.sleep(60)"
-)
-
-
-# With 1 s, the run's wall time ends while the worker is given its 2 s to exit: the run's
-# clock must not interrupt it then.
-@pytest.mark.parametrize("timeout", [10, 1])
-async def test_a_worker_that_closes_its_channel_and_runs_on_is_killed(
-    session: Session, timeout: float
-) -> None:
-    old_pid = session.worker.pid if session.worker else None
-    outcome = await session.run_python(CLOSE_CHANNEL_AND_RUN_ON, timeout=timeout)
-    assert outcome.reply.status == "killed"
-    assert outcome.reply.error is not None
-    assert "channel was closed" in outcome.reply.error  # not the wall clock's kill
-    assert outcome.reply.limit is None
-    assert outcome.restarted is True
-    assert old_pid is not None
-    assert not psutil.pid_exists(old_pid)
-    assert (await session.run_python("1 + 1")).reply.value == "2"
-
-
-async def test_a_caller_cancelled_while_a_failed_worker_is_replaced_leaves_it_replaced(
-    session: Session,
-) -> None:
-    # The service waits a moment for a worker whose channel failed to exit, then kills
-    # it and starts another.  A caller cancelled meanwhile must not free the session
-    # with that worker still running, its clock gone with the caller.
-    await session.run_python("setup = 1")
-    old_pid = session.worker.pid if session.worker else None
-    told: list[asyncio.Future[None]] = []
-    run = session.run_python(CLOSE_CHANNEL_AND_RUN_ON, timeout=60, on_abandoned=told.append)
-    # The channel closes at once; the worker is given 2 s to exit before it is killed.
-    await _cancel_after(1.0, run)
-    assert session.busy
-    [ending] = told
-    await ending
-    assert not session.busy
-    assert old_pid is not None
-    assert not psutil.pid_exists(old_pid)
-    after = await session.run_python("setup")
-    assert after.reply.exc_type == "NameError"
-    assert after.since_restart  # the caller that went away was never told
-
-
-async def test_a_cancelled_run_that_ignores_the_interrupt_is_killed_after_the_grace(
-    session: Session,
-) -> None:
-    code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\ntime.sleep(60)"
-    old_pid = session.worker.pid if session.worker else None
-    await _cancel_after(1.0, session.run_python(code, timeout=120))
-    after = await session.run_python("1 + 1", timeout=10)
-    assert after.reply.value == "2"
-    assert after.restarted is True
-    assert old_pid is not None
-    assert not psutil.pid_exists(old_pid)
-
-
-async def test_a_run_cancelled_during_its_sweep_keeps_the_session_until_the_sweep_ends(
-    session: Session, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # A command's reply is followed by a sweep of every process but the worker.  Were
-    # the session released when its caller is cancelled mid-sweep, the next run's
-    # processes would be swept too.
-    await session.run_python("1")
-    worker = session.worker
-    assert worker is not None
-    sweep = worker.kill_strays
-
-    def slow_sweep() -> None:
-        time.sleep(0.7)  # a sweep of many processes
-        sweep()
-
-    monkeypatch.setattr(worker, "kill_strays", slow_sweep)
-    await _cancel_after(0.3, session.run_command("true"))  # the reply in, the sweep under way
-    started = await session.run_python(
-        "import subprocess\nkept = subprocess.Popen(['sleep', '30'])\n'started'"
-    )
-    assert started.reply.value == "'started'"
-    await asyncio.sleep(1.0)  # past the end of the old sweep
-    assert (await session.run_python("kept.poll()")).reply.value is None  # still running
-
-
-async def test_a_cancelled_runs_memory_kills_are_not_blamed_on_the_next_run(
-    session: Session, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    await session.run_python("1")
-    worker = session.worker
-    assert worker is not None
-    await _cancel_after(
-        0.5,
-        session.run_python("import time\ntime.sleep(30)", timeout=60),
-        # One of its processes was killed at the memory limit.
-        meanwhile=lambda: monkeypatch.setattr(worker, "oom_kills", lambda: 1),
-    )
-    after = await session.run_python("2 + 2", timeout=10)
-    assert after.reply.value == "4"
-    assert after.reply.limit is None
-    assert after.reply.error is None
-
-
-async def test_a_worker_spawned_for_a_cancelled_caller_is_ended_not_dropped(
-    session: Session,
-) -> None:
-    await session._discard_worker()
-    held_before = handle.held_worker_pids()
-    told: list[asyncio.Future[None]] = []
-    # It starts by spawning a worker: cancelled then, it had not run.
-    await _cancel_after(0.005, session.run_python("1", on_abandoned=told.append))
-    await asyncio.sleep(3.0)  # the spawn's thread has handed its worker over by now
-    assert session.worker is None
-    assert handle.held_worker_pids() <= held_before
-    assert told == []

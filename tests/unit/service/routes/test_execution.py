@@ -11,7 +11,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from sandbox.session import AbandonedRunHook
+from sandbox.protocol import RunPython, RunReply
+from sandbox.run import Run, RunOutcome
 from service.audit import AuditLog
 from service.callers import Caller
 from service.errors import ApiError
@@ -21,24 +22,29 @@ from service.registry import SessionRecord
 from service.routes import execution
 
 
-class CancelledSession:
-    """Stands in for a Session whose caller is cancelled.
+class StandInSession:
+    """Stands in for a Session whose run ends only once ``ending`` is done.
 
-    With ``ending`` set, the run had started and the session ends it, as Session._abandon
-    does; without, the caller was cancelled while queued for the session.
+    With ``queued``, its caller is still queued for the session when cancelled.
     """
 
     policy_digest = "digest"
 
-    def __init__(self, ending: asyncio.Future[None] | None) -> None:
+    def __init__(self, ending: asyncio.Future[None], queued: bool = False) -> None:
         self.ending = ending
+        self.queued = queued
 
-    async def run_python(
-        self, code: str, timeout: float | None, on_abandoned: AbandonedRunHook | None
-    ) -> None:
-        if self.ending is not None and on_abandoned is not None:
-            on_abandoned(self.ending)
-        raise asyncio.CancelledError
+    async def start_python(self, code: str, timeout: float | None) -> Run:
+        if self.queued:
+            await asyncio.Event().wait()  # until its caller is cancelled
+        run = Run(RunPython(run_id=1, code=code), timeout=1.0)
+        run.sent = True
+        run.start(self._life())
+        return run
+
+    async def _life(self) -> RunOutcome:
+        await self.ending
+        return RunOutcome(RunReply(run_id=1, status="error", error="interrupted"))
 
 
 def _service_state(tmp_path: Path) -> SimpleNamespace:
@@ -49,19 +55,24 @@ def _service_state(tmp_path: Path) -> SimpleNamespace:
     )
 
 
-async def _cancelled_call(state: SimpleNamespace, session: CancelledSession) -> None:
+async def _cancelled_call(state: SimpleNamespace, session: StandInSession) -> None:
     request = SimpleNamespace(app=SimpleNamespace(state=state))
     record = SessionRecord("session-1", Caller("alice"), session)  # type: ignore[arg-type]
+    call = asyncio.create_task(
+        execution._run(request, "alice", record, "python", "secret = 1", None)  # type: ignore[arg-type]
+    )
+    await asyncio.sleep(0.01)
+    call.cancel()
     with pytest.raises(asyncio.CancelledError):
-        await execution._run(request, "alice", record, "python", "secret = 1", None)  # type: ignore[arg-type]
+        await call
 
 
 def _slot_is_free(quotas: TenantQuotas) -> bool:
     try:
-        with quotas.run_slot("alice"):
-            return True
+        quotas.take_run_slot("alice").release()
     except ApiError:
         return False
+    return True
 
 
 def test_a_cancelled_run_is_counted_audited_and_keeps_its_slot_until_it_ends(
@@ -71,10 +82,10 @@ def test_a_cancelled_run_is_counted_audited_and_keeps_its_slot_until_it_ends(
 
     async def cancel_then_end() -> tuple[bool, bool]:
         ending = asyncio.get_running_loop().create_future()
-        await _cancelled_call(state, CancelledSession(ending))
+        await _cancelled_call(state, StandInSession(ending))
         while_ending = _slot_is_free(state.quotas)
         ending.set_result(None)
-        await asyncio.sleep(0)  # the done callbacks run
+        await asyncio.sleep(0.01)  # the run ends, then its done callbacks run
         return while_ending, _slot_is_free(state.quotas)
 
     free_while_ending, free_after = asyncio.run(cancel_then_end())
@@ -90,7 +101,11 @@ def test_a_cancelled_run_is_counted_audited_and_keeps_its_slot_until_it_ends(
 
 def test_a_call_cancelled_while_queued_is_neither_audited_nor_counted(tmp_path: Path) -> None:
     state = _service_state(tmp_path)
-    asyncio.run(_cancelled_call(state, CancelledSession(None)))
+
+    async def cancel_while_queued() -> None:
+        await _cancelled_call(state, StandInSession(asyncio.Future(), queued=True))
+
+    asyncio.run(cancel_while_queued())
     assert _slot_is_free(state.quotas)
     state.audit.close()
     assert (tmp_path / "audit.jsonl").read_text() == ""

@@ -1,0 +1,127 @@
+"""A run: one request to a session's worker, owned by its session from start to end.
+
+The session starts each run as a task of its own and holds its run lock for the run's
+whole life: the exchange with the worker, the wall clock, the sweep of what the run
+left behind, and the recovery of a worker that failed.  The task, not its callers,
+releases the lock, so nothing a caller does can cut any of that short.
+
+Callers ``await run.outcome()``, which is shielded: a caller that is cancelled (an MCP
+client's cancellation, a client that hung up) abandons the run, which ends it as a
+timeout does (interrupt, then kill after the grace period).  Whatever the run holds
+beyond the session (a tenant's run slot, say) is handed back through ``when_done``.
+
+A run publishes events as it goes; today that is only ``RunFinished``.  Subscribers
+read them and never change the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from sandbox import protocol
+
+Request = protocol.RunPython | protocol.RunCommand
+# Why a run was interrupted: the wall clock, a request (POST …/interrupt), or its caller
+# went away.  Only the first two are seen in a reply.
+InterruptReason = Literal["timeout", "request", "cancelled"]
+# An interrupt that ends the run for sure: ignored for the grace period, the worker dies.
+STOPPING: frozenset[InterruptReason] = frozenset({"timeout", "cancelled"})
+
+
+@dataclass
+class RunOutcome:
+    reply: protocol.RunReply
+    restarted: bool = False
+    # The namespace was lost at some point since the last run that succeeded: a
+    # NameError now most likely means setup code must run again.
+    since_restart: bool = False
+    duration_ms: float = 0.0
+    limit: protocol.LimitName | None = None
+    interrupted_by: InterruptReason | None = None
+
+
+@dataclass(frozen=True)
+class RunFinished:
+    """The last event of a run that produced an outcome."""
+
+    outcome: RunOutcome
+
+
+RunEvent = RunFinished
+_END = object()  # closes a subscriber's stream
+
+
+@dataclass
+class Run:
+    """One run's request and its life; made and started by a Session only."""
+
+    request: Request
+    timeout: float
+    interrupted_by: InterruptReason | None = None
+    # Set once the request went to the worker: a run abandoned before that ran nothing.
+    sent: bool = False
+    abandoned: bool = False
+    # While the run waits for its reply: how to interrupt the worker (see Session).
+    on_interrupt: Callable[[InterruptReason], None] | None = None
+    _task: asyncio.Task[RunOutcome] | None = None
+    _subscribers: list[asyncio.Queue[object]] = field(default_factory=list)
+
+    def start(self, life: Coroutine[Any, Any, RunOutcome]) -> None:
+        self._task = asyncio.get_running_loop().create_task(life)
+        self._task.add_done_callback(self._close_streams)
+
+    @property
+    def task(self) -> asyncio.Task[RunOutcome]:
+        assert self._task is not None, "a run is started by its session"
+        return self._task
+
+    def done(self) -> bool:
+        return self.task.done()
+
+    async def outcome(self) -> RunOutcome:
+        """The run's outcome; a caller cancelled meanwhile abandons the run."""
+        try:
+            return await asyncio.shield(self.task)
+        except asyncio.CancelledError:
+            self.abandon()
+            raise
+
+    def abandon(self) -> None:
+        """Nobody waits for this run any more: end it as a timed-out run is ended."""
+        self.abandoned = True
+        self.interrupt("cancelled")
+
+    def interrupt(self, reason: InterruptReason) -> bool:
+        """Interrupt the run if its worker is running it; whether that was so."""
+        if self.done() or self.on_interrupt is None:
+            return False
+        self.on_interrupt(reason)
+        return True
+
+    def when_done(self, callback: Callable[[], None]) -> None:
+        """Call ``callback`` once the run has ended, however it ended."""
+        self.task.add_done_callback(lambda _: callback())
+
+    def publish(self, event: RunEvent) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(event)
+
+    async def events(self) -> AsyncIterator[RunEvent]:
+        """The events published from now on, until the run ends."""
+        queue: asyncio.Queue[object] = asyncio.Queue()
+        if self.done():
+            return
+        self._subscribers.append(queue)
+        try:
+            while (event := await queue.get()) is not _END:
+                assert isinstance(event, RunFinished)
+                yield event
+        finally:
+            self._subscribers.remove(queue)
+
+    def _close_streams(self, _: asyncio.Task[RunOutcome]) -> None:
+        for queue in self._subscribers:
+            queue.put_nowait(_END)
