@@ -15,6 +15,7 @@ from sandbox import Policy, PolicyError, ZygoteClient, load_policy, scheduling, 
 from sandbox.errors import SandboxError
 from sandbox.policy import ALL_LAYERS, policy_warnings
 from sandbox.policy_docs import render_reference, review_changes
+from service.connection_guard import guard_connections
 from service.settings import Settings, is_loopback
 
 
@@ -75,6 +76,11 @@ def serve(args: argparse.Namespace) -> int:
 
     from service.app import create_app
 
+    try:
+        connection_options = guard_connections(settings, policy.sessions.max_total)
+    except ValueError as exc:
+        zygote.stop()
+        return _fail(str(exc))
     app = create_app(settings, zygote, isolation)
     # One process: sessions live in this process's memory and workers are its children.
     # No access log by default: the audit log records every run, and a line per
@@ -86,6 +92,7 @@ def serve(args: argparse.Namespace) -> int:
         workers=1,
         log_level="info",
         access_log=args.access_log,
+        **connection_options,
     )
     return 0
 
