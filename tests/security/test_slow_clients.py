@@ -299,3 +299,32 @@ def test_emfile_storm_logs_a_bounded_number_of_lines(tmp_path: Path) -> None:
     assert "out of system resource" in log  # the storm did happen
     assert grown < 4096, grown
     assert recovered
+
+
+def test_response_the_client_stops_reading_is_cut_off(server: Server) -> None:
+    """A download the client never reads does not hold the connection (nor the file) for good."""
+    size = 15_000_000  # more than the kernel's send and receive buffers together
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    with httpx.Client(base_url=server.url, headers=headers, timeout=30) as client:
+        made = client.post("/repl", json={"code": f"open('big.bin', 'wb').write(bytes({size}))"})
+        assert made.status_code == 200, made.text
+        session_id = made.json()["session_id"]
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    try:
+        sock.connect(address(server))
+        sock.sendall(
+            f"GET /sessions/{session_id}/files/big.bin HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {TOKEN}\r\n\r\n".encode()
+        )
+        time.sleep(STALL_TIMEOUT_S + SLACK_S)
+        # Now read what arrived: the service gave up before sending it all.
+        received = 0
+        sock.settimeout(2)
+        with contextlib.suppress(OSError):
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+    finally:
+        sock.close()
+    assert 0 < received < size
+    assert livez(server) == 200
