@@ -13,7 +13,8 @@ httptools) with three rules:
   (a body it has not asked for yet) does not count against the client.
 * **A cap with eviction.**  At ``max_connections``, a new connection takes the place of
   the one that has waited longest on its client: first those still sending a request
-  head (or idle between requests), then those whose body or response is stalled.  Only
+  head (or idle between requests), then those that have waited at least a second for
+  the rest of their body or for the client to read the response.  Only
   when every connection is being served does the new one get a JSON 503 (after its
   head, from a bounded pool), so thousands of half-open connections cannot keep
   ``/livez`` or anyone else out.
@@ -55,14 +56,25 @@ class Evictable(Protocol):
     def evict(self) -> None: ...
 
 
-class ConnectionTable:
-    """The admitted connections by whom they wait for, oldest first, and the cap over them."""
+# A request's body often follows its head in a separate packet: a connection waits this
+# long on its client's body or reading before a newcomer may take its place.
+CLIENT_GRACE_S = 1.0
 
-    def __init__(self, max_connections: int, refused_pool: int = REFUSED_POOL) -> None:
+
+class ConnectionTable:
+    """The admitted connections by whom they wait for, and since when, oldest first; the cap."""
+
+    def __init__(
+        self,
+        max_connections: int,
+        refused_pool: int = REFUSED_POOL,
+        client_grace_s: float = CLIENT_GRACE_S,
+    ) -> None:
         self.max_connections = max_connections
         self.refused_pool = refused_pool
+        self.client_grace_s = client_grace_s
         self._waiting_for: dict[Evictable, Waiting] = {}
-        self._by_wait: dict[Waiting, dict[Evictable, None]] = {wait: {} for wait in Waiting}
+        self._by_wait: dict[Waiting, dict[Evictable, float]] = {wait: {} for wait in Waiting}
         self._refused: dict[Evictable, None] = {}
         self.evicted = 0
         self.refused = 0
@@ -73,10 +85,10 @@ class ConnectionTable:
     def count(self, waiting: Waiting) -> int:
         return len(self._by_wait[waiting])
 
-    def admit(self, connection: Evictable) -> bool:
+    def admit(self, connection: Evictable, now: float) -> bool:
         """Admit a new connection, evicting one to make room; False: refuse it with a 503."""
         if len(self._waiting_for) >= self.max_connections:
-            victim = self._longest_waiting_on_client()
+            victim = self._longest_waiting_on_client(now)
             if victim is None:
                 self._refuse(connection)
                 return False
@@ -84,15 +96,15 @@ class ConnectionTable:
             self.evicted += 1
             victim.evict()
         self._waiting_for[connection] = Waiting.HEAD
-        self._by_wait[Waiting.HEAD][connection] = None
+        self._by_wait[Waiting.HEAD][connection] = now
         return True
 
-    def move(self, connection: Evictable, waiting: Waiting) -> None:
+    def move(self, connection: Evictable, waiting: Waiting, now: float) -> None:
         before = self._waiting_for.get(connection)
         if before is None or before is waiting:
             return  # refused, or already gone
         del self._by_wait[before][connection]
-        self._by_wait[waiting][connection] = None
+        self._by_wait[waiting][connection] = now
         self._waiting_for[connection] = waiting
 
     def discard(self, connection: Evictable) -> None:
@@ -101,10 +113,11 @@ class ConnectionTable:
             del self._by_wait[before][connection]
         self._refused.pop(connection, None)
 
-    def _longest_waiting_on_client(self) -> Evictable | None:
-        for waiting in (Waiting.HEAD, Waiting.CLIENT):
-            for connection in self._by_wait[waiting]:
-                return connection
+    def _longest_waiting_on_client(self, now: float) -> Evictable | None:
+        for connection in self._by_wait[Waiting.HEAD]:
+            return connection
+        for connection, since in self._by_wait[Waiting.CLIENT].items():
+            return connection if now - since >= self.client_grace_s else None
         return None
 
     def _refuse(self, connection: Evictable) -> None:
@@ -179,7 +192,7 @@ class GuardedConnection(UvicornHttpProtocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        if not self.table.admit(self):
+        if not self.table.admit(self, self.loop.time()):
             # uvicorn runs self.app for each request it parses: this one gets the 503.
             self.app = answer_busy
         self._follow()
@@ -231,7 +244,8 @@ class GuardedConnection(UvicornHttpProtocol):
         if waiting is self._waiting:
             return
         self._waiting = waiting
-        self.table.move(self, waiting)
+        now = self.loop.time()
+        self.table.move(self, waiting, now)
         self._cancel_deadline()
         if waiting is Waiting.HEAD:
             self._head_bytes_received = False
@@ -239,7 +253,7 @@ class GuardedConnection(UvicornHttpProtocol):
                 self.deadlines.header_timeout_s, self._head_overdue
             )
         elif waiting is Waiting.CLIENT:
-            self._last_progress = self.loop.time()
+            self._last_progress = now
             self._deadline = self.loop.call_later(self.deadlines.stall_timeout_s, self._check_stall)
 
     def _cancel_deadline(self) -> None:

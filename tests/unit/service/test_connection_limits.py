@@ -74,15 +74,15 @@ def test_table_evicts_the_oldest_head_first_then_stalled_clients_never_the_serve
     table = ConnectionTable(max_connections=3)
     served, stalled, heading = FakeConnection("a"), FakeConnection("b"), FakeConnection("c")
     for connection in (served, stalled, heading):
-        assert table.admit(connection)
-    table.move(served, Waiting.SERVICE)
-    table.move(stalled, Waiting.CLIENT)
+        assert table.admit(connection, 0.0)
+    table.move(served, Waiting.SERVICE, 1.0)
+    table.move(stalled, Waiting.CLIENT, 1.0)
     newcomer = FakeConnection("d")
-    assert table.admit(newcomer)
+    assert table.admit(newcomer, 5.0)
     assert heading.evicted
     assert not stalled.evicted
-    table.move(newcomer, Waiting.SERVICE)
-    assert table.admit(FakeConnection("e"))
+    table.move(newcomer, Waiting.SERVICE, 1.0)
+    assert table.admit(FakeConnection("e"), 5.0)
     assert stalled.evicted
     assert not served.evicted
     assert len(table) == 3
@@ -93,26 +93,26 @@ def test_table_refuses_when_all_are_served_and_bounds_the_refused() -> None:
     table = ConnectionTable(max_connections=2, refused_pool=2)
     for name in "ab":
         connection = FakeConnection(name)
-        assert table.admit(connection)
-        table.move(connection, Waiting.SERVICE)
+        assert table.admit(connection, 0.0)
+        table.move(connection, Waiting.SERVICE, 1.0)
     refused = [FakeConnection(name) for name in "xyz"]
-    assert [table.admit(connection) for connection in refused] == [False, False, False]
+    assert [table.admit(connection, 0.0) for connection in refused] == [False, False, False]
     # Only two may wait for their 503 at a time: the oldest made way.
     assert [connection.evicted for connection in refused] == [True, False, False]
     assert len(table) == 2
     # A refused connection never counts against the cap, nor moves into it.
-    table.move(refused[1], Waiting.HEAD)
+    table.move(refused[1], Waiting.HEAD, 1.0)
     assert table.count(Waiting.HEAD) == 0
 
 
 def test_a_connection_that_left_frees_its_place() -> None:
     table = ConnectionTable(max_connections=1)
     first = FakeConnection("a")
-    assert table.admit(first)
-    table.move(first, Waiting.SERVICE)
+    assert table.admit(first, 0.0)
+    table.move(first, Waiting.SERVICE, 1.0)
     table.discard(first)
     table.discard(first)  # connection_lost after an eviction: a second discard is harmless
-    assert table.admit(FakeConnection("b"))
+    assert table.admit(FakeConnection("b"), 0.0)
     assert not first.evicted
 
 
@@ -162,3 +162,14 @@ def test_filter_leaves_other_records_alone() -> None:
     )
     assert limiter.filter(unrelated)
     assert unrelated.exc_info is not None
+
+
+def test_a_body_just_begun_is_not_evicted_before_its_grace() -> None:
+    table = ConnectionTable(max_connections=1, client_grace_s=1.0)
+    uploading = FakeConnection("a")
+    assert table.admit(uploading, 0.0)
+    table.move(uploading, Waiting.CLIENT, 10.0)
+    assert not table.admit(FakeConnection("b"), 10.5)
+    assert not uploading.evicted
+    assert table.admit(FakeConnection("c"), 11.0)
+    assert uploading.evicted
