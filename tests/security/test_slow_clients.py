@@ -263,11 +263,11 @@ def test_past_the_cap_with_every_connection_served_is_a_json_503(server: Server)
 
 
 def test_derived_cap_keeps_the_service_out_of_emfile(tmp_path: Path) -> None:
-    """With descriptors for 512, 600 half heads: the derived cap leaves /livez answering."""
+    """With descriptors for 512, 700 half heads: the derived cap leaves /livez answering."""
     limit = 512
     running = start_server(tmp_path, env={"CODESHERPA_FD_RESERVE": "100"}, fd_limit=limit)
     try:
-        with half_heads(running, 600, connect_timeout_s=1) as held:
+        with half_heads(running, 700, connect_timeout_s=3) as held:
             answers = [livez(running) for _ in range(3)]
             held_fds = open_fds(running)
             assert len(held) > limit  # the flood was larger than the descriptor limit
