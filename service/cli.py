@@ -29,6 +29,7 @@ from sandbox.errors import SandboxError
 from sandbox.policy import ALL_LAYERS, policy_warnings
 from sandbox.policy_docs import render_reference, review_changes
 from service import __version__
+from service.connection_guard import guard_connections
 from service.settings import Settings, is_loopback
 from service.shipped import default_policy
 
@@ -97,7 +98,11 @@ def serve(args: argparse.Namespace) -> int:
     from service.app import create_app
 
     try:
+        connection_options = guard_connections(settings, policy.sessions.max_total)
         app = create_app(settings, zygote, isolation)
+    except ValueError as exc:
+        zygote.stop()
+        return _fail(str(exc))
     except OSError as exc:
         zygote.stop()
         return _fail(f"cannot open a file the service needs: {exc}")
@@ -111,6 +116,7 @@ def serve(args: argparse.Namespace) -> int:
         workers=1,
         log_level="info",
         access_log=args.access_log,
+        **connection_options,
     )
     return 0
 

@@ -63,6 +63,19 @@ class Settings(BaseSettings):
     admin_token: str | None = Field(
         None, min_length=16, description="bearer token for /admin routes; unset disables them"
     )
+    # Slow and idle clients (service/connection_guard.py; the numbers are in SECURITY.md).
+    header_timeout_s: float = Field(
+        10.0, gt=0, description="a request's whole head must arrive within this many seconds"
+    )
+    stall_timeout_s: float = Field(
+        30.0, gt=0, description="a request body or a response that makes no progress this long ends"
+    )
+    max_connections: int | None = Field(
+        None, gt=0, description="open HTTP connections; unset: what the descriptor limit allows"
+    )
+    fd_reserve: int | None = Field(
+        None, gt=0, description="descriptors kept for sessions and files; unset: 256 + 4 a session"
+    )
 
     @field_validator("rate_limit")
     @classmethod

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -41,9 +43,15 @@ def free_port() -> int:
 
 
 def start_server(
-    tmp: Path, env: dict[str, str | None] | None = None, policy: Path = TEST_POLICY
+    tmp: Path,
+    env: dict[str, str | None] | None = None,
+    policy: Path = TEST_POLICY,
+    fd_limit: int | None = None,
 ) -> Server:
-    """A service on a free port of loopback; a variable set to None in ``env`` is unset."""
+    """A service on a free port of loopback; a variable set to None in ``env`` is unset.
+
+    ``fd_limit`` sets both the soft and the hard RLIMIT_NOFILE of the service.
+    """
     port = free_port()
     state_dir = tmp / "state"
     environment = {
@@ -62,6 +70,7 @@ def start_server(
             cwd=ROOT,
             stdout=log,
             stderr=subprocess.STDOUT,
+            preexec_fn=None if fd_limit is None else functools.partial(_limit_fds, fd_limit),
         )
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + START_TIMEOUT_S
@@ -76,6 +85,10 @@ def start_server(
         time.sleep(0.1)
     process.kill()
     raise RuntimeError("the server did not become ready:\n" + (tmp / "server.log").read_text())
+
+
+def _limit_fds(limit: int) -> None:
+    resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit))
 
 
 def stop_server(server: Server) -> None:
