@@ -5,9 +5,9 @@ from __future__ import annotations
 import signal
 
 from sandbox import protocol
-from sandbox.handle import describe_returncode
 from sandbox.policy import Limits
 from sandbox.worker import EXIT_OUT_OF_DESCRIPTORS, EXIT_OUT_OF_PROCESSES
+from sandbox.worker_process import describe_returncode
 
 _LIMIT_SIGNALS: dict[signal.Signals, protocol.LimitName] = {
     signal.SIGXCPU: "cpu_time",

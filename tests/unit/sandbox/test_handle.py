@@ -38,7 +38,7 @@ def channel() -> Iterator[tuple[WorkerHandle, socket.socket]]:
         stand_in.wait()
         worker_end.close()
         service_end.close()
-        if handle._pidfd is not None:  # else cleanup() closed it
+        if handle.process._pidfd is not None:  # else cleanup() closed it
             os.close(pidfd)
 
 
@@ -142,7 +142,7 @@ def test_a_worker_writing_unasked_gets_one_read_taken_and_the_rest_waits(
             written += worker_end.send(flood[written:])
         except BlockingIOError:
             break
-    service_end = socket.socket(fileno=os.dup(handle._channel.fileno()))
+    service_end = socket.socket(fileno=os.dup(handle.channel.fileno()))
 
     async def exchange() -> int:
         first = await handle.receive()  # reading starts here, and stops with unread frames
@@ -168,7 +168,7 @@ def test_the_start_of_a_long_frame_written_unasked_gets_one_read_taken_and_the_r
     worker_end.setblocking(False)
     announced = protocol.DEFAULT_MAX_FRAME
     almost = protocol.HEADER.pack(announced) + b"x" * (announced - 1)
-    service_end = socket.socket(fileno=os.dup(handle._channel.fileno()))
+    service_end = socket.socket(fileno=os.dup(handle.channel.fileno()))
 
     async def between_runs() -> int:
         worker_end.sendall(_reply(1))
