@@ -54,7 +54,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from sandbox.confine.cgroup import CgroupVersion, CpuPressure, may_restore_policies
+from sandbox.confine.cgroup import CgroupVersion
+from sandbox.cpu_demotion import CpuPressure, may_restore_policies
 
 log = logging.getLogger("codesherpa")
 

@@ -164,7 +164,7 @@ def render_reference() -> str:
     lines = [
         "# Policy reference",
         "",
-        f"<!-- Generated from sandbox/policy.py by `{REGENERATE}`; do not edit. -->",
+        f"<!-- Generated from sandbox/policy/ by `{REGENERATE}`; do not edit. -->",
         "",
         "A policy is a TOML file with the sections below; `policies/` holds commented",
         "presets, of which `default.toml` is what `make run` serves. Every key is optional:",

@@ -29,8 +29,10 @@ from typing import Any
 import psutil
 import pytest
 
+from sandbox import cpu_demotion
 from sandbox.confine import cgroup
 from sandbox.confine.base import WorkerSpec
+from sandbox.confine.cgroup import groups as cgroup_groups
 from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
 from sandbox.policy import Policy
 
@@ -303,7 +305,7 @@ def test_a_service_that_could_not_undo_sched_idle_does_not_set_it(
 ) -> None:
     with session_member(key) as (pid, version):
         # Without CAP_SYS_NICE the release could not give SCHED_OTHER back.
-        monkeypatch.setattr(cgroup, "may_restore_policies", lambda: False)
+        monkeypatch.setattr(cpu_demotion, "may_restore_policies", lambda: False)
 
         version.demote(key, True)
         assert os.sched_getscheduler(pid) == os.SCHED_OTHER
@@ -318,7 +320,7 @@ def test_a_zero_in_a_threads_list_never_switches_the_service_itself(tmp_path: Pa
     threads = tmp_path / "cgroup.threads"
     threads.write_text("0\n")
     try:
-        assert cgroup._set_policy(threads, os.SCHED_IDLE)
+        assert cpu_demotion._set_policy(threads, os.SCHED_IDLE)
         assert os.sched_getscheduler(0) == os.SCHED_OTHER
     finally:
         os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
@@ -550,7 +552,7 @@ def test_v2_kill_ends_every_process_with_cgroup_kill(
         escaped = read_report(fd)["escaped"]
         assert members_of(session_dir) == {pid, escaped}
         # Without the per-process fallback, only cgroup.kill can end them in time.
-        monkeypatch.setattr(cgroup, "_kill_if_member", lambda pid, memberships: None)
+        monkeypatch.setattr(cgroup_groups, "_kill_if_member", lambda pid, memberships: None)
         version.kill_and_remove(key)
         assert killed_by_sigkill(wait_for_exit(pid))
         assert still_present([escaped]) == set()
