@@ -18,8 +18,8 @@ from sandbox.confine import cgroup
 from service import __version__
 from service.audit import AuditLog
 from service.body_limit import BodySizeLimit
-from service.errors import install_error_handlers
 from service.execution_fast_path import ExecutionFastPath
+from service.http_errors import install_error_handlers
 from service.links import LinkSigner
 from service.mcp_server import McpEndpoint
 from service.metrics import Metrics

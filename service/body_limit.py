@@ -66,6 +66,7 @@ class BodySizeLimit:
                 "error": f"the request body is larger than {limit} bytes"
                 + (" (the workspace quota)" if limit == self.upload_max_bytes else ""),
                 "suggestion": "Send less code at once, or upload large data as a file.",
+                "code": "body_too_large",
             }
         ).encode()
         await send(

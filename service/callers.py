@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from service.errors import ApiError
+from service.errors import InvalidRequest
 
 CONVERSATION_HEADER = "openai-conversation-id"
 MAX_CONVERSATION_CHARS = 256
@@ -32,8 +32,7 @@ def caller_for(tenant: str, conversation: str | None) -> Caller:
     if not conversation:
         return Caller(tenant)
     if len(conversation) > MAX_CONVERSATION_CHARS:
-        raise ApiError(
-            422,
+        raise InvalidRequest(
             f"header {CONVERSATION_HEADER}: longer than {MAX_CONVERSATION_CHARS} characters",
             f"Send a conversation id of at most {MAX_CONVERSATION_CHARS} characters.",
         )

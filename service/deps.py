@@ -13,7 +13,7 @@ from fastapi import Depends, Header, Request
 
 from sandbox import Policy
 from service.callers import CONVERSATION_HEADER, MAX_CONVERSATION_CHARS, Caller, caller_for
-from service.errors import ApiError
+from service.errors import Unauthorized
 from service.quotas import TenantQuotas
 from service.registry import SessionRecord, SessionRegistry
 
@@ -31,11 +31,9 @@ def authenticate(tokens: dict[str, str], authorization: str | None) -> str:
             if hmac.compare_digest(token.encode(), presented.strip().encode()):
                 tenant = owner
     if tenant is None:
-        raise ApiError(
-            401,
+        raise Unauthorized(
             "missing or wrong bearer token",
             "Send 'Authorization: Bearer <token>' with a token the operator gave you.",
-            headers={"WWW-Authenticate": "Bearer"},
         )
     return tenant
 

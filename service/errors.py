@@ -1,91 +1,103 @@
-"""Request errors as JSON ``{error, suggestion}``; never a traceback of the service."""
+"""Every error a request can meet, as one tree; mapped once to HTTP (service/http_errors.py)
+and once to MCP (service/mcp_server.py).  Each has a stable ``code`` clients branch on.
+
+    ServiceError                     internal_error        500
+    ├── Unauthorized                 unauthorized          401
+    ├── BadRequest                   bad_request           400
+    │   └── InvalidRequest           validation_error      422
+    ├── NotFound                     not_found             404
+    │   ├── SessionNotFound          session_not_found     404
+    │   └── FileNotFound             file_not_found        404
+    ├── SessionExpired               session_expired       410
+    ├── TooLarge                     body_too_large        413
+    │   └── WorkspaceFull            workspace_full        413
+    ├── Refused (Retry-After)
+    │   ├── RateLimited              rate_limited          429
+    │   ├── QuotaExceeded            quota_exceeded        429
+    │   └── SessionBusy              session_busy          429
+    └── SandboxUnavailable           sandbox_unavailable   503
+
+Two more codes are written by the connection guard before any of this runs:
+``request_timeout`` (408, a request head or body that stalled) and ``server_busy``
+(503, every connection is being served).  Errors of the user's code are not here:
+they are replies with a status (spec: 200 with ``error`` and ``suggestion``).
+"""
 
 from __future__ import annotations
 
-import logging
-from typing import Any
-
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from starlette.exceptions import HTTPException as StarletteHTTPException
-
-log = logging.getLogger("codesherpa")
+from typing import Any, ClassVar
 
 
-class ApiError(Exception):
+class ServiceError(Exception):
+    code: ClassVar[str] = "internal_error"
+
     def __init__(
-        self,
-        status_code: int,
-        error: str,
-        suggestion: str | None = None,
-        headers: dict[str, str] | None = None,
+        self, message: str, suggestion: str | None = None, *, retry_after_s: int | None = None
     ) -> None:
-        super().__init__(error)
-        self.status_code = status_code
-        self.error = error
+        super().__init__(message)
+        self.message = message
         self.suggestion = suggestion
-        self.headers = headers
+        self.retry_after_s = retry_after_s
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.suggestion, self.code)
 
 
-def error_body(error: str, suggestion: str | None) -> dict[str, Any]:
-    return {"error": error, "suggestion": suggestion}
+class Unauthorized(ServiceError):
+    code = "unauthorized"
 
 
-def _describe_validation(exc: RequestValidationError) -> str:
-    problems = []
-    for item in exc.errors()[:5]:
-        location = [str(part) for part in item.get("loc", ()) if part not in ("body",)]
-        field = ".".join(location) or "body"
-        message = "unknown field" if item.get("type") == "extra_forbidden" else item.get("msg", "")
-        problems.append(f"{field}: {message}")
-    return "; ".join(problems)
+class BadRequest(ServiceError):
+    code = "bad_request"
 
 
-def api_error_response(request: Request, exc: ApiError) -> JSONResponse:
-    if exc.status_code == 429:
-        request.app.state.metrics.rejections.labels(reason=exc.error.split(" ")[0]).inc()
-    return JSONResponse(
-        error_body(exc.error, exc.suggestion), status_code=exc.status_code, headers=exc.headers
-    )
+class InvalidRequest(BadRequest):
+    code = "validation_error"
 
 
-def internal_error_response() -> JSONResponse:
-    return JSONResponse(
-        error_body("internal error", "Retry once; if it persists, report it to the operator."),
-        status_code=500,
-    )
+class NotFound(ServiceError):
+    code = "not_found"
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(ApiError)
-    async def _api_error(request: Request, exc: ApiError) -> JSONResponse:
-        return api_error_response(request, exc)
+class SessionNotFound(NotFound):
+    code = "session_not_found"
 
-    @app.exception_handler(RequestValidationError)
-    async def _validation(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return JSONResponse(
-            error_body(
-                f"invalid request: {_describe_validation(exc)}",
-                "Fix the named field and send the request again; see /openapi.json.",
-            ),
-            status_code=422,
-        )
 
-    @app.exception_handler(StarletteHTTPException)
-    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return JSONResponse(
-            error_body(str(exc.detail), None), status_code=exc.status_code, headers=exc.headers
-        )
+class FileNotFound(NotFound):
+    code = "file_not_found"
 
-    @app.exception_handler(RecursionError)
-    async def _too_deep(request: Request, exc: RecursionError) -> JSONResponse:
-        return JSONResponse(
-            error_body("the JSON body is nested too deeply", "Send a flat JSON object."),
-            status_code=400,
-        )
 
-    @app.exception_handler(Exception)
-    async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
-        log.exception("unexpected error on %s %s", request.method, request.url.path)
-        return internal_error_response()
+class SessionExpired(ServiceError):
+    code = "session_expired"
+
+
+class TooLarge(ServiceError):
+    code = "body_too_large"
+
+
+class WorkspaceFull(TooLarge):
+    code = "workspace_full"
+
+
+class Refused(ServiceError):
+    """Not now: the caller may retry after ``retry_after_s``."""
+
+
+class RateLimited(Refused):
+    code = "rate_limited"
+
+
+class QuotaExceeded(Refused):
+    code = "quota_exceeded"
+
+
+class SessionBusy(Refused):
+    code = "session_busy"
+
+
+class SandboxUnavailable(ServiceError):
+    code = "sandbox_unavailable"
+
+
+def error_body(message: str, suggestion: str | None, code: str) -> dict[str, Any]:
+    return {"error": message, "suggestion": suggestion, "code": code}

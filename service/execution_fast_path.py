@@ -27,7 +27,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.callers import Caller
 from service.deps import run_caller
-from service.errors import ApiError, api_error_response, internal_error_response
+from service.errors import ServiceError
+from service.http_errors import internal_error_response, service_error_response
 from service.replies import Reply
 from service.routes.execution import run_command, run_python
 from service.schemas import CommandRequest, ReplRequest
@@ -148,8 +149,8 @@ class ExecutionFastPath:
             try:
                 # The routes' own dependency: the same caller, so the same owner check.
                 reply = await route.run(request, parsed, await run_caller(request))
-            except ApiError as error:
-                await api_error_response(request, error)(scope, receive, tracking_send)
+            except ServiceError as error:
+                await service_error_response(request, error)(scope, receive, tracking_send)
                 return
             for message in reply.asgi_messages():
                 await tracking_send(message)

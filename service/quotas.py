@@ -11,7 +11,7 @@ from limits import parse
 from limits.storage import MemoryStorage
 from limits.strategies import MovingWindowRateLimiter
 
-from service.errors import ApiError
+from service.errors import QuotaExceeded, RateLimited
 
 # How often the request that finds it due drops the limiter's expired entries.
 EXPIRY_INTERVAL_S = 1.0
@@ -58,11 +58,10 @@ class TenantQuotas:
             return
         reset_at = self._limiter.get_window_stats(self._rate, tenant).reset_time
         retry_after = max(1, math.ceil(reset_at - time.time()))
-        raise ApiError(
-            429,
+        raise RateLimited(
             f"rate limit of {self._rate} requests reached for this tenant",
             f"Wait {retry_after} s before the next request.",
-            headers={"Retry-After": str(retry_after)},
+            retry_after_s=retry_after,
         )
 
     def take_run_slot(self, tenant: str) -> RunSlot:
@@ -73,11 +72,10 @@ class TenantQuotas:
         more of a tenant's runs going than its share.
         """
         if self._running[tenant] >= self._runs_at_once:
-            raise ApiError(
-                429,
+            raise QuotaExceeded(
                 f"this tenant already has {self._runs_at_once} runs in progress",
                 "Wait for a run to finish before starting another.",
-                headers={"Retry-After": "2"},
+                retry_after_s=2,
             )
         self._running[tenant] += 1
         return RunSlot(lambda: self._free_slot(tenant))

@@ -18,7 +18,12 @@ from dataclasses import dataclass, field
 from sandbox import Session, ZygoteClient, workspaces
 from sandbox.errors import SandboxError
 from service.callers import Caller
-from service.errors import ApiError
+from service.errors import (
+    QuotaExceeded,
+    SandboxUnavailable,
+    SessionExpired,
+    SessionNotFound,
+)
 
 log = logging.getLogger("codesherpa.sessions")
 
@@ -86,11 +91,11 @@ class SessionRegistry:
         record = self._sessions.get(session_id)
         if record is not None and record.caller == caller:
             if record.expires_at() <= time.time():
-                raise ApiError(410, "the session expired", _NEW_SESSION_HINT)
+                raise SessionExpired("the session expired", _NEW_SESSION_HINT)
             return record
         if self._expired.get(session_id) == caller:
-            raise ApiError(410, "the session expired or was ended", _NEW_SESSION_HINT)
-        raise ApiError(404, "no such session", _NEW_SESSION_HINT)
+            raise SessionExpired("the session expired or was ended", _NEW_SESSION_HINT)
+        raise SessionNotFound("no such session", _NEW_SESSION_HINT)
 
     async def create(self, caller: Caller, implicit_key: str | None = None) -> SessionRecord:
         policy = self.zygote.policy.sessions
@@ -101,25 +106,23 @@ class SessionRegistry:
             except Exception:  # another session's cleanup must not refuse this one
                 log.exception("cannot end an expired session")
             if len(self._sessions) >= policy.max_total:
-                raise ApiError(
-                    429,
+                raise QuotaExceeded(
                     "the service is at its session capacity",
                     "Delete a session you no longer need, or retry later.",
-                    headers={"Retry-After": "30"},
+                    retry_after_s=30,
                 )
             if len(self.for_tenant(caller.tenant)) >= policy.max_per_tenant:
-                raise ApiError(
-                    429,
+                raise QuotaExceeded(
                     f"this tenant already holds {policy.max_per_tenant} sessions",
                     "Delete a session you no longer need (DELETE /sessions/{id}).",
-                    headers={"Retry-After": "30"},
+                    retry_after_s=30,
                 )
             try:
                 session = await Session.start(self.zygote)
             except SandboxError as exc:
                 log.error("cannot start a session: %s", exc)
-                raise ApiError(
-                    503, "the sandbox cannot start a session right now", "Retry in a few seconds."
+                raise SandboxUnavailable(
+                    "the sandbox cannot start a session right now", "Retry in a few seconds."
                 ) from None
             record = SessionRecord(new_session_id(), caller, session, implicit_key)
             self._sessions[record.session_id] = record

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
 
-from service.errors import ApiError
+from service.errors import NotFound, Unauthorized
 from service.reload import PolicyReloader
 
 router = APIRouter(prefix="/admin", tags=["admin"], include_in_schema=False)
@@ -27,13 +27,11 @@ def is_admin(request: Request, authorization: str | None) -> bool:
 def require_admin(request: Request, authorization: str | None) -> None:
     if not request.app.state.settings.admin_token:
         # Without an admin token the operator routes do not exist.
-        raise ApiError(404, "not found", None)
+        raise NotFound("not found")
     if not is_admin(request, authorization):
-        raise ApiError(
-            401,
+        raise Unauthorized(
             "missing or wrong admin token",
             "Operator routes take 'Authorization: Bearer $CODESHERPA_ADMIN_TOKEN'.",
-            {"WWW-Authenticate": "Bearer"},
         )
 
 

@@ -22,7 +22,7 @@ from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 
 from sandbox import Policy
 from service.deps import ActivePolicy
-from service.errors import ApiError
+from service.errors import NotFound
 from service.settings import Settings
 from service.shipped import shipped
 
@@ -236,7 +236,7 @@ def _offline(page: HTMLResponse, request: Request) -> HTMLResponse:
 @router.get("/docs/assets/{name}")
 async def docs_asset(name: str) -> FileResponse:
     if name not in DOCS_ASSET_NAMES:
-        raise ApiError(404, f"no such asset: {name}", None)
+        raise NotFound(f"no such asset: {name}")
     return FileResponse(
         Path(str(DOCS_ASSETS / name)), headers={"Cache-Control": "public, max-age=86400"}
     )

@@ -12,7 +12,7 @@ from sandbox.errors import SandboxError
 from service.audit import AuditLog
 from service.callers import Caller
 from service.deps import CONVERSATION_PARAMETER, RunCaller
-from service.errors import ApiError
+from service.errors import SandboxUnavailable, ServiceError, SessionBusy
 from service.links import LinkSigner
 from service.metrics import Metrics
 from service.quotas import TenantQuotas
@@ -80,16 +80,15 @@ async def _run(
     return outcome
 
 
-def _request_error(exc: SandboxError) -> ApiError:
+def _request_error(exc: SandboxError) -> ServiceError:
     if isinstance(exc, WorkerBusy):
-        return ApiError(
-            429,
+        return SessionBusy(
             "this session is still running a previous request",
             "Wait for it to finish, interrupt it (POST /sessions/{id}/interrupt), "
             "or use another session.",
-            headers={"Retry-After": "5"},
+            retry_after_s=5,
         )
-    return ApiError(503, f"the sandbox is unavailable: {exc}", "Retry in a few seconds.")
+    return SandboxUnavailable(f"the sandbox is unavailable: {exc}", "Retry in a few seconds.")
 
 
 def _observe(

@@ -9,7 +9,8 @@ import time
 import pytest
 from limits.storage.memory import Entry
 
-from service.errors import ApiError
+from service.errors import RateLimited
+from service.http_errors import http_status
 from service.quotas import RequestDrivenMemoryStorage, TenantQuotas
 
 
@@ -17,10 +18,11 @@ def test_the_rate_limit_refuses_the_hit_beyond_it_and_says_when_to_retry() -> No
     quotas = TenantQuotas("5/minute", runs_at_once=4)
     for _ in range(5):
         quotas.admit_request("tenant-a")
-    with pytest.raises(ApiError) as refused:
+    with pytest.raises(RateLimited) as refused:
         quotas.admit_request("tenant-a")
-    assert refused.value.status_code == 429
-    assert 1 <= int(refused.value.headers["Retry-After"]) <= 60
+    assert http_status(refused.value) == 429
+    assert refused.value.retry_after_s is not None
+    assert 1 <= refused.value.retry_after_s <= 60
     quotas.admit_request("tenant-b")  # another tenant's budget is its own
 
 

@@ -15,7 +15,7 @@ from sandbox.protocol import RunPython, RunReply
 from sandbox.run import Run, RunOutcome
 from service.audit import AuditLog
 from service.callers import Caller
-from service.errors import ApiError
+from service.errors import QuotaExceeded
 from service.metrics import Metrics
 from service.quotas import TenantQuotas
 from service.registry import SessionRecord
@@ -70,7 +70,7 @@ async def _cancelled_call(state: SimpleNamespace, session: StandInSession) -> No
 def _slot_is_free(quotas: TenantQuotas) -> bool:
     try:
         quotas.take_run_slot("alice").release()
-    except ApiError:
+    except QuotaExceeded:
         return False
     return True
 
