@@ -164,19 +164,32 @@ def _access(kind: str, server: Server, alice: httpx.Client, session_id: str, pat
     return _mcp_read(server, session_id, path)
 
 
+# A FIFO with no reader makes a plain open() for writing wait for one, forever; a
+# socket cannot be opened at all.  Either must be refused, not waited on.
+PLANTED = {
+    "fifo": ("import os; os.mkfifo('trap')", "stat.S_ISFIFO"),
+    "socket": (
+        "import socket; listener = socket.socket(socket.AF_UNIX); listener.bind('trap')",
+        "stat.S_ISSOCK",
+    ),
+}
+
+
 @pytest.mark.parametrize("kind", ACCESSES)
-def test_a_planted_fifo_is_refused_at_once_and_blocks_no_one(
-    server: Server, alice: httpx.Client, session_id: str, kind: str
+@pytest.mark.parametrize("planted", PLANTED)
+def test_a_planted_special_file_is_refused_at_once_and_blocks_no_one(
+    server: Server, alice: httpx.Client, session_id: str, kind: str, planted: str
 ) -> None:
-    run(alice, session_id, "import os; os.mkfifo('trap')")
+    plant, still_there = PLANTED[planted]
+    run(alice, session_id, plant)
     with ThreadPoolExecutor(1) as pool:
         pending = pool.submit(_access, kind, server, alice, session_id, "trap")
         livez_answers(server)
         status, text = pending.result(timeout=ANSWER_DEADLINE_S)
     assert status in (400, 404), text
     assert "not a regular file" in text
-    # Nothing was written through it, and it is still the session's FIFO.
-    kept = run(alice, session_id, "import stat; stat.S_ISFIFO(os.lstat('trap').st_mode)")
+    # Nothing was written through it, and it is still what the session made.
+    kept = run(alice, session_id, f"import os, stat; {still_there}(os.lstat('trap').st_mode)")
     assert kept["result"] == "True"
 
 
@@ -191,43 +204,44 @@ def test_a_leased_file_answers_at_once_and_blocks_no_one(
         session_id,
         "import os, fcntl, signal\n"
         "signal.signal(signal.SIGIO, signal.SIG_IGN)\n"
-        "open('leased.txt', 'w').write('the session wrote this')\n"
-        "held = os.open('leased.txt', os.O_RDONLY)\n"
+        "open('held.txt', 'w').write('the session wrote this')\n"
+        "held = os.open('held.txt', os.O_RDONLY)\n"
         "fcntl.fcntl(held, fcntl.F_SETLEASE, fcntl.F_WRLCK)\n"
         "assert fcntl.fcntl(held, fcntl.F_GETLEASE) == fcntl.F_WRLCK",
     )
     with ThreadPoolExecutor(1) as pool:
-        pending = pool.submit(_access, kind, server, alice, session_id, "leased.txt")
+        pending = pool.submit(_access, kind, server, alice, session_id, "held.txt")
         livez_answers(server)
         status, text = pending.result(timeout=ANSWER_DEADLINE_S)
     assert status == 400, text
-    assert "lease" in text
+    assert "under a lease" in text
     # Read through the holder's own descriptor: any other open waits for the lease.
     kept = run(alice, session_id, "os.pread(held, 100, 0)")
     assert kept["result"] == repr(b"the session wrote this")
 
 
-# The session grows the file the moment the service opens it (inotify IN_OPEN): the
-# service saw a size within its cap, and the file is 500 MB before it reads it.
+# The session grows the file the moment the service first reads it (inotify
+# IN_ACCESS): the service saw a size within its cap, and the file becomes 500 MB (sparse)
+# while it reads.
 GROWER = f"""
 import ctypes, os, select, threading, time
 libc = ctypes.CDLL(None, use_errno=True)
 SMALL, BIG = {MCP_READ_CAP}, {GROWN_TO}
 grown = os.open('grow.txt', os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
 os.ftruncate(grown, SMALL)
-opened = libc.inotify_init1(os.O_NONBLOCK)
-assert libc.inotify_add_watch(opened, b'grow.txt', 0x20) >= 0  # IN_OPEN
+watch = libc.inotify_init1(os.O_NONBLOCK)
+assert libc.inotify_add_watch(watch, b'grow.txt', 0x1) >= 0  # IN_ACCESS
 
 def drain():
     try:
-        while os.read(opened, 65536):
+        while os.read(watch, 65536):
             pass
     except BlockingIOError:
         pass
 
 def grow():
     while True:
-        select.select([opened], [], [])
+        select.select([watch], [], [])
         os.ftruncate(grown, BIG)
         time.sleep(2)
         os.ftruncate(grown, SMALL)
@@ -269,14 +283,15 @@ def test_mcp_read_file_never_reads_past_its_cap_of_a_growing_file(
     for _ in range(4):
         _wait_until_small(alice, session_id)
         result = mcp_call(server, "read_file", {"path": "grow.txt", "session_id": session_id})
-        answers.append(tool_text(result))
-        if result.isError:
-            assert f"larger than {MCP_READ_CAP} bytes" in tool_text(result)
-        else:
-            assert len(tool_text(result)) <= MCP_READ_CAP
+        answers.append((result.isError, tool_text(result)))
     grew_by = _peak_rss(server.process.pid) - baseline
     assert grew_by < RSS_HEADROOM, f"the service grew by {grew_by >> 20} MB"
-    assert any("larger than" in answer for answer in answers), "the file never grew in time"
+    for refused, text in answers:
+        if refused:
+            assert f"larger than {MCP_READ_CAP} bytes" in text
+        else:  # read before it grew: cut to the reply cap
+            assert len(text) <= MCP_READ_CAP
+    assert any(refused for refused, _ in answers), "the file never grew in time"
 
 
 def test_a_download_of_a_growing_file_sends_only_the_length_it_declared(
@@ -292,6 +307,7 @@ def test_a_download_of_a_growing_file_sends_only_the_length_it_declared(
             assert response.status_code == 200
             declared = int(response.headers["content-length"])
             received = sum(len(chunk) for chunk in response.iter_raw())
+        assert declared == MCP_READ_CAP
         assert received == declared
     assert _peak_rss(server.process.pid) - baseline < RSS_HEADROOM
     # The service sent no byte past the declared length: h11 would have refused it,
