@@ -418,6 +418,6 @@ async def test_a_child_that_outlives_its_killed_worker_is_gone_with_it(
     assert outcome.reply.status == "killed"
     assert outcome.restarted
     await asyncio.sleep(0)
-    assert processes_of_uid(uid) == []
+    assert left_of_uid(uid, session) == []
     await assert_answers(session)
     await neighbour.assert_intact()
