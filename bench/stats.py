@@ -8,7 +8,7 @@ from collections.abc import Iterable, Sequence
 
 import psutil
 
-SESSION_UID_FIRST = 200_000  # sandbox.zygote.UID_RANGE_START
+SESSION_UID_FIRST = 200_000  # sandbox.uids.UID_RANGE_START
 SESSION_UID_LAST = 265_535  # UID_RANGE_START + UID_RANGE_SIZE - 1
 _UID_IN_ISOLATION = re.compile(r"uid and gid (\d+)")
 

@@ -1,4 +1,4 @@
-"""Session workspaces on the host: create, hand to a new uid, remove.
+"""Session workspaces on the host: create, hand to another uid, remove.
 
 When the service runs as root each workspace is its own size- and inode-bounded
 tmpfs, so a session that fills its disk fills only its quota.
@@ -17,6 +17,8 @@ MS_NOSUID = 0x2
 MS_NODEV = 0x4
 # One inode per 16 KiB of quota: many small files are fine, an inode flood is not.
 BYTES_PER_INODE = 16 * 1024
+# Entries re-owned at most when a kept workspace changes uid (see hand_over).
+MAX_HANDED_OVER = 50_000
 
 
 def workspaces_root(state_dir: str) -> str:
@@ -61,14 +63,30 @@ def create(path: str, uid: int | None, quota_mb: int) -> bool:
 
 
 def hand_over(path: str, uid: int) -> None:
-    """Give every file of a kept workspace to the uid of the session's new worker."""
+    """Give the files of a kept workspace to another uid: at most MAX_HANDED_OVER.
+
+    Only when the workspace's own uid cannot be taken back (a process still runs
+    under it); the zygote serves every spawn in turn, so this work is bounded.
+    """
     os.lchown(path, uid, uid)
-    for directory, subdirs, files in os.walk(path, followlinks=False):
-        for name in subdirs + files:
-            try:
-                os.lchown(os.path.join(directory, name), uid, uid)
-            except OSError:
-                continue
+    handed = 0
+    stack = [path]
+    while stack and handed < MAX_HANDED_OVER:
+        try:
+            entries = os.scandir(stack.pop())
+        except OSError:
+            continue
+        with entries:
+            for entry in entries:
+                handed += 1
+                if handed > MAX_HANDED_OVER:
+                    break
+                try:
+                    os.lchown(entry.path, uid, uid)
+                    if entry.is_dir(follow_symlinks=False):
+                        stack.append(entry.path)
+                except OSError:
+                    continue
 
 
 def remove_all(state_dir: str) -> None:

@@ -31,7 +31,6 @@ import gc
 import importlib
 import json
 import os
-import random
 import secrets
 import signal
 import socket
@@ -56,13 +55,10 @@ from sandbox.confine import (
 from sandbox.confine.process import die_with_parent
 from sandbox.errors import ConfinementError
 from sandbox.policy import Policy
+from sandbox.uids import UidAllocator
 from sandbox.worker import run_worker
 
 CONTROL_MESSAGE_MAX = 64 * 1024
-# Per-worker uids come from this range when the service runs as root.  Each new
-# worker gets one no running process uses, so no two live sessions share a uid.
-UID_RANGE_START = 200_000
-UID_RANGE_SIZE = 65_536
 
 
 @dataclass
@@ -90,34 +86,6 @@ class ReadyWorker:
         os.close(self.pidfd)
 
 
-class UidAllocator:
-    def __init__(self) -> None:
-        self._next = random.randrange(UID_RANGE_SIZE)  # noqa: S311 - a start point, not a secret
-
-    def allocate(self) -> int | None:
-        if os.geteuid() != 0:
-            return None
-        busy = _uids_in_use()
-        for _ in range(UID_RANGE_SIZE):
-            uid = UID_RANGE_START + self._next
-            self._next = (self._next + 1) % UID_RANGE_SIZE
-            if uid not in busy:
-                return uid
-        raise RuntimeError("no free uid left in the session range")
-
-
-def _uids_in_use() -> set[int]:
-    uids: set[int] = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            uids.add(os.stat(f"/proc/{entry}").st_uid)
-        except OSError:
-            continue
-    return uids
-
-
 class Zygote:
     def __init__(
         self, policy: Policy, state_dir: str, service_pid: int, cgroup_parent: str, ledger: str
@@ -127,7 +95,7 @@ class Zygote:
         self._cgroup_parent = cgroup_parent
         self._state_dir = state_dir
         self._service_pid = service_pid
-        self._uids = UidAllocator()
+        self._uids = UidAllocator(workspaces.workspaces_root(state_dir))
         self._pool: list[ReadyWorker] = []
         self._executables = tuple(
             path
@@ -196,21 +164,26 @@ class Zygote:
 
     def fork_worker(self, workspace: str | None) -> ReadyWorker:
         """Fork a confined worker; with no ``workspace``, in a new one the ledger lists."""
-        uid = self._uids.allocate()
         quota = self._policy.limits.workspace_mb
         session_key = secrets.token_hex(8)
         created = workspace is None
         if workspace is None:
+            uid = self._uids.allocate()
             # Listed before it exists: no moment of a crash can leave it unlisted.
             workspace = workspaces.new_path(self._state_dir)
             pool_ledger.record(self._state_dir, self._ledger, workspace, session_key)
+        else:
+            # Its own uid back: re-owning every file would hold up every other spawn.
+            uid = self._uids.reclaim(workspace)
+            if uid is None:
+                uid = self._uids.allocate()
+                if uid is not None:
+                    workspaces.hand_over(workspace, uid)
         try:
             if created:
                 bounded = workspaces.create(workspace, uid, quota)
             else:
                 bounded = os.path.ismount(workspace)
-                if uid is not None:
-                    workspaces.hand_over(workspace, uid)
             return self._start_worker(workspace, uid, session_key, bounded)
         except BaseException:
             if created:

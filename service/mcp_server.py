@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Annotated, Any
 from urllib.parse import urlsplit
@@ -31,29 +30,27 @@ from mcp.server.fastmcp import Context, FastMCP
 from mcp.server.fastmcp.exceptions import ToolError
 from mcp.server.session import ServerSession
 from mcp.server.transport_security import TransportSecuritySettings
-from mcp.types import ContentBlock, ImageContent, TextContent, ToolAnnotations
+from mcp.types import ContentBlock, TextContent, ToolAnnotations
 from pydantic import BaseModel, Field
 from starlette.datastructures import Headers
 from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from sandbox import Policy
+from service import mcp_content, workspace_access
 from service.callers import CONVERSATION_HEADER, Caller, caller_for
 from service.deps import authenticate
 from service.errors import ApiError
 from service.registry import SessionRecord, SessionRegistry
 from service.routes import execution, files, sessions
 from service.routes.clients import policy_facts
-from service.schemas import CommandRequest, FileInfo, ReplRequest, WorkspaceEntry
+from service.schemas import CommandRequest, ReplRequest, WorkspaceEntry
 from service.settings import Settings, is_loopback
-from service.workspace_files import UnsafePath, guess_mime
+from service.workspace_files import guess_mime
 
 McpContext = Context[ServerSession, Any, Request]
 Content = list[ContentBlock]
 
-IMAGE_MIMES = frozenset({"image/png", "image/jpeg", "image/gif", "image/webp"})
-MAX_IMAGES = 4
-MAX_IMAGE_BYTES = 4 * 1024 * 1024
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
 
 INSTRUCTIONS = (
@@ -122,39 +119,6 @@ def _text(model: BaseModel | list[Any], exclude: set[str] | None = None) -> Text
     return TextContent(type="text", text=text)
 
 
-def _read_bytes(record: SessionRecord, path: str, cap: int) -> bytes | None:
-    """At most ``cap`` bytes of a workspace file, or None if it is missing or larger."""
-    with files._workspace(record) as workspace:
-        try:
-            fd, info = workspace.open_regular(path)
-        except (UnsafePath, OSError):
-            return None
-    try:
-        if info.st_size > cap:
-            return None
-        chunks = []
-        while data := os.read(fd, files.CHUNK):
-            chunks.append(data)
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
-
-
-def _images(record: SessionRecord, created: list[FileInfo]) -> list[ImageContent]:
-    images: list[ImageContent] = []
-    for info in created:
-        if info.mime not in IMAGE_MIMES or len(images) >= MAX_IMAGES:
-            continue
-        try:
-            data = _read_bytes(record, info.name, MAX_IMAGE_BYTES)
-        except ApiError:  # the workspace is gone: the reply's links say the rest
-            break
-        if data is not None:
-            encoded = base64.b64encode(data).decode()
-            images.append(ImageContent(type="image", data=encoded, mimeType=info.mime))
-    return images
-
-
 async def run_python(
     code: Annotated[str, Field(description="Python source; the last expression's value is shown.")],
     ctx: McpContext,
@@ -172,7 +136,8 @@ async def run_python(
         reply = await execution.run_python(request, body, caller)
     except ApiError as exc:
         raise _tool_error(exc) from None
-    return [_text(reply.model, exclude={"stdout"}), *_images(record, reply.model.files)]
+    images = await mcp_content.images(record, reply.model.files)
+    return [_text(reply.model, exclude={"stdout"}), *images]
 
 
 async def run_command(
@@ -191,7 +156,8 @@ async def run_command(
         reply = await execution.run_command(request, body, caller)
     except ApiError as exc:
         raise _tool_error(exc) from None
-    return [_text(reply.model, exclude={"stdout"}), *_images(record, reply.model.files)]
+    images = await mcp_content.images(record, reply.model.files)
+    return [_text(reply.model, exclude={"stdout"}), *images]
 
 
 async def list_files(ctx: McpContext, session_id: SessionId = None) -> Content:
@@ -207,35 +173,8 @@ async def list_files(ctx: McpContext, session_id: SessionId = None) -> Content:
 async def read_file(path: WorkspacePath, ctx: McpContext, session_id: SessionId = None) -> Content:
     """Read one workspace file: text as text, an image as image content, else a link."""
     request, _, record = await _session(ctx, session_id)
-    policy = record.session.policy
-    try:
-        data = _read_bytes(record, path, max(policy.limits.reply_chars, MAX_IMAGE_BYTES))
-    except ApiError as exc:
-        raise _tool_error(exc) from None
     url = request.app.state.links.url(record.session_id, path)
-    if data is None:
-        raise ToolError(
-            f"{path} is not a file in the workspace, or is too large to return here. "
-            f"List the workspace with list_files, or download it from {url}"
-        )
-    mime = guess_mime(path)
-    if mime in IMAGE_MIMES:
-        image = ImageContent(type="image", data=base64.b64encode(data).decode(), mimeType=mime)
-        return [TextContent(type="text", text=f"{path} ({len(data)} bytes): {url}"), image]
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError:
-        return [
-            TextContent(
-                type="text",
-                text=f"{path} is binary ({len(data)} bytes, {mime}); download it from {url} or "
-                "read it with run_python.",
-            )
-        ]
-    cap = policy.limits.reply_chars
-    if len(text) > cap:
-        text = text[:cap] + f"\n[cut at {cap} characters: read the rest with run_python]"
-    return [TextContent(type="text", text=text)]
+    return await mcp_content.file_content(record, path, url)
 
 
 async def write_file(
@@ -252,26 +191,16 @@ async def write_file(
     except binascii.Error:
         raise ToolError("content is not valid base64; send text with is_base64 false") from None
     try:
-        with files._workspace(record) as workspace:
-            if len(data) > workspace.free_bytes():
-                raise files._quota_exceeded(record)
-            try:
-                fd = workspace.create(path)
-            except UnsafePath:
-                raise files._not_found(path) from None
-            except OSError as exc:
-                raise ApiError(400, f"cannot write {path}: {exc.strerror}", None) from None
-            try:
-                files._write_all(fd, data)
-            except OSError as exc:
-                raise ApiError(400, f"cannot write {path}: {exc.strerror}", None) from None
-            finally:
-                os.close(fd)
+        await workspace_access.write(record, path, _one_chunk(data), len(data))
     except ApiError as exc:
         raise _tool_error(exc) from None
     url = request.app.state.links.url(record.session_id, path)
     entry = WorkspaceEntry(name=path, size=len(data), mime=guess_mime(path), modified=None, url=url)
     return [_text(entry)]
+
+
+async def _one_chunk(data: bytes) -> AsyncIterator[bytes]:
+    yield data
 
 
 async def restart_session(ctx: McpContext, session_id: SessionId = None) -> Content:

@@ -170,7 +170,8 @@ class SessionRegistry:
         while len(self._expired) > EXPIRED_MEMORY:
             self._expired.popitem(last=False)
         await record.session.close()
-        workspaces.remove(record.session.workspace)
+        # Off the loop: a workspace is a tree the session shaped, up to its inode quota.
+        await asyncio.to_thread(workspaces.remove, record.session.workspace)
         if self._retired:
             await self._stop_unused_zygotes()
 

@@ -7,6 +7,13 @@ host file.  Every path is therefore resolved by the kernel with ``openat2`` and
 the workspace or crosses any symlink fails, and a file that is also linked from
 elsewhere (another filesystem, or a second name when the workspace is not its own
 filesystem) is refused.
+
+Nothing here may block on what a session controls: every open is ``O_NONBLOCK`` (a
+FIFO with no reader fails, a file under a lease fails at once instead of stalling
+for the kernel's lease-break time), only regular files are read or written, a read
+stops one byte past its cap whatever size was seen before, and a walk stops after a
+fixed number of entries visited.  The service reaches these through
+``service.workspace_access``, which runs them off the event loop.
 """
 
 from __future__ import annotations
@@ -25,7 +32,12 @@ RESOLVE_NO_SYMLINKS = 0x04
 RESOLVE_BENEATH = 0x08
 _RESOLVE = RESOLVE_BENEATH | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 MAX_LISTED = 1000
+# Entries of every kind a listing may look at (directories count once per component
+# of their path, as opening one resolves each): 30,000 empty directories must not
+# make a listing slow.
+MAX_VISITED = 10_000
 MAX_PATH_CHARS = 1024
+READ_CHUNK = 64 * 1024
 
 
 class _OpenHow(ctypes.Structure):
@@ -34,6 +46,18 @@ class _OpenHow(ctypes.Structure):
 
 class UnsafePath(Exception):
     """The path is malformed, leaves the workspace, or crosses a link."""
+
+
+class NotRegular(UnsafePath):
+    """The path names a FIFO, socket, device or directory: never opened for data."""
+
+
+class FileBusy(Exception):
+    """A process of the session holds a lease on the file; opening it would wait."""
+
+
+class TooLarge(Exception):
+    """The file holds more than the caller's cap (however large it was at first)."""
 
 
 @dataclass(frozen=True)
@@ -88,7 +112,7 @@ class Workspace:
     def _check_regular(self, fd: int, path: str) -> os.stat_result:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
-            raise UnsafePath(path)
+            raise NotRegular(path)
         if info.st_dev != self._device:
             raise UnsafePath(path)
         if info.st_nlink > 1 and not self._own_filesystem:
@@ -104,13 +128,34 @@ class Workspace:
             os.close(fd)
             raise
 
+    def read_capped(self, path: str, cap: int) -> bytes:
+        """The whole of one regular file if it holds at most ``cap`` bytes, else TooLarge.
+
+        The file may grow while it is read (a session appending, or extending a sparse
+        file to gigabytes): at most ``cap + 1`` bytes are ever read, whatever fstat said.
+        """
+        fd, _ = self.open_regular(path)
+        try:
+            chunks: list[bytes] = []
+            left = cap + 1
+            while left > 0 and (data := os.read(fd, min(READ_CHUNK, left))):
+                chunks.append(data)
+                left -= len(data)
+        finally:
+            os.close(fd)
+        if left <= 0:
+            raise TooLarge(path)
+        return b"".join(chunks)
+
     def create(self, path: str) -> int:
         """An fd to write one file, created or truncated, owned by the session's uid."""
         check_relative(path)
         self._make_parents(path)
-        fd = self._open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        fd = self._open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         try:
             self._check_regular(fd, path)
+            # Truncated only once known to be the workspace's own regular file.
+            os.ftruncate(fd, 0)
             os.fchown(fd, self.owner, self.owner)
         except BaseException:
             os.close(fd)
@@ -120,10 +165,16 @@ class Workspace:
     def _open(self, path: str, flags: int, mode: int = 0) -> int:
         try:
             relative = path if path == "." else check_relative(path)
+            if not flags & os.O_PATH:  # openat2 refuses O_PATH with any other flag
+                flags |= os.O_NONBLOCK
             return _openat2(self._fd, relative, flags, mode)
         except OSError as exc:
             if exc.errno in (errno.ELOOP, errno.EXDEV, errno.ENOTDIR, errno.EACCES):
                 raise UnsafePath(path) from None
+            if exc.errno == errno.EWOULDBLOCK:
+                raise FileBusy(path) from None
+            if exc.errno in (errno.ENXIO, errno.ENODEV):  # a FIFO with no reader, a socket
+                raise NotRegular(path) from None
             raise
 
     def _make_parents(self, path: str) -> None:
@@ -165,32 +216,49 @@ class Workspace:
             os.close(dir_fd)
 
     def listing(self) -> list[WorkspaceFile]:
-        """Regular files, recursively, never following a link; at most MAX_LISTED."""
+        """Regular files, recursively, never following a link; at most MAX_LISTED.
+
+        The walk stops after MAX_VISITED entries of any kind, so its cost does not
+        depend on what the session made; a tree larger than that is listed in part.
+        """
         found: list[WorkspaceFile] = []
         stack = [""]
-        while stack and len(found) < MAX_LISTED:
+        visited = 0
+        while stack and len(found) < MAX_LISTED and visited < MAX_VISITED:
             prefix = stack.pop()
+            visited += prefix.count("/") + 1
             try:
                 fd = self._open(prefix or ".", os.O_RDONLY | os.O_DIRECTORY)
-            except (OSError, UnsafePath):
+            except (OSError, UnsafePath, FileBusy):
                 continue
             try:
-                entries = sorted(os.listdir(fd))
-                for name in entries:
-                    relative = f"{prefix}/{name}" if prefix else name
-                    try:
-                        info = os.stat(name, dir_fd=fd, follow_symlinks=False)
-                    except OSError:
-                        continue
-                    if stat.S_ISDIR(info.st_mode):
-                        stack.append(relative)
-                    elif stat.S_ISREG(info.st_mode):
-                        found.append(
-                            WorkspaceFile(relative, info.st_size, guess_mime(name), info.st_mtime)
-                        )
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        visited += 1
+                        if visited > MAX_VISITED or len(found) >= MAX_LISTED:
+                            break
+                        relative = f"{prefix}/{entry.name}" if prefix else entry.name
+                        self._visit(entry, relative, stack, found)
             finally:
                 os.close(fd)
-        return sorted(found, key=lambda f: f.name)[:MAX_LISTED]
+        return sorted(found, key=lambda f: f.name)
+
+    @staticmethod
+    def _visit(
+        entry: os.DirEntry[str], relative: str, stack: list[str], found: list[WorkspaceFile]
+    ) -> None:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                # A deeper path could not be downloaded: check_relative refuses it.
+                if len(relative) < MAX_PATH_CHARS:
+                    stack.append(relative)
+            elif entry.is_file(follow_symlinks=False):
+                info = entry.stat(follow_symlinks=False)
+                found.append(
+                    WorkspaceFile(relative, info.st_size, guess_mime(entry.name), info.st_mtime)
+                )
+        except OSError:
+            return
 
     def free_bytes(self) -> int:
         fd = os.open(".", os.O_RDONLY | os.O_DIRECTORY, dir_fd=self._fd)

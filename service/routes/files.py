@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import contextlib
-import errno
-import os
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Annotated
 from urllib.parse import quote
 
@@ -14,33 +11,19 @@ from fastapi.responses import StreamingResponse
 from starlette.datastructures import UploadFile
 
 from sandbox.protocol import escape_surrogates
+from service import workspace_access
 from service.deps import OwnedSession, Registry
 from service.errors import ApiError
 from service.links import LinkSigner
 from service.registry import SessionRecord
 from service.schemas import ErrorResponse, WorkspaceEntry
-from service.workspace_files import UnsafePath, Workspace, guess_mime
+from service.workspace_access import NOT_FOUND_HINT
+from service.workspace_files import READ_CHUNK, guess_mime
 
 router = APIRouter(tags=["files"])
 _ERRORS: dict[int | str, dict[str, object]] = {
     code: {"model": ErrorResponse} for code in (401, 404, 410, 413, 422)
 }
-CHUNK = 64 * 1024
-_NOT_FOUND_HINT = "List the workspace (GET /sessions/{id}/files) to see which files exist."
-
-
-def _not_found(path: str) -> ApiError:
-    return ApiError(404, f"no such file: {path}", _NOT_FOUND_HINT)
-
-
-@contextlib.contextmanager
-def _workspace(record: SessionRecord) -> Iterator[Workspace]:
-    try:
-        workspace = Workspace(record.session.workspace)
-    except OSError:
-        raise ApiError(410, "the session's workspace is gone", None) from None
-    with workspace:
-        yield workspace
 
 
 def signer(request: Request) -> LinkSigner:
@@ -48,25 +31,13 @@ def signer(request: Request) -> LinkSigner:
     return links
 
 
-def _stream_file(record: SessionRecord, path: str) -> Response:
-    with _workspace(record) as workspace:
-        try:
-            fd, info = workspace.open_regular(path)
-        except (UnsafePath, OSError):
-            raise _not_found(path) from None
-
-    def chunks() -> Iterator[bytes]:
-        try:
-            while data := os.read(fd, CHUNK):
-                yield data
-        finally:
-            os.close(fd)
-
+async def _stream_file(record: SessionRecord, path: str) -> Response:
+    download = await workspace_access.open_download(record, path)
     return StreamingResponse(
-        chunks(),
+        download.chunks(),
         media_type=guess_mime(path),
         headers={
-            "Content-Length": str(info.st_size),
+            "Content-Length": str(download.size),
             "Content-Disposition": content_disposition(path.rsplit("/", 1)[-1]),
             "X-Content-Type-Options": "nosniff",
             # A file a session wrote must never run as a page of this origin.
@@ -95,18 +66,17 @@ def content_disposition(name: str) -> str:
 )
 async def list_files(record: OwnedSession, request: Request) -> list[WorkspaceEntry]:
     links = signer(request)
-    with _workspace(record) as workspace:
-        return [
-            WorkspaceEntry(
-                # A name that is not UTF-8 is listed escaped (its link cannot reach it).
-                name=escape_surrogates(f.name),
-                size=f.size,
-                mime=f.mime,
-                modified=f.modified,
-                url=links.url(record.session_id, f.name),
-            )
-            for f in workspace.listing()
-        ]
+    return [
+        WorkspaceEntry(
+            # A name that is not UTF-8 is listed escaped (its link cannot reach it).
+            name=escape_surrogates(f.name),
+            size=f.size,
+            mime=f.mime,
+            modified=f.modified,
+            url=links.url(record.session_id, f.name),
+        )
+        for f in await workspace_access.listing(record)
+    ]
 
 
 @router.get(
@@ -122,7 +92,7 @@ async def list_files(record: OwnedSession, request: Request) -> list[WorkspaceEn
     },
 )
 async def download_file(record: OwnedSession, path: str) -> Response:
-    return _stream_file(record, path)
+    return await _stream_file(record, path)
 
 
 async def _body_chunks(request: Request) -> AsyncIterator[bytes]:
@@ -132,7 +102,7 @@ async def _body_chunks(request: Request) -> AsyncIterator[bytes]:
         uploads = [value for value in form.values() if isinstance(value, UploadFile)]
         if len(uploads) != 1:
             raise ApiError(400, "send exactly one file part in the multipart body", None)
-        while data := await uploads[0].read(CHUNK):
+        while data := await uploads[0].read(READ_CHUNK):
             yield data
         return
     async for data in request.stream():
@@ -166,29 +136,13 @@ async def _body_chunks(request: Request) -> AsyncIterator[bytes]:
     },
 )
 async def upload_file(record: OwnedSession, path: str, request: Request) -> WorkspaceEntry:
-    size = 0
-    with _workspace(record) as workspace:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > workspace.free_bytes():
-            raise _quota_exceeded(record)
-        try:
-            fd = workspace.create(path)
-        except UnsafePath:
-            raise _not_found(path) from None
-        except OSError as exc:
-            raise ApiError(400, f"cannot write {path}: {exc.strerror}", None) from None
-        try:
-            async for chunk in _body_chunks(request):
-                _write_all(fd, chunk)
-                size += len(chunk)
-        except OSError as exc:
-            if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-                raise ApiError(400, f"cannot write {path}: {exc.strerror}", None) from None
-            with contextlib.suppress(OSError, UnsafePath):
-                workspace.delete(path)
-            raise _quota_exceeded(record) from None
-        finally:
-            os.close(fd)
+    declared = request.headers.get("content-length")
+    size = await workspace_access.write(
+        record,
+        path,
+        _body_chunks(request),
+        int(declared) if declared and declared.isdigit() else None,
+    )
     links = signer(request)
     return WorkspaceEntry(
         name=path,
@@ -196,21 +150,6 @@ async def upload_file(record: OwnedSession, path: str, request: Request) -> Work
         mime=guess_mime(path),
         modified=None,
         url=links.url(record.session_id, path),
-    )
-
-
-def _write_all(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
-
-
-def _quota_exceeded(record: SessionRecord) -> ApiError:
-    quota = record.session.policy.limits.workspace_mb
-    return ApiError(
-        413,
-        f"the upload does not fit in the workspace quota of {quota} MB",
-        "Delete files you no longer need, or upload a smaller file.",
     )
 
 
@@ -223,13 +162,7 @@ def _quota_exceeded(record: SessionRecord) -> ApiError:
     status_code=204,
 )
 async def delete_file(record: OwnedSession, path: str) -> Response:
-    with _workspace(record) as workspace:
-        try:
-            workspace.delete(path)
-        except (UnsafePath, FileNotFoundError, NotADirectoryError):
-            raise _not_found(path) from None
-        except OSError as exc:
-            raise ApiError(400, f"cannot delete {path}: {exc.strerror}", None) from None
+    await workspace_access.delete(record, path)
     return Response(status_code=204)
 
 
@@ -244,8 +177,8 @@ async def signed_file(
 ) -> Response:
     """A signed link: no bearer token, the signature is the credential."""
     if not signer(request).verify(session_id, path, expires, signature):
-        raise ApiError(404, "no such file, or the link expired", _NOT_FOUND_HINT)
+        raise ApiError(404, "no such file, or the link expired", NOT_FOUND_HINT)
     record = registry.find(session_id)
     if record is None:
-        raise ApiError(404, "no such file, or the link expired", _NOT_FOUND_HINT)
-    return _stream_file(record, path)
+        raise ApiError(404, "no such file, or the link expired", NOT_FOUND_HINT)
+    return await _stream_file(record, path)

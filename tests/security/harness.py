@@ -74,6 +74,13 @@ def uid_of(session: Session) -> int:
     return uid
 
 
+def left_of_uid(uid: int, session: Session) -> list[int]:
+    """Pids of ``uid`` other than the session's current worker: what outlived a worker
+    the session replaced (the new one takes its workspace's uid back)."""
+    worker = worker_of(session).pid if session.worker is not None else None
+    return [p.pid for p in processes_of_uid(uid) if p.pid != worker]
+
+
 def others_of_uid(session: Session) -> list[int]:
     """Pids of the session's uid other than its worker, zombies included: what escaped
     the sweep."""

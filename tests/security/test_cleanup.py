@@ -23,6 +23,7 @@ from tests.security.harness import (
     Neighbour,
     assert_a_fresh_session_answers,
     assert_answers,
+    left_of_uid,
     open_session,
     processes_of_uid,
     running_others_of_uid,
@@ -217,7 +218,7 @@ async def test_threads_die_with_a_worker_killed_for_ignoring_the_interrupt(
 
     assert outcome.reply.status == "killed"
     assert outcome.restarted
-    assert processes_of_uid(uid) == []
+    assert left_of_uid(uid, session) == []
     assert psutil.Process(worker_of(session).pid).num_threads() <= 3
     await assert_answers(session)
     await neighbour.assert_intact()

@@ -27,6 +27,7 @@ from tests.security.harness import (
     Neighbour,
     assert_a_fresh_session_answers,
     assert_answers,
+    left_of_uid,
     others_of_uid,
     processes_of_uid,
     uid_of,
@@ -78,7 +79,7 @@ async def test_a_loop_that_refuses_the_interrupt_is_killed_after_the_grace(
     assert elapsed < 0.5 + grace + KILL_SLACK_S
     # The stubborn worker and everything of its uid are gone from the host.
     assert not psutil.pid_exists(old_worker)
-    assert processes_of_uid(old_uid) == []
+    assert left_of_uid(old_uid, session) == []
     assert worker_of(session).pid != old_worker
     await assert_answers(session)
     await neighbour.assert_intact()
@@ -417,6 +418,6 @@ async def test_a_child_that_outlives_its_killed_worker_is_gone_with_it(
     assert outcome.reply.status == "killed"
     assert outcome.restarted
     await asyncio.sleep(0)
-    assert processes_of_uid(uid) == []
+    assert left_of_uid(uid, session) == []
     await assert_answers(session)
     await neighbour.assert_intact()

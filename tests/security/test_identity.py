@@ -20,7 +20,7 @@ import psutil
 import pytest
 
 from sandbox import Session, ZygoteClient
-from sandbox.zygote import UID_RANGE_SIZE, UID_RANGE_START
+from sandbox.uids import UID_RANGE_SIZE, UID_RANGE_START
 from tests.security.harness import Neighbour, assert_answers, uid_of, worker_of
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack, pytest.mark.timeout(30)]
