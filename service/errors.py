@@ -5,12 +5,14 @@ and once to MCP (service/mcp_server.py).  Each has a stable ``code`` clients bra
     ├── Unauthorized                 unauthorized          401
     ├── BadRequest                   bad_request           400
     │   └── InvalidRequest           validation_error      422
+    │   └── FileBusy                 file_busy             400
     ├── NotFound                     not_found             404
     │   ├── SessionNotFound          session_not_found     404
     │   └── FileNotFound             file_not_found        404
     ├── SessionExpired               session_expired       410
     ├── TooLarge                     body_too_large        413
-    │   └── WorkspaceFull            workspace_full        413
+    │   ├── WorkspaceFull            workspace_full        413
+    │   └── FileTooLarge             file_too_large        413
     ├── Refused (Retry-After)
     │   ├── RateLimited              rate_limited          429
     │   ├── QuotaExceeded            quota_exceeded        429
@@ -55,6 +57,12 @@ class InvalidRequest(BadRequest):
     code = "validation_error"
 
 
+class FileBusy(BadRequest):
+    """A file of the workspace is under a lease its session holds."""
+
+    code = "file_busy"
+
+
 class NotFound(ServiceError):
     code = "not_found"
 
@@ -77,6 +85,12 @@ class TooLarge(ServiceError):
 
 class WorkspaceFull(TooLarge):
     code = "workspace_full"
+
+
+class FileTooLarge(TooLarge):
+    """A workspace file is larger than what this route returns."""
+
+    code = "file_too_large"
 
 
 class Refused(ServiceError):

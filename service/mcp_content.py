@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import base64
 
-from mcp.server.fastmcp.exceptions import ToolError
 from mcp.types import ContentBlock, ImageContent, TextContent
 
 from service import workspace_access
-from service.errors import ApiError
+from service.errors import NotFound, ServiceError, SessionExpired, TooLarge
+from service.mcp_errors import tool_error
 from service.registry import SessionRecord
 from service.schemas import FileInfo
 from service.workspace_files import guess_mime
@@ -30,9 +30,9 @@ async def images(record: SessionRecord, created: list[FileInfo]) -> list[ImageCo
             continue
         try:
             data = await workspace_access.read_capped(record, info.name, MAX_IMAGE_BYTES)
-        except ApiError as exc:
-            if exc.status_code == 410:  # the workspace is gone: the reply's links say the rest
-                break
+        except SessionExpired:  # the workspace is gone: the reply's links say the rest
+            break
+        except ServiceError:
             continue
         encoded = base64.b64encode(data).decode()
         found.append(ImageContent(type="image", data=encoded, mimeType=info.mime))
@@ -44,11 +44,11 @@ async def file_content(record: SessionRecord, path: str, url: str) -> list[Conte
     reply_chars = record.session.policy.limits.reply_chars
     try:
         data = await workspace_access.read_capped(record, path, max(reply_chars, MAX_IMAGE_BYTES))
-    except ApiError as exc:
-        suggestion = exc.suggestion
-        if exc.status_code in (404, 413):
-            suggestion = f"List the workspace with list_files, or download it from {url}"
-        raise ToolError(" ".join(part for part in (exc.error + ".", suggestion) if part)) from None
+    except (NotFound, TooLarge) as exc:
+        exc.suggestion = f"List the workspace with list_files, or download it from {url}"
+        raise tool_error(exc) from None
+    except ServiceError as exc:
+        raise tool_error(exc) from None
     mime = guess_mime(path)
     if mime in IMAGE_MIMES:
         image = ImageContent(type="image", data=base64.b64encode(data).decode(), mimeType=mime)

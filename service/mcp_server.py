@@ -40,7 +40,8 @@ from sandbox import Policy
 from service import mcp_content, workspace_access
 from service.callers import CONVERSATION_HEADER, Caller, caller_for
 from service.deps import authenticate
-from service.errors import ApiError
+from service.errors import QuotaExceeded, ServiceError
+from service.mcp_errors import tool_error
 from service.registry import SessionRecord, SessionRegistry
 from service.routes import execution, files, sessions
 from service.routes.clients import policy_facts
@@ -102,13 +103,9 @@ async def _session(
     try:
         caller = caller_for(tenant, request.headers.get(CONVERSATION_HEADER))
         record = await registry.resolve(caller, session_id, key)
-    except ApiError as exc:
-        raise _tool_error(exc) from None
+    except ServiceError as exc:
+        raise tool_error(exc) from None
     return request, caller, record
-
-
-def _tool_error(exc: ApiError) -> ToolError:
-    return ToolError(" ".join(part for part in (exc.error + ".", exc.suggestion) if part))
 
 
 def _text(model: BaseModel | list[Any], exclude: set[str] | None = None) -> TextContent:
@@ -134,8 +131,8 @@ async def run_python(
     body = ReplRequest(code=code, session_id=record.session_id, timeout=timeout)
     try:
         reply = await execution.run_python(request, body, caller)
-    except ApiError as exc:
-        raise _tool_error(exc) from None
+    except ServiceError as exc:
+        raise tool_error(exc) from None
     images = await mcp_content.images(record, reply.model.files)
     return [_text(reply.model, exclude={"stdout"}), *images]
 
@@ -154,8 +151,8 @@ async def run_command(
     body = CommandRequest(command=command, session_id=record.session_id, timeout=timeout)
     try:
         reply = await execution.run_command(request, body, caller)
-    except ApiError as exc:
-        raise _tool_error(exc) from None
+    except ServiceError as exc:
+        raise tool_error(exc) from None
     images = await mcp_content.images(record, reply.model.files)
     return [_text(reply.model, exclude={"stdout"}), *images]
 
@@ -165,8 +162,8 @@ async def list_files(ctx: McpContext, session_id: SessionId = None) -> Content:
     request, _, record = await _session(ctx, session_id)
     try:
         entries = await files.list_files(record, request)
-    except ApiError as exc:
-        raise _tool_error(exc) from None
+    except ServiceError as exc:
+        raise tool_error(exc) from None
     return [_text(entries)]
 
 
@@ -192,8 +189,8 @@ async def write_file(
         raise ToolError("content is not valid base64; send text with is_base64 false") from None
     try:
         await workspace_access.write(record, path, _one_chunk(data), len(data))
-    except ApiError as exc:
-        raise _tool_error(exc) from None
+    except ServiceError as exc:
+        raise tool_error(exc) from None
     url = request.app.state.links.url(record.session_id, path)
     entry = WorkspaceEntry(name=path, size=len(data), mime=guess_mime(path), modified=None, url=url)
     return [_text(entry)]
@@ -208,8 +205,8 @@ async def restart_session(ctx: McpContext, session_id: SessionId = None) -> Cont
     _, _, record = await _session(ctx, session_id)
     try:
         info = await sessions.restart_session(record)
-    except ApiError as exc:
-        raise _tool_error(exc) from None
+    except ServiceError as exc:
+        raise tool_error(exc) from None
     return [_text(info)]
 
 
@@ -321,19 +318,18 @@ class McpEndpoint:
     def _admit_opening(self, tenant: str) -> None:
         held = len(self._open_sessions(tenant)) + self._opening.get(tenant, 0)
         if held >= self._per_tenant:
-            raise ApiError(
-                429,
+            raise QuotaExceeded(
                 f"this tenant has {held} MCP sessions open, the most it may hold "
                 f"({self._per_tenant})",
                 "End one you no longer use (DELETE /mcp with its Mcp-Session-Id header), or "
                 f"wait for an idle one to expire ({self._idle_ttl_s:g} s).",
-                headers={"Retry-After": "60"},
+                retry_after_s=60,
             )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         state = scope["app"].state
         headers = Headers(scope=scope)
-        # An ApiError (401, 429) reaches the app's handler: the same body, headers, metrics.
+        # A ServiceError (401, 429) reaches the app's handler: the same body, headers, metrics.
         tenant = authenticate(state.tokens, headers.get("authorization"))
         state.quotas.admit_request(tenant)
         scope["user"] = AuthenticatedUser(

@@ -173,10 +173,16 @@ class ErrorResponse(BaseModel):
                 {
                     "error": "no such session",
                     "suggestion": "Omit session_id to use your implicit session.",
+                    "code": "session_not_found",
                 }
             ]
         }
     )
 
-    error: str
-    suggestion: str | None = None
+    error: str = Field(description="What went wrong, in a sentence.")
+    suggestion: str | None = Field(None, description="What to do next.")
+    code: str = Field(
+        description="A stable name to branch on: session_not_found, session_expired, "
+        "session_busy, rate_limited, quota_exceeded, body_too_large, validation_error, "
+        "unauthorized, sandbox_unavailable, file_not_found, workspace_full, ..."
+    )

@@ -21,7 +21,15 @@ from typing import TypeVar
 import anyio
 import anyio.to_thread
 
-from service.errors import ApiError
+from service import errors
+from service.errors import (
+    BadRequest,
+    FileNotFound,
+    FileTooLarge,
+    ServiceError,
+    SessionExpired,
+    WorkspaceFull,
+)
 from service.registry import SessionRecord
 from service.workspace_files import (
     READ_CHUNK,
@@ -47,26 +55,25 @@ _limiters: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, anyio.CapacityLi
 )
 
 
-def not_found(path: str) -> ApiError:
-    return ApiError(404, f"no such file: {path}", NOT_FOUND_HINT)
+def not_found(path: str) -> FileNotFound:
+    return FileNotFound(f"no such file: {path}", NOT_FOUND_HINT)
 
 
-def quota_exceeded(record: SessionRecord) -> ApiError:
+def quota_exceeded(record: SessionRecord) -> WorkspaceFull:
     quota = record.session.policy.limits.workspace_mb
-    return ApiError(
-        413,
+    return WorkspaceFull(
         f"the upload does not fit in the workspace quota of {quota} MB",
         "Delete files you no longer need, or upload a smaller file.",
     )
 
 
-def _not_regular(path: str) -> ApiError:
+def _not_regular(path: str) -> ServiceError:
     error = f"{path} is not a regular file (a FIFO, socket or device)"
-    return ApiError(404, error, _NOT_REGULAR_HINT)
+    return FileNotFound(error, _NOT_REGULAR_HINT)
 
 
-def _busy(path: str, action: str) -> ApiError:
-    return ApiError(400, f"cannot {action} {path}: the file is under a lease", _BUSY_HINT)
+def _busy(path: str, action: str) -> ServiceError:
+    return errors.FileBusy(f"cannot {action} {path}: the file is under a lease", _BUSY_HINT)
 
 
 async def _off_loop(work: Callable[[], T]) -> T:
@@ -82,7 +89,7 @@ def _opened(record: SessionRecord) -> Iterator[Workspace]:
     try:
         workspace = Workspace(record.session.workspace)
     except OSError:
-        raise ApiError(410, "the session's workspace is gone", None) from None
+        raise SessionExpired("the session's workspace is gone") from None
     with workspace:
         yield workspace
 
@@ -109,7 +116,7 @@ async def read_capped(record: SessionRecord, path: str, cap: int) -> bytes:
             except FileBusy:
                 raise _busy(path, "read") from None
             except TooLarge:
-                raise ApiError(413, f"{path} is larger than {cap} bytes", None) from None
+                raise FileTooLarge(f"{path} is larger than {cap} bytes") from None
 
     return await _off_loop(read)
 
@@ -183,8 +190,8 @@ async def write(
         raise _busy(path, "write") from None
     except OSError as exc:
         if exc.filename == record.session.workspace:
-            raise ApiError(410, "the session's workspace is gone", None) from None
-        raise ApiError(400, f"cannot write {path}: {exc.strerror}", None) from None
+            raise SessionExpired("the session's workspace is gone") from None
+        raise BadRequest(f"cannot write {path}: {exc.strerror}") from None
     size = 0
     try:
         async for chunk in chunks:
@@ -192,7 +199,7 @@ async def write(
             size += len(chunk)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
-            raise ApiError(400, f"cannot write {path}: {exc.strerror}", None) from None
+            raise BadRequest(f"cannot write {path}: {exc.strerror}") from None
         with contextlib.suppress(OSError, UnsafePath):
             await _off_loop(lambda: workspace.delete(path))
         raise quota_exceeded(record) from None
@@ -216,6 +223,6 @@ async def delete(record: SessionRecord, path: str) -> None:
             except (UnsafePath, FileNotFoundError, NotADirectoryError):
                 raise not_found(path) from None
             except OSError as exc:
-                raise ApiError(400, f"cannot delete {path}: {exc.strerror}", None) from None
+                raise BadRequest(f"cannot delete {path}: {exc.strerror}") from None
 
     await _off_loop(remove)

@@ -13,7 +13,7 @@ from starlette.datastructures import UploadFile
 from sandbox.protocol import escape_surrogates
 from service import workspace_access
 from service.deps import OwnedSession, Registry
-from service.errors import ApiError
+from service.errors import BadRequest, FileNotFound
 from service.links import LinkSigner
 from service.registry import SessionRecord
 from service.schemas import ErrorResponse, WorkspaceEntry
@@ -101,7 +101,7 @@ async def _body_chunks(request: Request) -> AsyncIterator[bytes]:
         form = await request.form()
         uploads = [value for value in form.values() if isinstance(value, UploadFile)]
         if len(uploads) != 1:
-            raise ApiError(400, "send exactly one file part in the multipart body", None)
+            raise BadRequest("send exactly one file part in the multipart body")
         while data := await uploads[0].read(READ_CHUNK):
             yield data
         return
@@ -177,8 +177,8 @@ async def signed_file(
 ) -> Response:
     """A signed link: no bearer token, the signature is the credential."""
     if not signer(request).verify(session_id, path, expires, signature):
-        raise ApiError(404, "no such file, or the link expired", NOT_FOUND_HINT)
+        raise FileNotFound("no such file, or the link expired", NOT_FOUND_HINT)
     record = registry.find(session_id)
     if record is None:
-        raise ApiError(404, "no such file, or the link expired", NOT_FOUND_HINT)
+        raise FileNotFound("no such file, or the link expired", NOT_FOUND_HINT)
     return await _stream_file(record, path)

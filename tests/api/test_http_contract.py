@@ -82,7 +82,7 @@ def test_explicit_session_lifecycle(client: httpx.Client) -> None:
     assert client.delete(f"/sessions/{session_id}").status_code == 204
     after = client.post("/repl", json={"code": "1", "session_id": session_id})
     assert after.status_code == 410
-    assert set(after.json()) == {"error", "suggestion"}
+    assert set(after.json()) == {"error", "suggestion", "code"}
 
 
 def test_unknown_session_is_404_with_json_error(client: httpx.Client) -> None:

@@ -76,7 +76,9 @@ def assert_clean_error(response: httpx.Response, *statuses: int) -> dict[str, An
         assert sign not in response.text, response.text[:2000]
     assert response.headers["content-type"].startswith("application/json")
     body: dict[str, Any] = response.json()
-    assert set(body) == {"error", "suggestion"}, body
+    assert set(body) == {"error", "suggestion", "code"}, body
+    assert isinstance(body["code"], str)
+    assert body["code"]
     assert isinstance(body["error"], str)
     assert body["error"]
     assert body["suggestion"] is None or isinstance(body["suggestion"], str)
