@@ -2,7 +2,7 @@
 # CodeSherpa image: the service, its zygote, and the data-science stack the policies
 # preload (numpy, pandas, matplotlib).  One service process per container: sessions
 # live in its memory.  What holds inside a default container, and what the compose file
-# and the Kubernetes manifests do about the rest: README, "Deploy with Docker".
+# and the Kubernetes manifests do about the rest: docs/deploy.md, "Inside a container".
 #
 #   docker build -t codesherpa .
 #

@@ -1,4 +1,4 @@
-"""The targets of issue 7, judged on one run's figures, and the table that shows them."""
+"""The benchmark's targets (docs/benchmark.md), judged on one run's figures, and their table."""
 
 from __future__ import annotations
 

@@ -1,18 +1,11 @@
 """Put a session that keeps a core busy behind the rest, and keep one core free of it.
 
-Measured on 2 cores (Linux 6.18, HZ=250, PREEMPT(none)): once one session keeps every
-core busy (four spinning processes do, and so does a fork bomb), a task that wakes waits
-for the next scheduler tick, 4 ms, and a neighbour's p99 went from 1.2 ms to 4-6 ms.
-The session's one-CPU quota does not prevent that: the session spends its quota on
-every core at once, then is throttled.  Neither did a weight of 2 against 1024, a 10 ms
-period, nor a 0.1 ms time slice for the neighbour's worker.
-
-A single busy process delays its neighbours too, if less often: the benchmark's
-CPU-burn neighbour p99 was 0.8 to 3.7 times idle from run to run.  A sched_switch trace
-showed how: a neighbour's worker, woken on the core where it last ran while the burner
-ran there and the service held the other, waited out the burner's slice to the next
-tick (2.3 to 4.9 ms), and the service itself waited as long whenever a kernel thread
-took the other core.
+Once one session keeps every core busy (a busy process per core, a fork bomb), a task
+that wakes waits for the next scheduler tick.  The session's one-CPU quota does not
+prevent that: the session spends its quota on every core at once, then is throttled.
+A single busy process delays its neighbours too, if less often: a neighbour's worker
+woken on the burner's core waits out the burner's slice while the service holds the
+other core.  The traces and figures behind each step are in docs/cpu-scheduling.md.
 
 So while a session runs, or has processes besides its worker (a run may leave some
 running), its group's counters are read every ``CHECK_INTERVAL_S``, from the end of
@@ -25,19 +18,15 @@ the kernel places a woken task.  While a held session has as many runnable threa
 the service has cores, the sessions' parent group is idle too (``HeldSessions``); one
 held for less is looked at every interval for whether it now fills them.  A
 held session still gets what CPU nobody else wants: alone on the host, it runs as fast.
-Holding the single burner took the neighbour's p99 to 1.0-1.5 times idle (4 runs, against
-0.8-3.6 without).
 
-Each step closed a wait that a sched_switch trace of the diagnostic harness showed
-(800 neighbour runs beside a fork bomb, p99; idle 0.9-1.7 ms):
-  1. With the cpuset alone (3.4-5.9 ms), a neighbour's worker that last ran on the held
-     core was woken there and waited 1-4.5 ms for the bomb's task to finish its slice.
-     A task of a sibling group preempts an idle group's task on wakeup (1.4-4.7 ms).
-  2. The service, woken on that core, did not: the kernel compares a task outside the
-     sessions' parent group with the parent, not with the idle group inside it.  Any
-     task preempts a SCHED_IDLE one (1.5-4.4 ms).
-  3. The service then lost the core to the parent group once its own 0.1 ms slice was
-     used.  An idle parent yields to every task outside it (1.6-2.2 ms, 3 runs).
+Each step closes a way to wait:
+  1. A neighbour's worker that last ran on the held core is woken there: a task of a
+     sibling group preempts an idle group's task on wakeup.
+  2. The service, woken on that core, would not preempt a group that is idle only
+     among its siblings: the kernel compares a task outside the sessions' parent group
+     with the parent.  Any task preempts a SCHED_IDLE one.
+  3. The service would still lose the core to the parent group once its own short
+     slice was used.  An idle parent yields to every task outside it.
 
 The session gets every core and its weight back once it uses less than
 ``RELEASE_BELOW_CPUS`` over ``RELEASE_WINDOW_S``, even after its run has ended; the long
@@ -81,8 +70,7 @@ class HeldSessions:
     demote_all_sessions).  Only while a held session would still fill every core,
     because an idle parent makes every core that runs only session code look free to
     the scheduler, and a woken neighbour's worker placed beside a busy sibling that is
-    not held waits out that sibling's slice: with the parent idle all the time, the
-    CPU-burn neighbour's p99 rose to 3.9 times idle in a bench run.  A session that
+    not held waits out that sibling's slice (docs/cpu-scheduling.md).  A session that
     stays busy stays held, so CoreWatch counts it here only while it has as many
     runnable threads as the service has cores.
     """

@@ -84,10 +84,10 @@ def _compile_expression(source: str, filename: str, flags: int) -> types.CodeTyp
     """The cell's code if the whole cell is one expression, else None.
 
     Compiled straight from the source: going through ``ast.parse`` builds the tree as
-    Python objects and ``compile`` converts it back, which took two thirds of the
-    executor's time for a trivial cell (cProfile: 34 of 50 us).  Exec mode refuses an
-    indented first line that eval mode would strip, so such a cell takes the statement
-    path and fails there as it always did.
+    Python objects and ``compile`` converts it back, most of the executor's time for a
+    trivial cell (figures: docs/decisions.md).  Exec mode refuses an indented first
+    line that eval mode would strip, so such a cell takes the statement path and fails
+    there as it always did.
     """
     if not source or source[0].isspace():
         return None

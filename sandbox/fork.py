@@ -6,8 +6,8 @@ rebuilds its thread table, ``logging`` and ``concurrent.futures`` make new locks
 ``random`` reseeds.  That repair is for a process that forked while another thread
 held a lock.  The zygote has one thread, and so has the intermediate process it forks,
 so there is nothing to repair; but the hooks' Python code touches objects spread over
-the pages a fork shares with the zygote, and each touched page is copied: about
-0.3 MB more private memory per worker (measured with the zygote's preload).
+the pages a fork shares with the zygote, and each touched page is copied into the
+worker's private memory (figures: docs/decisions.md).
 
 ``fork()`` therefore calls libc's fork directly, holding the GIL, when the calling
 process has a single thread, and falls back to ``os.fork()`` otherwise.  What the
@@ -16,12 +16,12 @@ before it runs user code: a new seed for ``random`` and for NumPy's global gener
 (which ``os.fork()`` did not reseed either, so every session drew the same numbers),
 and the hooks that the preload modules registered, less their lock re-inits.
 
-NumPy's own ``seed()`` runs enough of NumPy to copy 0.2 to 0.5 MB of shared pages,
-so the worker writes fresh key words straight into the generator's state instead,
-through the address NumPy publishes (``BitGenerator.ctypes.state_address``).  The
-zygote first checks, on a scratch generator, that the state NumPy's API sets reads
-back from that address as the key words and the position; if not, or if the global
-generator holds a spare Gaussian, the worker calls ``seed()``.
+NumPy's own ``seed()`` runs enough of NumPy to copy many shared pages, so the worker
+writes fresh key words straight into the generator's state instead, through the
+address NumPy publishes (``BitGenerator.ctypes.state_address``).  The zygote first
+checks, on a scratch generator, that the state NumPy's API sets reads back from that
+address as the key words and the position; if not, or if the global generator holds a
+spare Gaussian, the worker calls ``seed()``.
 """
 
 from __future__ import annotations

@@ -1,9 +1,8 @@
 """Let a request preempt session code: the service's time slice, and the sessions' default.
 
-Linux's EEVDF scheduler lets a running task finish its slice (1.4 ms on two cores
-here) before a task that has just woken may take its CPU.  A session burning CPU
-would therefore hold every request that wakes the service on its core for up to a
-slice: the benchmark's neighbour p99 went from 1.1 ms to 3-4 ms beside one CPU burner.
+Linux's EEVDF scheduler lets a running task finish its slice before a task that has
+just woken may take its CPU.  A session burning CPU would therefore hold every request
+that wakes the service on its core for up to a slice (docs/cpu-scheduling.md).
 Since Linux 6.12 a SCHED_OTHER task may ask for a shorter slice (``sched_runtime`` of
 ``sched_setattr``), and a woken task with a shorter slice preempts at once.  Its share
 of the CPU does not change, only how soon it runs.
@@ -12,10 +11,9 @@ The service's threads take the short slice (``use_short_slice``); the zygote, wh
 the service starts and which inherits it, goes back to the kernel's default
 (``use_default_slice``) before it forks any worker, so session code never gains the
 same head start.  SCHED_FLAG_RESET_ON_FORK would do that in one step, but a task
-holding that flag did not preempt the burner at all on Linux 6.18 (measured: p99
-3.4x idle with it, 0.85x without).  Older kernels accept and ignore ``sched_runtime``;
-a kernel or seccomp profile that refuses the call leaves the default, and the caller
-logs what happened.
+holding that flag did not preempt the burner at all on Linux 6.18.  Older kernels
+accept and ignore ``sched_runtime``; a kernel or seccomp profile that refuses the call
+leaves the default, and the caller logs what happened.
 """
 
 from __future__ import annotations

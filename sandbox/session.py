@@ -169,8 +169,8 @@ class Session:
     async def _acquire_run_lock(self, wait_s: float | None) -> None:
         """Take the run lock, or raise WorkerBusy after ``wait_s`` (None: no limit).
 
-        A free lock nobody queues for is taken at once, without the timer: a timeout's
-        timer cost a trivial run's service about 4% of its CPU (py-spy, 8 sessions).
+        A free lock nobody queues for is taken at once, without the timer, which costs
+        a trivial run a measurable share of its CPU (docs/decisions.md).
         Every caller that may wait is counted, so "free" is exact: an unlocked lock
         can still have a waiter, woken but not yet run, that a new caller would queue
         behind with no timeout.

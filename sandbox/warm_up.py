@@ -4,8 +4,7 @@ CPython 3.11 rewrites a function's bytecode in place once it has run a few times
 specialising interpreter of PEP 659), and the compiler, pydantic-core and the codecs
 fill caches the first time they are used.  Done in a worker, each of those writes
 copies a page the worker shares with the zygote; done here once, before the fork, the
-pages stay shared.  Measured on the benchmark's idle sessions (30 sessions, 3 rounds,
-side by side): 0.1 to 0.24 MB less private memory per session.
+pages stay shared (what that saves per idle session: docs/decisions.md).
 
 Only code whose effects stay within its own objects runs here: no descriptor is
 redirected, no thread started, no child reaped, and the cells it runs leave nothing in

@@ -42,11 +42,10 @@ class AuditLog:
 
     Inside an event loop a run's line is written once the loop has finished the step
     that recorded it, which sends that run's reply first; the lines recorded in one
-    step go out in one write.  py-spy on the service under the benchmark put writing
-    the line (hash, timestamp, encoding, write and flush) at the top of the service's
-    own functions, 8% of its CPU per trivial run, all of it before the reply.  A line
-    is lost only if the process dies within that step.  Outside a loop (a script, a
-    test) each line is written at once.
+    step go out in one write.  Writing a line (hash, timestamp, encoding, write and
+    flush) is a large share of the service's own work for a run (docs/decisions.md), and
+    the client should not wait for it.  A line is lost only if the process dies within
+    that step.  Outside a loop (a script, a test) each line is written at once.
     """
 
     def __init__(self, destination: str) -> None:
@@ -136,8 +135,8 @@ class AuditLog:
             "denied_rule": fields["denied_rule"],
             "policy": fields["policy"],
         }
-        # pydantic-core's encoder, compact like json.dumps with tight separators,
-        # costs a third of it (measured: 1 against 3 microseconds per line).
+        # pydantic-core's encoder: compact like json.dumps with tight separators, and
+        # faster (docs/decisions.md).
         line = to_json(entry).decode()
         if not line.isascii():
             # Escaped, so that the line can be written whatever the stream's encoding

@@ -1,8 +1,8 @@
 """Log a storm of the same failure as one line every few seconds, with a count of the rest.
 
 When descriptors run out, asyncio's accept loop reports EMFILE once per accept it
-tries (up to the listen backlog each loop iteration, a traceback each): 400,000 records
-and 180 MB of log in 30 s were measured.  uvloop reports the same failure under another
+tries (up to the listen backlog each loop iteration, a traceback each), hundreds of
+megabytes a minute (docs/decisions.md).  uvloop reports the same failure under another
 message.  Both go through the event loop's exception handler to the ``asyncio`` logger
 with the ``OSError`` attached, so the filter recognises the errno rather than a message.
 """

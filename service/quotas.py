@@ -22,9 +22,8 @@ class RequestDrivenMemoryStorage(MemoryStorage):
 
     MemoryStorage starts a ``threading.Timer`` 10 ms after any hit that finds none
     running, so up to 100 threads a second while requests flow, each started with the
-    event loop waiting for it and then contending for the GIL.  Measured side by side
-    (two services, requests alternating): 110-140 us more service CPU per trivial /repl
-    at 400 requests a second per service, and 60-110 us more p50.
+    event loop waiting for it and then contending for the GIL: a measurable share of a
+    trivial /repl's CPU and latency (docs/decisions.md).
 
     The moving window never needs the expiry to be right: a hit compares the entry
     ``limit`` places back with the window.  Expiry only bounds memory, so here it

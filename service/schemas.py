@@ -1,4 +1,4 @@
-"""Request and reply bodies of the HTTP contract (spec/API.md)."""
+"""Request and reply bodies of the HTTP contract (docs/api.md)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """Confinement: the kernel layers that hold a session worker in.
 
-Applied in the worker, before any user code, in this order (see DESIGN.md); the
+Applied in the worker, before any user code, in this order (SECURITY.md); the
 cgroup is made and entered by the intermediate process before the worker starts:
 
 1. process      own session and group, child subreaper, dies with the service
@@ -59,7 +59,7 @@ def cgroup_for_worker(spec: WorkerSpec, pid: int) -> LayerStatus | None:
     starts: the cgroup layer, applied from outside.
 
     The worker's own memory stays as the zygote left it: the layer's Python work (mount
-    tables, paths, files) copied 0.8 MB of shared pages when the worker did it itself.
+    tables, paths, files) copied shared pages when the worker did it itself.
     None when the policy does not want the layer.
     """
     if "cgroup" not in spec.policy.isolation.wanted():

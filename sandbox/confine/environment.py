@@ -40,8 +40,8 @@ def _replace_environment(home: str) -> None:
 def prepare() -> None:
     """In the zygote, once it needs its own environment no more: the sessions' one.
 
-    Replacing ``os.environ`` runs enough of ``os.py`` to copy about 0.4 MB of shared
-    pages in a fork (measured); done here, a worker only sets its HOME.
+    Replacing ``os.environ`` runs enough of ``os.py`` to copy shared pages in a fork;
+    done here, a worker only sets its HOME.
     """
     _replace_environment("/")
     _Prepared.environment = True

@@ -55,7 +55,7 @@ DEVICE_LINKS = {
 PRIVATE_TMP_MB = 64
 
 _libc = ctypes.CDLL(None, use_errno=True)
-# Bound here, in the zygote: looked up in a fork, each copies shared pages (0.15 MB).
+# Bound here, in the zygote: looked up in a fork, each copies shared pages.
 _unshare = _libc.unshare
 _mount = _libc.mount
 _sethostname = _libc.sethostname

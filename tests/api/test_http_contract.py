@@ -1,4 +1,4 @@
-"""The HTTP contract of spec/API.md, through a real service process."""
+"""The HTTP contract of docs/api.md, through a real service process."""
 
 from __future__ import annotations
 

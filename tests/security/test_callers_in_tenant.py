@@ -1,6 +1,6 @@
-"""Callers inside one tenant, against a real service (THREATS.md: "Inside one tenant,
-callers (users, ChatGPT conversations) cannot reach each other's sessions"; API.md "Who
-sees a session").
+"""Callers inside one tenant, against a real service (the threat "Inside one
+tenant, callers (users, ChatGPT conversations) cannot reach each other's sessions";
+docs/api.md, "Who sees a session").
 
 One GPT Action key is one tenant for every ChatGPT user of the action: what tells them
 apart is the ``openai-conversation-id`` header.  Conversation A makes a session (with

@@ -1,4 +1,4 @@
-"""Attacks of the class *cleanup* (THREATS.md, guarantee 6).
+"""Attacks of the class *cleanup* (SECURITY.md, guarantee 6).
 
 User code tries to leave something behind: background jobs through the command line
 (``&``, ``nohup``, ``setsid``, launchers), detached children of the REPL, zombies that

@@ -1,4 +1,4 @@
-"""Command-policy bypass attempts (THREATS.md class "command-policy bypass: `;`, `&&`,
+"""Command-policy bypass attempts (the attack class "command-policy bypass: `;`, `&&`,
 `|`, `$(…)`, backticks, newlines, env prefixes, launchers such as `sh -c`, `env`,
 `xargs`, `find -exec`, and `subprocess` from the REPL").
 

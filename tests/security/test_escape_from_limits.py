@@ -1,4 +1,4 @@
-"""Attacks of the class *escape from limits* (THREATS.md, guarantees 6 and 7).
+"""Attacks of the class *escape from limits* (SECURITY.md, guarantees 6 and 7).
 
 User code that knows the limits tries to outlive or outgrow them: loops that ignore,
 block or swallow the interrupt, raising its own rlimits, leaving its cgroup or

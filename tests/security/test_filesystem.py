@@ -1,5 +1,5 @@
-"""Filesystem attacks from a real worker (THREATS.md class "filesystem", and the
-"other tenants and sessions" guarantee: no shared files, tmp or shm).
+"""Filesystem attacks from a real worker (the attack class "filesystem", and
+SECURITY.md guarantee 3: no shared files, tmp or shm).
 
 Every attack runs inside a confined session; the test then looks at the *host* for
 its effect: a file that must not exist, a secret that must not appear in any field of

@@ -1,4 +1,4 @@
-"""HTTP abuse against a real service process (THREATS.md class "HTTP abuse: huge
+"""HTTP abuse against a real service process (the attack class "HTTP abuse: huge
 bodies, deep JSON, wrong types, path traversal, session-id guessing, cross-tenant
 access, floods of sessions and requests", and guarantee 2: the service keeps
 answering, never crashes, never shows a traceback).

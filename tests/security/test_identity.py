@@ -1,4 +1,4 @@
-"""Attacks of the class *identity* (THREATS.md, guarantees 1, 2 and 3).
+"""Attacks of the class *identity* (SECURITY.md, guarantees 1, 2 and 3).
 
 User code tries to become someone else or to reach processes that are not its own:
 ``setuid(0)`` and friends, capabilities, ``ptrace`` and ``process_vm_readv``, signals

@@ -1,4 +1,4 @@
-"""Network attacks from a real worker with the network off (THREATS.md class "network:
+"""Network attacks from a real worker with the network off (the attack class "network:
 TCP to loopback services, UDP/DNS, AF_NETLINK, AF_VSOCK", and guarantee 5: no packet
 leaves the sandbox, unix and abstract sockets to the host included).
 

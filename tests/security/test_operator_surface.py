@@ -1,7 +1,7 @@
-"""What the service tells outsiders, and the files it keeps (THREATS.md, "The service side
-is attack surface too"): session counts, pids and paths only for the operator's token;
-settings, token and log files refused unless private, or created private; file links
-that point where the service really listens.
+"""What the service tells outsiders, and the files it keeps (the service side is
+attack surface too: SECURITY.md, guarantee 2): session counts, pids and paths only for
+the operator's token; settings, token and log files refused unless private, or created
+private; file links that point where the service really listens.
 """
 
 from __future__ import annotations

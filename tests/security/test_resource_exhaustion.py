@@ -1,4 +1,4 @@
-"""Attacks of the class *resource exhaustion* (THREATS.md, guarantees 2 and 7).
+"""Attacks of the class *resource exhaustion* (SECURITY.md, guarantees 2 and 7).
 
 Each test sends a real bomb to a real confined worker: fork and thread bombs, memory,
 disk, inode and file-descriptor exhaustion, output floods, CPU burns, sleeps and reads

@@ -1,4 +1,4 @@
-"""Secrets never reach a worker (THREATS.md guarantee 4: the service's environment,
+"""Secrets never reach a worker (SECURITY.md guarantee 4: the service's environment,
 tokens and config; and class "identity: reading other pids" for what a worker can read
 in /proc).
 

@@ -1,4 +1,4 @@
-"""Slow and idle clients against a real service process (THREATS.md: "Slow or idle
+"""Slow and idle clients against a real service process (the threat "Slow or idle
 clients (headers sent a byte at a time, thousands of half-open connections) cannot take
 the service away from others, with or without a token").
 

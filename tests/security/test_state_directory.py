@@ -1,7 +1,7 @@
-"""Other programs on the host meet a running service's state directory (THREATS.md,
-"The service side is attack surface too"): a second ``codesherpa serve``, ``codesherpa
-doctor`` or any zygote started on the same directory must not clear its workspaces or
-kill its sessions.  One process owns a state directory at a time.
+"""Other programs on the host meet a running service's state directory (the service
+side is attack surface too: SECURITY.md, guarantee 2): a second ``codesherpa serve``,
+``codesherpa doctor`` or any zygote started on the same directory must not clear its
+workspaces or kill its sessions.  One process owns a state directory at a time.
 """
 
 from __future__ import annotations

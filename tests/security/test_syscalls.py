@@ -1,4 +1,4 @@
-"""Syscalls by ctypes from a real worker (THREATS.md class "syscalls by ctypes: unshare,
+"""Syscalls by ctypes from a real worker (the attack class "syscalls by ctypes: unshare,
 mount, bpf, keyctl, io_uring, 32-bit int 0x80", with the ptrace half of "identity").
 
 User code in the REPL calls the kernel directly through ``ctypes``; no Python-level

@@ -7,7 +7,7 @@ must not exist, connections and signals that must not arrive).
 
 The workspace and the "outside" directory are siblings under /var/tmp (or $HOME), not
 /tmp: the layer grants /tmp read-write, and these tests run without the mount namespace
-that makes /tmp private.  Run the file inside a PID namespace (see THREATS.md).
+that makes /tmp private.  Run the file inside a PID namespace, as `make test` does.
 """
 
 from __future__ import annotations

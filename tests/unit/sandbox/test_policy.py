@@ -206,7 +206,7 @@ def test_digest_changes_with_content() -> None:
 # --- Launchers -------------------------------------------------------------------------
 
 
-# The launchers issue 5 names; each must be in the table.
+# Launchers a reviewer would name first; each must be in the table.
 NAMED_LAUNCHERS = [
     "sh",
     "bash",
