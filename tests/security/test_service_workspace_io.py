@@ -1,6 +1,6 @@
 """What a session plants in its workspace, against the service that reads and writes it.
 
-THREATS.md, "The service side is attack surface too": a FIFO, a file under a lease, a
+SECURITY.md, "The service side is attack surface too": a FIFO, a file under a lease, a
 file that grows after its size was read, a tree of 30,000 directories.  One real
 service runs for the module, with real workers; the session's own code plants each
 trap, then the test uploads, downloads, lists or reads through MCP, and checks that
