@@ -19,6 +19,7 @@ from service import __version__
 from service.audit import AuditLog
 from service.body_limit import BodySizeLimit
 from service.execution_fast_path import ExecutionFastPath
+from service.executor import Executor
 from service.http_errors import install_error_handlers
 from service.links import LinkSigner
 from service.mcp_server import McpEndpoint
@@ -54,6 +55,9 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = SessionRegistry(zygote)
         app.state.registry = registry
+        app.state.executor = Executor(
+            registry, app.state.quotas, app.state.metrics, app.state.audit, app.state.links
+        )
         reloader = PolicyReloader(
             registry,
             settings.policy,

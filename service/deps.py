@@ -14,6 +14,7 @@ from fastapi import Depends, Header, Request
 from sandbox import Policy
 from service.callers import CONVERSATION_HEADER, MAX_CONVERSATION_CHARS, Caller, caller_for
 from service.errors import Unauthorized
+from service.executor import Executor
 from service.quotas import TenantQuotas
 from service.registry import SessionRecord, SessionRegistry
 
@@ -98,7 +99,13 @@ async def active_policy(request: Request) -> Policy:
     return registry.zygote.policy
 
 
+async def current_executor(request: Request) -> Executor:
+    executor: Executor = request.app.state.executor
+    return executor
+
+
 CurrentCaller = Annotated[Caller, Depends(current_caller)]
+CurrentExecutor = Annotated[Executor, Depends(current_executor)]
 RunCaller = Annotated[Caller, Depends(run_caller)]
 Registry = Annotated[SessionRegistry, Depends(session_registry)]
 ActivePolicy = Annotated[Policy, Depends(active_policy)]

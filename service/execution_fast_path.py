@@ -28,14 +28,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.callers import Caller
 from service.deps import run_caller
 from service.errors import ServiceError
+from service.executor import Executor
 from service.http_errors import internal_error_response, service_error_response
 from service.replies import Reply
-from service.routes.execution import run_command, run_python
 from service.schemas import CommandRequest, ReplRequest
 
 log = logging.getLogger("codesherpa")
 
-RouteFunction = Callable[[Request, Any, Caller], Awaitable[Reply]]
+RouteFunction = Callable[[Executor, Caller, Any], Awaitable[Reply]]
 
 
 @dataclass(frozen=True)
@@ -45,8 +45,8 @@ class _Route:
 
 
 _ROUTES = {
-    "/repl": _Route(ReplRequest, run_python),
-    "/command": _Route(CommandRequest, run_command),
+    "/repl": _Route(ReplRequest, Executor.run_python),
+    "/command": _Route(CommandRequest, Executor.run_command),
 }
 
 
@@ -148,7 +148,8 @@ class ExecutionFastPath:
         try:
             try:
                 # The routes' own dependency: the same caller, so the same owner check.
-                reply = await route.run(request, parsed, await run_caller(request))
+                executor: Executor = self.app.state.executor  # type: ignore[attr-defined]
+                reply = await route.run(executor, await run_caller(request), parsed)
             except ServiceError as error:
                 await service_error_response(request, error)(scope, receive, tracking_send)
                 return

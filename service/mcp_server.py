@@ -41,9 +41,10 @@ from service import mcp_content, workspace_access
 from service.callers import CONVERSATION_HEADER, Caller, caller_for
 from service.deps import authenticate
 from service.errors import QuotaExceeded, ServiceError
+from service.executor import Executor
 from service.mcp_errors import tool_error
 from service.registry import SessionRecord, SessionRegistry
-from service.routes import execution, files, sessions
+from service.routes import files, sessions
 from service.routes.clients import policy_facts
 from service.schemas import CommandRequest, ReplRequest, WorkspaceEntry
 from service.settings import Settings, is_loopback
@@ -108,6 +109,11 @@ async def _session(
     return request, caller, record
 
 
+def _executor(request: Request) -> Executor:
+    executor: Executor = request.app.state.executor
+    return executor
+
+
 def _text(model: BaseModel | list[Any], exclude: set[str] | None = None) -> TextContent:
     if isinstance(model, BaseModel):
         text = model.model_dump_json(exclude=exclude)
@@ -130,7 +136,7 @@ async def run_python(
     request, caller, record = await _session(ctx, session_id)
     body = ReplRequest(code=code, session_id=record.session_id, timeout=timeout)
     try:
-        reply = await execution.run_python(request, body, caller)
+        reply = await _executor(request).run_python(caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
     images = await mcp_content.images(record, reply.model.files)
@@ -150,7 +156,7 @@ async def run_command(
     request, caller, record = await _session(ctx, session_id)
     body = CommandRequest(command=command, session_id=record.session_id, timeout=timeout)
     try:
-        reply = await execution.run_command(request, body, caller)
+        reply = await _executor(request).run_command(caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
     images = await mcp_content.images(record, reply.model.files)

@@ -16,10 +16,10 @@ from sandbox.run import Run, RunOutcome
 from service.audit import AuditLog
 from service.callers import Caller
 from service.errors import QuotaExceeded
+from service.executor import Executor
 from service.metrics import Metrics
 from service.quotas import TenantQuotas
 from service.registry import SessionRecord
-from service.routes import execution
 
 
 class StandInSession:
@@ -56,11 +56,15 @@ def _service_state(tmp_path: Path) -> SimpleNamespace:
 
 
 async def _cancelled_call(state: SimpleNamespace, session: StandInSession) -> None:
-    request = SimpleNamespace(app=SimpleNamespace(state=state))
-    record = SessionRecord("session-1", Caller("alice"), session)  # type: ignore[arg-type]
-    call = asyncio.create_task(
-        execution._run(request, "alice", record, "python", "secret = 1", None)  # type: ignore[arg-type]
+    executor = Executor(
+        registry=None,  # type: ignore[arg-type]
+        quotas=state.quotas,
+        metrics=state.metrics,
+        audit=state.audit,
+        links=None,  # type: ignore[arg-type]
     )
+    record = SessionRecord("session-1", Caller("alice"), session)  # type: ignore[arg-type]
+    call = asyncio.create_task(executor._run(Caller("alice"), record, "python", "secret = 1", None))
     await asyncio.sleep(0.01)
     call.cancel()
     with pytest.raises(asyncio.CancelledError):
