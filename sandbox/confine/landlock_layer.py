@@ -3,7 +3,8 @@
 The worker (and everything it starts) may:
 
 * read the system and the interpreter: ``/usr``, ``/lib*``, ``/bin``, ``/sbin``, ``/etc``,
-  the Python prefixes and ``sys.path``, ``/proc``, ``/sys/devices/system/cpu`` and the
+  the interpreter's installation and library directories (never the checkout or the
+  virtualenv root the service runs from), ``/proc``, ``/sys/devices/system/cpu`` and the
   harmless character devices;
 * read and write beneath its working directory (the workspace), ``/tmp`` and ``/dev/shm``;
 * execute only the files named one by one: the interpreter, the programs the command
@@ -66,6 +67,7 @@ import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from sandbox.confine import runtime
 from sandbox.confine.base import LayerStatus, WorkerSpec
 from sandbox.confine.process import PR_SET_NO_NEW_PRIVS, prctl
 
@@ -355,11 +357,13 @@ def _program_rules(executables: tuple[str, ...]) -> tuple[PathRule, ...]:
 
 
 def _interpreter_paths() -> Iterator[str]:
-    yield from (sys.prefix, sys.base_prefix, sys.exec_prefix)
-    for entry in sys.path:
-        # "" is the current directory, the workspace, which is read-write anyway.
-        if entry:
-            yield os.path.abspath(entry)
+    # Never the checkout on sys.path nor the virtualenv's root (see runtime.py): without
+    # a mount namespace these rules are all that keeps a session out of them.
+    yield from sorted(runtime.INSTALLATION | runtime.LIBRARY_DIRECTORIES)
+    if runtime.IN_VIRTUALENV:
+        # Read by an interpreter the session starts through sys.executable, to find the
+        # libraries.
+        yield os.path.join(sys.prefix, "pyvenv.cfg")
 
 
 def prepare(executables: tuple[str, ...]) -> None:
