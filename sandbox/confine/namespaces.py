@@ -3,8 +3,10 @@
 ``unshare_for_worker`` runs in the short-lived intermediate process the zygote forks,
 so that the worker it forks next is init of a fresh PID namespace: when the worker
 dies, the kernel kills every process it left.  ``apply`` then runs in the worker and
-builds its view: a fresh ``/proc``, a private ``/tmp`` and ``/dev/shm``, and the
-workspace at the stable path ``/mnt/data``.
+builds its view: a fresh ``/proc``, a private ``/tmp`` and ``/dev/shm``, the
+workspace at the stable path ``/mnt/data``, of the host only its system directories and
+what the interpreter needs (``runtime.py``), and no other session's workspace, not even
+in ``/proc/self/mounts``.
 """
 
 from __future__ import annotations
