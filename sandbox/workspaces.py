@@ -63,15 +63,29 @@ def _mount(source: str, target: str, flags: int) -> None:
         raise OSError(errno, f"mount {target}: {os.strerror(errno)}")
 
 
-def mount_root(state_dir: str) -> None:
+def mount_root(state_dir: str) -> bool:
     """As root, make the directory of all workspaces a mount point: bound onto itself,
     recursively (a workspace already mounted there stays seen), and private, so that
-    the workspaces mounted beneath it propagate nowhere."""
+    the workspaces mounted beneath it propagate nowhere.  Whether it is one.
+
+    Where mounting is not allowed (root without CAP_SYS_ADMIN, in a container) no
+    workspace is a mount either, and a worker's tmpfs over the directory hides them.
+    """
     root = workspaces_root(state_dir)
-    if os.geteuid() != 0 or is_mount_point(root):
-        return
-    _mount(root, root, MS_BIND | MS_REC)
-    _mount("none", root, MS_PRIVATE)
+    if is_mount_point(root):
+        return True
+    if os.geteuid() != 0:
+        return False
+    try:
+        _mount(root, root, MS_BIND | MS_REC)
+    except OSError:
+        return False
+    try:
+        _mount("none", root, MS_PRIVATE)
+    except OSError:
+        _libc.umount2(root.encode(), MNT_DETACH)
+        return False
+    return True
 
 
 def release_root(state_dir: str) -> None:
