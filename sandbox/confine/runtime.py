@@ -15,6 +15,7 @@ and doing that in each fork would copy shared pages.
 from __future__ import annotations
 
 import os
+import site
 import sys
 import sysconfig
 
@@ -24,9 +25,17 @@ def _real_directories(paths: set[str]) -> frozenset[str]:
 
 
 INSTALLATION = _real_directories({sys.base_prefix, sys.base_exec_prefix})
-LIBRARY_DIRECTORIES = _real_directories(
-    {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
-)
+
+
+def _library_directories() -> set[str]:
+    directories = {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}
+    directories.update(site.getsitepackages())
+    if site.ENABLE_USER_SITE:
+        directories.add(site.getusersitepackages())
+    return directories
+
+
+LIBRARY_DIRECTORIES = _real_directories(_library_directories())
 # The interpreter the session runs, behind the virtualenv's link to it.
 REAL_EXECUTABLE = os.path.realpath(sys.executable)
 IN_VIRTUALENV = sys.prefix != sys.base_prefix
