@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 
 from sandbox import Session, ZygoteClient, workspaces, zygote_client
+from sandbox.confine import runtime
 from sandbox.policy import Policy
 from tests.security.harness import VISIBLE_TMP, open_session, probe
 from tests.zygotes import stop_zygote
@@ -76,9 +77,14 @@ async def test_no_file_of_the_checkout_is_readable_or_listable(session: Session)
         attempt("venv config", lambda: open({str(Path(sys.prefix) / "pyvenv.cfg")!r}).read())
         import sandbox.worker
         attempt("read own module", lambda: open(sandbox.worker.__file__, "rb").read(64))
-        attempt("sys.path", lambda: [p for p in sys.path if p.startswith({str(CHECKOUT)!r})])
+        allowed = {sorted(runtime.INSTALLATION | runtime.LIBRARY_DIRECTORIES)!r}
+        attempt("sys.path", lambda: [p for p in sys.path
+                                     if not any(p == a or p.startswith(a + "/") for a in allowed)])
         attempt("cwd", lambda: os.readlink("/proc/self/cwd"))
         attempt("exe", lambda: os.readlink("/proc/self/exe"))
+        attempt("environ", lambda: dict(os.environ))
+        # The block the zygote was started with (PYTHONPATH names the checkout).
+        attempt("environ block", lambda: open("/proc/self/environ", "rb").read())
         """,
     )
     for name in targets:
@@ -92,9 +98,13 @@ async def test_no_file_of_the_checkout_is_readable_or_listable(session: Session)
         real_home = os.path.dirname(os.path.realpath(sys.executable))
         assert results["venv config"]["value"] == repr(f"home = {real_home}\n")
     assert not results["read own module"]["ok"], results["read own module"]
+    # Only the interpreter's installation and library directories: not the checkout
+    # (PYTHONPATH) nor what the editable install's .pth file added.
     assert results["sys.path"] == {"ok": True, "value": "[]"}
     assert results["cwd"]["value"] == repr("/mnt/data")
     assert str(CHECKOUT) not in results["exe"]["value"]
+    assert str(CHECKOUT) not in results["environ"]["value"]
+    assert not results["environ block"]["ok"], results["environ block"]
 
 
 @pytest.fixture
