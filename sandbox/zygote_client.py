@@ -127,7 +127,7 @@ class ZygoteClient:
             close_fds=True,
         )
         _zygote_pids.add(self._process.pid)
-        _running_state_dirs.append(self.state_dir)
+        _running_state_dirs.append(os.path.realpath(self.state_dir))
         theirs.close()
         assert self._process.stdin is not None
         start = StartOrder(
@@ -182,8 +182,8 @@ class ZygoteClient:
             else:
                 if left:
                     log.warning("removed %d workspace(s) a stopped zygote left", left)
-            _running_state_dirs.remove(self.state_dir)
-            if self.state_dir not in _running_state_dirs:
+            _running_state_dirs.remove(os.path.realpath(self.state_dir))
+            if os.path.realpath(self.state_dir) not in _running_state_dirs:
                 # While the directory is still ours.  Refused by the kernel while a
                 # session's workspace is still mounted there.
                 with contextlib.suppress(OSError):
