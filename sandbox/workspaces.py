@@ -1,7 +1,9 @@
 """Session workspaces on the host: create, hand to another uid, remove.
 
 When the service runs as root each workspace is its own size- and inode-bounded
-tmpfs, so a session that fills its disk fills only its quota.
+tmpfs, so a session that fills its disk fills only its quota, and the directory of all
+workspaces is a mount of its own: a worker detaches it from its mount namespace, and
+with it every other workspace, in one call however many sessions there are.
 """
 
 from __future__ import annotations
@@ -15,6 +17,9 @@ _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
 MS_NOSUID = 0x2
 MS_NODEV = 0x4
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
 # One inode per 16 KiB of quota: many small files are fine, an inode flood is not.
 BYTES_PER_INODE = 16 * 1024
 # Entries re-owned at most when a kept workspace changes uid (see hand_over).
@@ -33,6 +38,71 @@ def prepare_root(state_dir: str) -> str:
     os.chmod(state_dir, 0o711)  # noqa: S103
     os.chmod(root, 0o711)  # noqa: S103
     return root
+
+
+def _mount_id(path: str) -> int:
+    descriptor = os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        with open(f"/proc/self/fdinfo/{descriptor}", encoding="ascii") as info:
+            for line in info:
+                if line.startswith("mnt_id:"):
+                    return int(line.split()[1])
+    finally:
+        os.close(descriptor)
+    raise OSError(f"no mount id for {path}")
+
+
+def is_mount_point(path: str) -> bool:
+    """Whether ``path`` is the root of a mount, a bind of a directory onto itself
+    included (``os.path.ismount`` misses those: same device, different inode)."""
+    real = os.path.realpath(path)
+    return _mount_id(real) != _mount_id(os.path.dirname(real))
+
+
+def _mount(source: str, target: str, flags: int) -> None:
+    if _libc.mount(source.encode(), target.encode(), None, ctypes.c_ulong(flags), None) != 0:
+        errno = ctypes.get_errno()
+        raise OSError(errno, f"mount {target}: {os.strerror(errno)}")
+
+
+def mount_root(state_dir: str) -> bool:
+    """As root, make the directory of all workspaces a mount point: bound onto itself,
+    recursively (a workspace already mounted there stays seen), and private, so that
+    the workspaces mounted beneath it propagate nowhere.  Whether it is one.
+
+    Where mounting is not allowed (root without CAP_SYS_ADMIN, in a container) no
+    workspace is a mount either, and a worker's tmpfs over the directory hides them.
+    """
+    root = workspaces_root(state_dir)
+    if is_mount_point(root):
+        return True
+    if os.geteuid() != 0:
+        return False
+    try:
+        _mount(root, root, MS_BIND | MS_REC)
+    except OSError:
+        return False
+    try:
+        _mount("none", root, MS_PRIVATE)
+    except OSError:
+        _libc.umount2(root.encode(), MNT_DETACH)
+        return False
+    return True
+
+
+def release_root(state_dir: str) -> None:
+    """Unmount the bind ``mount_root`` made, once no workspace is mounted beneath it.
+
+    Not a lazy unmount: the kernel refuses it (EBUSY) while any workspace is mounted
+    there, so a running session's workspace is never cut off from the host's view.  A
+    mount of another filesystem (an operator's own) is left alone.
+    """
+    root = workspaces_root(state_dir)
+    if not os.path.isdir(root) or not is_mount_point(root):
+        return
+    if os.stat(root).st_dev != os.stat(os.path.dirname(os.path.realpath(root))).st_dev:
+        return
+    _libc.umount2(root.encode(), 0)
 
 
 def new_path(state_dir: str) -> str:
@@ -96,6 +166,7 @@ def remove_all(state_dir: str) -> None:
         return
     for entry in os.listdir(root):
         remove(os.path.join(root, entry))
+    release_root(state_dir)
 
 
 def remove(path: str) -> None:

@@ -103,6 +103,7 @@ class Zygote:
             if path is not None
         )
         workspaces.prepare_root(state_dir)
+        workspaces.mount_root(state_dir)
         # Work every worker would repeat, done once here so forks share its pages.
         wanted = policy.isolation.wanted()
         if "cgroup" in wanted:

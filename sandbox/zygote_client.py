@@ -55,6 +55,9 @@ def zygote_environment() -> dict[str, str]:
 # The zygotes this process started and has not yet reaped (after a policy reload, the
 # old one lives on beside the new until its sessions end).
 _zygote_pids: set[int] = set()
+# The state directories of the running clients, one entry per client: the directory of
+# all workspaces is released when the last client of its state directory stops.
+_running_state_dirs: list[str] = []
 
 
 def cgroup_parent_for(state_dir: str) -> str:
@@ -124,6 +127,7 @@ class ZygoteClient:
             close_fds=True,
         )
         _zygote_pids.add(self._process.pid)
+        _running_state_dirs.append(os.path.realpath(self.state_dir))
         theirs.close()
         assert self._process.stdin is not None
         start = StartOrder(
@@ -178,6 +182,12 @@ class ZygoteClient:
             else:
                 if left:
                     log.warning("removed %d workspace(s) a stopped zygote left", left)
+            _running_state_dirs.remove(os.path.realpath(self.state_dir))
+            if os.path.realpath(self.state_dir) not in _running_state_dirs:
+                # While the directory is still ours.  Refused by the kernel while a
+                # session's workspace is still mounted there.
+                with contextlib.suppress(OSError):
+                    workspaces.release_root(self.state_dir)
         if self._owns_state_dir:
             self._owns_state_dir = False
             state_lock.release(self.state_dir)

@@ -3,7 +3,8 @@
 The worker (and everything it starts) may:
 
 * read the system and the interpreter: ``/usr``, ``/lib*``, ``/bin``, ``/sbin``, ``/etc``,
-  the Python prefixes and ``sys.path``, ``/proc``, ``/sys/devices/system/cpu`` and the
+  the interpreter's installation and library directories (never the checkout or the
+  virtualenv root the service runs from), ``/proc``, ``/sys/devices/system/cpu`` and the
   harmless character devices;
 * read and write beneath its working directory (the workspace), ``/tmp`` and ``/dev/shm``;
 * execute only the files named one by one: the interpreter, the programs the command

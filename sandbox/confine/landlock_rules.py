@@ -12,6 +12,7 @@ import stat
 import sys
 from collections.abc import Iterable, Iterator
 
+from sandbox.confine import runtime
 from sandbox.confine.base import WorkerSpec
 from sandbox.confine.elf import elf_interpreter
 from sandbox.confine.landlock_abi import ALL_KNOWN_FS_RIGHTS, FsAccess, PathRule
@@ -96,11 +97,13 @@ def _program_rules(executables: tuple[str, ...]) -> tuple[PathRule, ...]:
 
 
 def _interpreter_paths() -> Iterator[str]:
-    yield from (sys.prefix, sys.base_prefix, sys.exec_prefix)
-    for entry in sys.path:
-        # "" is the current directory, the workspace, which is read-write anyway.
-        if entry:
-            yield os.path.abspath(entry)
+    # Never the checkout on sys.path nor the virtualenv's root (see runtime.py): without
+    # a mount namespace these rules are all that keeps a session out of them.
+    yield from sorted(runtime.INSTALLATION | runtime.LIBRARY_DIRECTORIES)
+    if runtime.IN_VIRTUALENV:
+        # Read by an interpreter the session starts through sys.executable, to find the
+        # libraries.
+        yield os.path.join(sys.prefix, "pyvenv.cfg")
 
 
 def prepare(executables: tuple[str, ...]) -> None:

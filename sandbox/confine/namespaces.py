@@ -3,17 +3,22 @@
 ``unshare_for_worker`` runs in the short-lived intermediate process the zygote forks,
 so that the worker it forks next is init of a fresh PID namespace: when the worker
 dies, the kernel kills every process it left.  ``apply`` then runs in the worker and
-builds its view: a fresh ``/proc``, a private ``/tmp`` and ``/dev/shm``, and the
-workspace at the stable path ``/mnt/data``.
+builds its view: a fresh ``/proc``, a private ``/tmp`` and ``/dev/shm``, the
+workspace at the stable path ``/mnt/data``, of the host only its system directories and
+what the interpreter needs (``runtime.py``), and no other session's workspace, not even
+in ``/proc/self/mounts``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import stat
 import sys
+from errno import EINVAL
 
+from sandbox.confine import runtime
 from sandbox.confine.base import LayerStatus, WorkerSpec
 
 CLONE_NEWNS = 0x00020000
@@ -30,6 +35,7 @@ MS_REMOUNT = 0x20
 MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 1 << 18
+MNT_DETACH = 2
 
 WORKSPACE_MOUNT = "/mnt/data"
 # The top-level directories a session sees as they are on the host.  Every other one
@@ -59,6 +65,7 @@ _libc = ctypes.CDLL(None, use_errno=True)
 _unshare = _libc.unshare
 _mount = _libc.mount
 _sethostname = _libc.sethostname
+_umount2 = _libc.umount2
 
 
 def _check(result: int, what: str) -> None:
@@ -140,14 +147,11 @@ def _cover_of(path: str, covered: tuple[str, ...]) -> str | None:
 def _hidden_runtime_paths(covered: tuple[str, ...], executables: tuple[str, ...]) -> dict[str, str]:
     """Interpreter and library directories the session could not reach, and what hides each.
 
-    A Python installed under a 0700 /root, or a checkout under /tmp, must still be
-    importable once the session runs as its own uid behind its own /tmp.
+    A Python installed under a 0700 /root, or a virtualenv under a covered /work, must
+    still be importable once the session runs as its own uid behind its own mounts.
     """
-    candidates = {sys.base_prefix, sys.prefix, *(p for p in sys.path if os.path.isdir(p))}
-    # The directory of each allowed program too (say, one installed under /opt).
-    candidates |= {os.path.dirname(os.path.realpath(program)) for program in executables}
     hidden: dict[str, str] = {}
-    for path in sorted(os.path.realpath(c) for c in candidates):
+    for path in sorted(runtime.runtime_directories(executables)):
         if path in covered or any(path.startswith(h + "/") for h in hidden):
             continue
         cover = _cover_of(path, covered)
@@ -157,7 +161,7 @@ def _hidden_runtime_paths(covered: tuple[str, ...], executables: tuple[str, ...]
 
 
 def _expose_runtime(
-    runtime: dict[str, str], runtime_fds: dict[str, int], covered: tuple[str, ...]
+    hidden: dict[str, str], runtime_fds: dict[str, int], covered: tuple[str, ...]
 ) -> None:
     """Bind each hidden runtime directory back in, read-only, at its own path.
 
@@ -165,13 +169,43 @@ def _expose_runtime(
     root's home) stays invisible.
     """
     mounted = set(covered)
-    for path, cover in runtime.items():
+    for path, cover in hidden.items():
         if cover not in mounted:
             mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
             mounted.add(cover)
         os.makedirs(path, mode=0o755, exist_ok=True)
         mount(f"/proc/self/fd/{runtime_fds[path]}", path, None, MS_BIND | MS_REC)
         mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _detach(directory_fd: int) -> None:
+    """Detach the mount at ``directory_fd`` and every mount beneath it from this
+    namespace, if it is a mount point (a service that is not root mounts none there).
+
+    Named through the descriptor: a tmpfs laid over an ancestor (a state directory
+    under /tmp) hides the path, not the mount, which /proc/self/mounts still lists.
+    """
+    if _umount2(f"/proc/self/fd/{directory_fd}".encode(), MNT_DETACH) != 0:
+        errno = ctypes.get_errno()
+        if errno != EINVAL:
+            raise OSError(errno, f"detach the other workspaces: {os.strerror(errno)}")
+
+
+def _virtualenv_interpreter() -> None:
+    """Where the virtualenv is hidden, its interpreter's link and a pyvenv.cfg naming
+    the real interpreter, in the empty tmpfs that hides it.
+
+    Code that starts ``sys.executable`` (multiprocessing's spawn, joblib, pip) then gets
+    the same interpreter and libraries; nothing else of the virtualenv is there.  A
+    convenience, not a boundary: a layout where it cannot be made goes without it.
+    """
+    if not runtime.IN_VIRTUALENV or os.path.lexists(sys.executable):
+        return
+    with contextlib.suppress(OSError):
+        os.makedirs(os.path.dirname(sys.executable), mode=0o755, exist_ok=True)
+        os.symlink(runtime.REAL_EXECUTABLE, sys.executable)
+        with open(os.path.join(sys.prefix, "pyvenv.cfg"), "x", encoding="utf-8") as config:
+            config.write(runtime.virtualenv_configuration())
 
 
 def _minimal_dev(device_fds: dict[str, int], writable: int, shm_options: str) -> None:
@@ -215,15 +249,17 @@ def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
     # Held open so the workspace can be bound even when the mounts below hide its
     # host path (a state directory under /tmp or /mnt).
     workspace_fd = os.open(spec.workspace, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+    others = os.path.dirname(os.path.realpath(spec.workspace))
+    others_fd = os.open(others, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     covered = covered_directories()
-    runtime = _hidden_runtime_paths(covered, spec.executables)
+    runtime_paths = _hidden_runtime_paths(covered, spec.executables)
     device_fds = {
         name: os.open(f"/dev/{name}", os.O_PATH | os.O_CLOEXEC)
         for name in DEVICES
         if os.path.exists(f"/dev/{name}")
     }
     runtime_fds = {
-        path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in runtime
+        path: os.open(path, os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC) for path in runtime_paths
     }
     try:
         # Mounts made from here on stay in this namespace.
@@ -237,19 +273,30 @@ def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
                 mount("tmpfs", hidden, "tmpfs", writable, "size=1m,mode=0755")
         # /mnt becomes an empty tmpfs so the workspace path is the same on every host.
         mount("tmpfs", "/mnt", "tmpfs", nodev_nosuid, "size=1m,mode=0755")
-        _expose_runtime(runtime, runtime_fds, covered)
+        _expose_runtime(runtime_paths, runtime_fds, covered)
+        _virtualenv_interpreter()
         _forbid_executable_memfds()
         os.mkdir(WORKSPACE_MOUNT, 0o755)
         mount(f"/proc/self/fd/{workspace_fd}", WORKSPACE_MOUNT, None, MS_BIND | MS_REC)
         mount("none", WORKSPACE_MOUNT, None, MS_BIND | MS_REMOUNT | writable)
-        # Every other session's workspace lives beside this one on the host: hide them.
-        others = os.path.dirname(os.path.realpath(spec.workspace))
+        # Every other session's workspace is mounted beside this one on the host.  Once
+        # ours is bound above, they all go with the mount of their directory (made by
+        # workspaces.mount_root).  Where that directory is still in view (no tmpfs of
+        # ours covers it), an empty tmpfs hides the names of the mount points beneath.
+        _detach(others_fd)
         if os.path.isdir(others):
             mount("tmpfs", others, "tmpfs", writable, "size=1m,mode=0711")
     finally:
-        os.close(workspace_fd)
-        for fd in (*runtime_fds.values(), *device_fds.values()):
+        for fd in (
+            workspace_fd,
+            others_fd,
+            *runtime_fds.values(),
+            *device_fds.values(),
+        ):
             os.close(fd)
+    # The checkout the zygote imported the sandbox from is not in this view: nothing
+    # more is imported from it, or from what a .pth file added.
+    sys.path[:] = runtime.import_path()
     os.chdir(WORKSPACE_MOUNT)
     _sethostname(b"sandbox", 7)
     detail = (

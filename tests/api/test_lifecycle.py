@@ -41,8 +41,11 @@ def _processes_of(uid: int) -> list[psutil.Process]:
 
 
 def _mounts_under(path: Path) -> list[str]:
+    """Mount points beneath ``path``, not ``path`` itself (the directory of all
+    workspaces is a mount of its own while the service runs)."""
+    below = f"{path}/"
     with open("/proc/self/mountinfo", encoding="utf-8") as mountinfo:
-        return [line.split()[4] for line in mountinfo if line.split()[4].startswith(str(path))]
+        return [line.split()[4] for line in mountinfo if line.split()[4].startswith(below)]
 
 
 def _session_groups(server: Server) -> set[str]:
@@ -169,13 +172,13 @@ def test_nothing_leaks_across_a_crash_and_restart(tmp_path: Path) -> None:
     # Workers die with the service (parent-death signal); their PID namespaces take
     # every process they started with them.
     assert _wait_until(lambda: _processes_of(uid) == [])
-    old_mounts = _mounts_under(server.state_dir)
+    old_mounts = _mounts_under(server.state_dir / "workspaces")
     assert old_mounts  # the crash left workspaces mounted
     old_workspaces = set((server.state_dir / "workspaces").iterdir())
     again = start_server(tmp_path)
     try:
         assert old_workspaces.isdisjoint((again.state_dir / "workspaces").iterdir())
-        assert set(old_mounts).isdisjoint(_mounts_under(again.state_dir))
+        assert set(old_mounts).isdisjoint(_mounts_under(again.state_dir / "workspaces"))
         with again.client() as client:
             assert client.post("/repl", json={"code": "'fresh'"}).json()["result"] == "'fresh'"
     finally:

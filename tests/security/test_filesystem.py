@@ -22,7 +22,6 @@ import os
 import secrets
 import shutil
 import stat
-import sys
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ from typing import Any
 import pytest
 
 from sandbox import RunReply, Session, ZygoteClient, workspaces
+from sandbox.confine import runtime
 from sandbox.policy import Policy
 from tests.security.harness import (
     VISIBLE_TMP,
@@ -529,12 +529,13 @@ async def test_private_tmp_and_shm_are_shared_with_no_one(
                 attempt("read " + base, lambda base=base: open(base + "/" + {name!r}).read())
             """,
         )
-        # Only what the worker's mount view binds back (an interpreter or checkout that
-        # lives under /tmp on this host) may be listed there; nothing of the other session.
+        # Only what the worker's mount view binds back (an interpreter or its libraries
+        # installed under /tmp on this host) may be listed there; nothing of the other
+        # session.
         bound_back = sorted(
             {
                 path.split("/")[2]
-                for path in map(os.path.realpath, (sys.prefix, *sys.path))
+                for path in runtime.INSTALLATION | runtime.LIBRARY_DIRECTORIES
                 if path.startswith("/tmp/") and len(path.split("/")) > 2
             }
         )

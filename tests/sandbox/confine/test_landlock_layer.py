@@ -245,6 +245,35 @@ def test_python_and_the_workspace_still_work_under_the_layer(arena: Arena) -> No
 # --- filesystem ------------------------------------------------------------------------------
 
 
+# The checkout this suite runs from, as the service's zygote imports it: no rule is on it.
+CHECKOUT = Path(__file__).resolve().parents[3]
+
+
+@BOTH_MODES
+def test_the_checkout_and_the_virtualenv_root_are_not_readable(
+    arena: Arena, confined: bool
+) -> None:
+    venv_bin = Path(sys.executable).parent
+    targets = [CHECKOUT / "pyproject.toml", CHECKOUT / "sandbox" / "worker.py"]
+    if sys.prefix != sys.base_prefix:
+        targets += sorted(p for p in venv_bin.iterdir() if not p.name.startswith("python"))[:2]
+    rules = landlock_layer.path_rules(make_spec(), str(arena.workspace))
+    assert [t for t in targets if _covered_by(str(t.resolve()), rules)] == []
+
+    def attack() -> Report:
+        report = {str(t): attempt(lambda t=t: len(t.read_bytes())) for t in targets}
+        report["list checkout"] = attempt(lambda: len(os.listdir(CHECKOUT)))
+        report["list venv bin"] = attempt(lambda: len(os.listdir(venv_bin)))
+        return report
+
+    report = in_child(arena.workspace, attack, confined=confined)
+    for name, step in report.items():
+        if confined:
+            assert_blocked(step, errno.EACCES)
+        else:
+            assert step["ok"], (name, step)
+
+
 @BOTH_MODES
 def test_writing_outside_the_workspace(arena: Arena, confined: bool) -> None:
     planted = arena.outside / "planted.txt"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,6 +18,13 @@ from sandbox.zygote import ReadyWorker, Zygote
 PARENT = "codesherpa-ledger-test"
 KEY = "0123456789abcdef"
 OURS, THEIRS = "00000000000000aa", "00000000000000bb"
+
+
+@pytest.fixture(autouse=True)
+def _release_the_workspaces_root(tmp_path: Path) -> Iterator[None]:
+    # A Zygote made in this process (as root) mounts the directory of all workspaces.
+    yield
+    workspaces.release_root(str(tmp_path))
 
 
 def _workspace(state_dir: Path) -> str:
