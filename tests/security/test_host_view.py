@@ -1,4 +1,4 @@
-"""What a session sees of the host (THREATS.md, "The service side is attack surface
+"""What a session sees of the host (SECURITY.md, "The service side is attack surface
 too"): the interpreter's own installation, the library directories and the allowed
 programs; never the checkout or virtualenv the service runs from, nor a socket or
 settings file kept there; and no other session's workspace, not even as a line of its
