@@ -10,7 +10,7 @@ before anything is buffered, and payloads are validated by pydantic.
 from __future__ import annotations
 
 import struct
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
 
@@ -54,6 +54,79 @@ class StartOrder(BaseModel):
     # Names this zygote's pool ledger (sandbox/pool_ledger.py): unlike its pid, never
     # reused by a later zygote.
     ledger: str = Field(pattern=r"^[0-9a-f]{16}$")
+
+
+# --- service ⇄ zygote: datagrams on the control socket ---------------------------
+
+
+class SpawnRequest(_Message):
+    """A worker, in ``workspace`` (kept from a session's last worker) or a new one."""
+
+    op: Literal["spawn"] = "spawn"
+    workspace: str | None = None
+
+
+class StatusRequest(_Message):
+    op: Literal["status"] = "status"
+
+
+class DrainRequest(_Message):
+    """End the ready workers; their pidfds come back attached, for the service to reap."""
+
+    op: Literal["drain"] = "drain"
+
+
+ZygoteRequest = Annotated[SpawnRequest | StatusRequest | DrainRequest, Field(discriminator="op")]
+
+
+class WorkerMade(_Message):
+    """A worker for the service; its channel and a pidfd are attached (SCM_RIGHTS)."""
+
+    ok: Literal[True] = True
+    pid: int
+    workspace: str
+    uid: int | None
+    session_key: str
+    quota: bool
+
+
+class ZygoteReady(_Message):
+    ok: Literal[True] = True
+    ready: Literal[True] = True
+
+
+class PoolStatus(_Message):
+    ok: Literal[True] = True
+    pool: int
+
+
+class Drained(_Message):
+    ok: Literal[True] = True
+
+
+class ZygoteRefusal(_Message):
+    ok: Literal[False] = False
+    error: str
+
+
+_ZYGOTE_REQUEST: TypeAdapter[ZygoteRequest] = TypeAdapter(ZygoteRequest)
+ZygoteReply = TypeVar("ZygoteReply", WorkerMade, ZygoteReady, PoolStatus, Drained)
+
+
+def decode_zygote_request(data: bytes) -> SpawnRequest | StatusRequest | DrainRequest:
+    return _ZYGOTE_REQUEST.validate_json(data)
+
+
+def decode_zygote_reply(data: bytes, expected: type[ZygoteReply]) -> ZygoteReply:
+    """The zygote's answer as ``expected``; ProtocolError with its own words otherwise."""
+    try:
+        return expected.model_validate_json(data)
+    except ValidationError:
+        try:
+            refusal = ZygoteRefusal.model_validate_json(data)
+        except ValidationError:
+            raise ProtocolError("the zygote sent a malformed reply") from None
+        raise ProtocolError(refusal.error) from None
 
 
 # --- service → worker -------------------------------------------------------------

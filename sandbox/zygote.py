@@ -13,15 +13,13 @@ before letting it start, then exits.  The worker is thus re-parented to the serv
 It reads its start order (``protocol.StartOrder``: the policy, its control socket,
 the state directory, the service's pid) on stdin, so that its command line and
 environment, which every worker inherits, name none of them.  Control messages are
-then JSON datagrams on a SOCK_SEQPACKET socket:
+then JSON datagrams on a SOCK_SEQPACKET socket, each a model of ``sandbox.protocol``:
 
-    service → zygote  {"op": "spawn", "workspace": str | null}
-    zygote → service  {"ok": true, "pid", "workspace", "uid", "session_key", "quota"}
-                      with the worker's channel and a pidfd attached (SCM_RIGHTS)
-                      or {"ok": false, "error": str}
-    service → zygote  {"op": "status"}  →  {"ok": true, "pool": int}
-    service → zygote  {"op": "drain"}   →  {"ok": true} with the killed ready workers'
-                      pidfds attached, for the service (their parent) to reap
+    service → zygote  SpawnRequest   →  WorkerMade, with the worker's channel and a
+                                        pidfd attached (SCM_RIGHTS), or ZygoteRefusal
+    service → zygote  StatusRequest  →  PoolStatus
+    service → zygote  DrainRequest   →  Drained, with the killed ready workers' pidfds
+                                        attached, for the service (their parent) to reap
 """
 
 from __future__ import annotations
@@ -71,15 +69,14 @@ class ReadyWorker:
     session_key: str
     quota: bool
 
-    def describe(self) -> dict[str, object]:
-        return {
-            "ok": True,
-            "pid": self.pid,
-            "workspace": self.workspace,
-            "uid": self.uid,
-            "session_key": self.session_key,
-            "quota": self.quota,
-        }
+    def describe(self) -> protocol.WorkerMade:
+        return protocol.WorkerMade(
+            pid=self.pid,
+            workspace=self.workspace,
+            uid=self.uid,
+            session_key=self.session_key,
+            quota=self.quota,
+        )
 
     def close(self) -> None:
         self.channel.close()
@@ -134,7 +131,7 @@ class Zygote:
                 signal.pidfd_send_signal(ready.pidfd, signal.SIGKILL)
         if reply_to is not None:
             pidfds = [ready.pidfd for ready in self._pool]
-            socket.send_fds(reply_to, [json.dumps({"ok": True}).encode()], pidfds)
+            socket.send_fds(reply_to, [protocol.Drained().model_dump_json().encode()], pidfds)
         for ready in self._pool:
             self._discard(ready)
         self._pool.clear()
@@ -316,7 +313,7 @@ def _close_all_but(keep: set[int]) -> None:
 
 def serve(control: socket.socket, zygote: Zygote) -> None:
     zygote.fill_pool()
-    control.send(json.dumps({"ok": True, "ready": True}).encode())
+    control.send(protocol.ZygoteReady().model_dump_json().encode())
     while True:
         try:
             data = control.recv(CONTROL_MESSAGE_MAX)
@@ -327,23 +324,22 @@ def serve(control: socket.socket, zygote: Zygote) -> None:
             zygote.drain_pool()
             return
         try:
-            request = json.loads(data)
-            if request.get("op") == "status":
-                control.send(json.dumps({"ok": True, "pool": zygote.pool_size}).encode())
+            request = protocol.decode_zygote_request(data)
+            if isinstance(request, protocol.StatusRequest):
+                status = protocol.PoolStatus(pool=zygote.pool_size)
+                control.send(status.model_dump_json().encode())
                 continue
-            if request.get("op") == "drain":
+            if isinstance(request, protocol.DrainRequest):
                 zygote.drain_pool(reply_to=control)
                 continue
-            if request.get("op") != "spawn":
-                raise ValueError(f"unknown op {request.get('op')!r}")
-            ready = zygote.take(request.get("workspace"))
+            ready = zygote.take(request.workspace)
         except Exception as exc:  # noqa: BLE001 - the zygote answers every request
-            control.send(json.dumps({"ok": False, "error": str(exc)}).encode())
+            control.send(protocol.ZygoteRefusal(error=str(exc)).model_dump_json().encode())
             continue
         try:
             socket.send_fds(
                 control,
-                [json.dumps(ready.describe()).encode()],
+                [ready.describe().model_dump_json().encode()],
                 [ready.channel.fileno(), ready.pidfd],
             )
         finally:

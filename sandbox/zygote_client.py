@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import shutil
@@ -17,10 +16,10 @@ from pathlib import Path
 
 import psutil
 
-from sandbox import pool_ledger, state_lock, workspaces
+from sandbox import pool_ledger, protocol, state_lock, workspaces
 from sandbox.confine import cgroup
 from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
-from sandbox.errors import ConfinementError, ZygoteUnavailable
+from sandbox.errors import ConfinementError, ProtocolError, ZygoteUnavailable
 from sandbox.handle import WorkerHandle, held_worker_pids
 from sandbox.policy import Policy
 from sandbox.protocol import StartOrder
@@ -64,6 +63,12 @@ def cgroup_parent_for(state_dir: str) -> str:
     """One cgroup parent per service instance, so services sharing a host never meet."""
     digest = hashlib.sha256(os.path.realpath(state_dir).encode()).hexdigest()[:12]
     return f"codesherpa-{digest}"
+
+
+def _request(
+    message: protocol.SpawnRequest | protocol.StatusRequest | protocol.DrainRequest,
+) -> bytes:
+    return message.model_dump_json().encode()
 
 
 def _clean_up_unwanted(made: asyncio.Future[WorkerHandle]) -> None:
@@ -145,7 +150,11 @@ class ZygoteClient:
             ready = ours.recv(65536)
         except TimeoutError:
             ready = b""
-        if not ready or not json.loads(ready).get("ready"):
+        try:
+            started = bool(ready) and protocol.decode_zygote_reply(ready, protocol.ZygoteReady)
+        except ProtocolError:
+            started = False
+        if not started:
             self.stop()
             raise ZygoteUnavailable("the zygote did not start; see its output above")
         ours.settimeout(SPAWN_TIMEOUT_S)
@@ -196,7 +205,7 @@ class ZygoteClient:
         # The ready workers were re-parented to us: only we can collect them.
         assert self._control is not None
         try:
-            self._control.send(json.dumps({"op": "drain"}).encode())
+            self._control.send(_request(protocol.DrainRequest()))
             _data, pidfds, _flags, _addr = socket.recv_fds(self._control, 65536, 64)
         except OSError:
             return
@@ -225,12 +234,11 @@ class ZygoteClient:
             if self._control is None or not self.alive():
                 return None
             try:
-                self._control.send(json.dumps({"op": "status"}).encode())
-                reply = json.loads(self._control.recv(65536) or b"{}")
-            except (OSError, ValueError):
+                self._control.send(_request(protocol.StatusRequest()))
+                reply = self._control.recv(65536)
+                return protocol.decode_zygote_reply(reply, protocol.PoolStatus).pool
+            except (OSError, ProtocolError):
                 return None
-        pool = reply.get("pool")
-        return pool if isinstance(pool, int) else None
 
     def _spawn_blocking(self, workspace: str | None) -> WorkerHandle:
         self.ensure_running()
@@ -240,26 +248,29 @@ class ZygoteClient:
             if self._control is None or not self.alive():
                 raise ZygoteUnavailable("the zygote is not running")
             try:
-                self._control.send(json.dumps({"op": "spawn", "workspace": workspace}).encode())
+                self._control.send(_request(protocol.SpawnRequest(workspace=workspace)))
                 data, fds, _flags, _addr = socket.recv_fds(self._control, 65536, 2)
             except OSError as exc:
                 raise ZygoteUnavailable(f"the zygote did not answer: {exc}") from None
             if not data:
                 raise ZygoteUnavailable("the zygote closed its control socket")
-            reply = json.loads(data)
-            if not reply.get("ok") or len(fds) != 2:
+            try:
+                made = protocol.decode_zygote_reply(data, protocol.WorkerMade)
+                if len(fds) != 2:
+                    raise ProtocolError("the zygote's reply came without the worker's fds")
+            except ProtocolError as exc:
                 for fd in fds:
                     os.close(fd)
-                raise ZygoteUnavailable(f"the zygote could not make a worker: {reply.get('error')}")
+                raise ZygoteUnavailable(f"the zygote could not make a worker: {exc}") from None
             channel_fd, pidfd = fds
             return WorkerHandle(
-                pid=reply["pid"],
+                pid=made.pid,
                 pidfd=pidfd,
                 channel=socket.socket(fileno=channel_fd),
-                workspace=reply["workspace"],
-                uid=reply["uid"],
-                session_key=reply["session_key"],
-                quota=reply["quota"],
+                workspace=made.workspace,
+                uid=made.uid,
+                session_key=made.session_key,
+                quota=made.quota,
                 cgroup_parent=self.cgroup_parent,
             )
 

@@ -7,6 +7,7 @@ import contextlib
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from sandbox import protocol
 from sandbox.errors import FrameTooLarge, ProtocolError
@@ -75,3 +76,34 @@ def test_requests_round_trip() -> None:
     ):
         encoded = protocol.encode(message)
         assert protocol.decode_request(encoded[protocol.HEADER.size :]) == message
+
+
+# --- the zygote's control messages -------------------------------------------------
+
+
+def test_zygote_requests_are_told_apart_by_their_op() -> None:
+    spawn = protocol.decode_zygote_request(b'{"op": "spawn", "workspace": null}')
+    assert spawn == protocol.SpawnRequest(workspace=None)
+    assert isinstance(protocol.decode_zygote_request(b'{"op": "drain"}'), protocol.DrainRequest)
+    assert isinstance(protocol.decode_zygote_request(b'{"op": "status"}'), protocol.StatusRequest)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b'{"op": "fork-bomb"}', b'{"op": "spawn", "extra": 1}', b"not json", b"{}"],
+)
+def test_a_zygote_request_it_does_not_know_is_refused(data: bytes) -> None:
+    with pytest.raises(ValidationError):
+        protocol.decode_zygote_request(data)
+
+
+def test_a_zygote_refusal_reaches_the_service_as_its_own_words() -> None:
+    refusal = protocol.ZygoteRefusal(error="no uid left").model_dump_json().encode()
+    with pytest.raises(ProtocolError, match="no uid left"):
+        protocol.decode_zygote_reply(refusal, protocol.WorkerMade)
+    with pytest.raises(ProtocolError, match="malformed"):
+        protocol.decode_zygote_reply(b'{"ok": true, "pid": "x"}', protocol.WorkerMade)
+    made = protocol.WorkerMade(pid=7, workspace="/w", uid=None, session_key="k", quota=False)
+    assert (
+        protocol.decode_zygote_reply(made.model_dump_json().encode(), protocol.WorkerMade) == made
+    )
