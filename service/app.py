@@ -18,7 +18,7 @@ from sandbox.confine import cgroup
 from service import __version__
 from service.audit import AuditLog
 from service.body_limit import BodySizeLimit
-from service.execution_fast_path import ExecutionFastPath
+from service.execution_fast_path import ExecutionFastPath, check_skipped_middleware
 from service.executor import Executor
 from service.http_errors import install_error_handlers
 from service.links import LinkSigner
@@ -112,9 +112,6 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     app.state.quotas = TenantQuotas(settings.rate_limit, settings.runs_at_once_per_tenant)
     install_error_handlers(app)
     upload_cap = zygote.policy.limits.workspace_mb * 1024 * 1024
-    app.fast_path = ExecutionFastPath(
-        app, functools.partial(FastAPI.__call__, app), settings.max_body_bytes
-    )
     app.add_middleware(
         BodySizeLimit, max_bytes=settings.max_body_bytes, upload_max_bytes=upload_cap
     )
@@ -126,4 +123,8 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
     app.include_router(clients.router)
     mcp = McpEndpoint(settings, zygote.policy)
     app.router.routes.append(Route("/mcp", mcp))
+    check_skipped_middleware(app)
+    app.fast_path = ExecutionFastPath(
+        app, functools.partial(FastAPI.__call__, app), settings.max_body_bytes, app
+    )
     return app

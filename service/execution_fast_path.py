@@ -19,19 +19,23 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol, get_type_hints
 
+from fastapi import FastAPI
 from pydantic import BaseModel, ValidationError
+from starlette.datastructures import URLPath
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service.body_limit import BodySizeLimit
 from service.callers import Caller
 from service.deps import run_caller
 from service.errors import ServiceError
 from service.executor import Executor
 from service.http_errors import internal_error_response, service_error_response
 from service.replies import Reply
-from service.schemas import CommandRequest, ReplRequest
+from service.routes import execution
+from service.routes.execution import EXECUTOR_METHODS
 
 log = logging.getLogger("codesherpa")
 
@@ -44,10 +48,37 @@ class _Route:
     run: RouteFunction
 
 
-_ROUTES = {
-    "/repl": _Route(ReplRequest, Executor.run_python),
-    "/command": _Route(CommandRequest, Executor.run_command),
-}
+class _RouteTable(Protocol):
+    def url_path_for(self, name: str, /, **path_params: Any) -> URLPath: ...
+
+
+def fast_routes(router: _RouteTable) -> dict[str, _Route]:
+    """The POST routes this path serves, read from the router's own table.
+
+    Each is the route whose endpoint names the executor method it adapts
+    (``EXECUTOR_METHODS``), found by its name wherever the router mounted it; its body
+    model is the endpoint's own.  A route moved or given another model is followed,
+    never shadowed by a stale copy.
+    """
+    return {
+        str(router.url_path_for(endpoint.__name__)): _Route(get_type_hints(endpoint)["body"], run)
+        for endpoint, run in EXECUTOR_METHODS.items()
+    }
+
+
+def check_skipped_middleware(app: FastAPI) -> None:
+    """Refuse to start if the fast path would skip middleware it does not do itself.
+
+    It stands in front of the whole app, so every middleware is skipped for the runs it
+    serves; it re-implements only the body cap (it serves only a declared length within
+    the cap, and leaves the rest to ``BodySizeLimit``) and the error handlers.
+    """
+    skipped: list[object] = [middleware.cls for middleware in app.user_middleware]
+    if skipped != [BodySizeLimit]:
+        names = ", ".join(getattr(cls, "__name__", str(cls)) for cls in skipped)
+        raise RuntimeError(
+            f"the execution fast path would skip middleware it does not re-implement: {names}"
+        )
 
 
 def _servable(scope: Scope, max_body_bytes: int) -> bool:
@@ -112,15 +143,22 @@ class ExecutionFastPath:
     ``app`` is the FastAPI app whose state the routes read (``Request.app``).
     """
 
-    def __init__(self, app: ASGIApp, full_stack: ASGIApp, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        full_stack: ASGIApp,
+        max_body_bytes: int,
+        routes: _RouteTable = execution.router,
+    ) -> None:
         self.app = app
         self.full_stack = full_stack
         self.max_body_bytes = max_body_bytes
+        self.routes = fast_routes(routes)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         route = None
         if scope["type"] == "http" and scope["method"] == "POST":
-            route = _ROUTES.get(scope["path"])
+            route = self.routes.get(scope["path"])
         if route is None or not _servable(scope, self.max_body_bytes):
             await self.full_stack(scope, receive, send)
             return

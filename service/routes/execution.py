@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
+from typing import Any
+
 from fastapi import APIRouter, Response
 
 from service.deps import CONVERSATION_PARAMETER, CurrentExecutor, RunCaller
+from service.executor import Executor
+from service.replies import Reply
 from service.schemas import (
     CommandRequest,
     CommandResponse,
@@ -55,3 +60,11 @@ async def repl(body: ReplRequest, caller: RunCaller, executor: CurrentExecutor) 
 async def command(body: CommandRequest, caller: RunCaller, executor: CurrentExecutor) -> Response:
     reply = await executor.run_command(caller, body)
     return reply.response()
+
+
+# What the execution fast path (service/execution_fast_path.py) calls in place of each
+# route's endpoint, for the bodies it serves itself.
+EXECUTOR_METHODS: dict[Callable[..., Any], Callable[..., Awaitable[Reply]]] = {
+    repl: Executor.run_python,
+    command: Executor.run_command,
+}

@@ -8,10 +8,15 @@ import json
 from typing import Any
 
 import pytest
+from fastapi import APIRouter, FastAPI
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.types import Message, Receive, Scope, Send
 
 from service import execution_fast_path
+from service.body_limit import BodySizeLimit
 from service.execution_fast_path import ExecutionFastPath
+from service.routes import execution
+from service.schemas import CommandRequest, ReplRequest
 
 
 class RecordingApp:
@@ -215,3 +220,26 @@ def test_an_unexpected_error_is_a_500_without_the_traceback(
     assert json.loads(body)["error"] == "internal error"
     assert b"secret internals" not in body
     assert b"Traceback" not in body
+
+
+def test_the_routes_served_are_read_from_the_routers_own_table() -> None:
+    table = execution_fast_path.fast_routes(execution.router)
+    assert set(table) == {"/repl", "/command"}
+    assert table["/repl"].model is ReplRequest
+    assert table["/command"].model is CommandRequest
+    # A route moved elsewhere is followed, never shadowed by a stale path.
+    moved = APIRouter()
+    moved.add_api_route("/run", execution.repl, methods=["POST"])
+    moved.add_api_route("/cmd", execution.command, methods=["POST"])
+    app = FastAPI()
+    app.include_router(moved, prefix="/v2")
+    assert set(execution_fast_path.fast_routes(app)) == {"/v2/run", "/v2/cmd"}
+
+
+def test_an_app_with_middleware_the_fast_path_would_skip_is_refused() -> None:
+    app = FastAPI()
+    app.add_middleware(BodySizeLimit, max_bytes=1, upload_max_bytes=1)
+    execution_fast_path.check_skipped_middleware(app)  # the one it re-implements
+    app.add_middleware(GZipMiddleware)
+    with pytest.raises(RuntimeError, match="GZipMiddleware"):
+        execution_fast_path.check_skipped_middleware(app)
