@@ -54,7 +54,7 @@ RunEvent = RunFinished
 _END = object()  # closes a subscriber's stream
 
 
-@dataclass
+@dataclass(slots=True)
 class Run:
     """One run's request and its life; made and started by a Session only."""
 
@@ -71,7 +71,6 @@ class Run:
 
     def start(self, life: Coroutine[Any, Any, RunOutcome]) -> None:
         self._task = asyncio.get_running_loop().create_task(life)
-        self._task.add_done_callback(self._close_streams)
 
     @property
     def task(self) -> asyncio.Task[RunOutcome]:
@@ -109,11 +108,18 @@ class Run:
         for queue in self._subscribers:
             queue.put_nowait(event)
 
+    @property
+    def watched(self) -> bool:
+        """Whether anyone reads the run's events (else nothing need be published)."""
+        return bool(self._subscribers)
+
     async def events(self) -> AsyncIterator[RunEvent]:
         """The events published from now on, until the run ends."""
         queue: asyncio.Queue[object] = asyncio.Queue()
         if self.done():
             return
+        if not self._subscribers:  # the first: the streams close when the run ends
+            self.task.add_done_callback(self._close_streams)
         self._subscribers.append(queue)
         try:
             while (event := await queue.get()) is not _END:

@@ -158,7 +158,8 @@ class Session:
             )
             outcome.duration_ms = (time.monotonic() - started) * 1000
             self._execution_count = outcome.reply.execution_count
-            run.publish(RunFinished(outcome))
+            if run.watched:
+                run.publish(RunFinished(outcome))
             return outcome
         finally:
             self._current = None

@@ -30,6 +30,7 @@ import asyncio
 import enum
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
@@ -186,7 +187,13 @@ class GuardedConnection(UvicornHttpProtocol):
     deadlines: ClassVar[ClientDeadlines]
 
     _waiting: Waiting | None = None
+    # One timer per connection, moved only when a deadline comes sooner than it: a
+    # request that takes the connection from its head to served and back then sets two
+    # attributes, not a timer (cancelling and arming one per transition was half of
+    # the guard's cost per trivial run).
     _deadline: asyncio.TimerHandle | None = None
+    _due: float | None = None  # when the current deadline falls; None while served
+    _overdue: Callable[[], None] | None = None  # what happens then
     _last_progress = 0.0
     _head_bytes_received = False
 
@@ -246,23 +253,43 @@ class GuardedConnection(UvicornHttpProtocol):
         self._waiting = waiting
         now = self.loop.time()
         self.table.move(self, waiting, now)
-        self._cancel_deadline()
         if waiting is Waiting.HEAD:
             self._head_bytes_received = False
-            self._deadline = self.loop.call_later(
-                self.deadlines.header_timeout_s, self._head_overdue
-            )
+            self._set_deadline(now + self.deadlines.header_timeout_s, self._head_overdue)
         elif waiting is Waiting.CLIENT:
             self._last_progress = now
-            self._deadline = self.loop.call_later(self.deadlines.stall_timeout_s, self._check_stall)
+            self._set_deadline(now + self.deadlines.stall_timeout_s, self._check_stall)
+        else:
+            self._due = None  # a timer still set finds nothing due, and is not set again
+
+    def _set_deadline(self, due: float, overdue: Callable[[], None]) -> None:
+        self._due = due
+        self._overdue = overdue
+        timer = self._deadline
+        if timer is not None and timer.when() <= due:
+            return  # it fires first, and moves itself to ``due`` then
+        if timer is not None:
+            timer.cancel()
+        self._deadline = self.loop.call_at(due, self._on_deadline)
+
+    def _on_deadline(self) -> None:
+        self._deadline = None
+        due, overdue = self._due, self._overdue
+        if due is None or overdue is None:
+            return
+        if self.loop.time() < due:
+            self._deadline = self.loop.call_at(due, self._on_deadline)
+            return
+        self._due = None
+        overdue()
 
     def _cancel_deadline(self) -> None:
+        self._due = None
         if self._deadline is not None:
             self._deadline.cancel()
             self._deadline = None
 
     def _head_overdue(self) -> None:
-        self._deadline = None
         if self.transport.is_closing():
             return
         if self._head_bytes_received:
@@ -284,7 +311,6 @@ class GuardedConnection(UvicornHttpProtocol):
         return self.flow.read_paused or _awaits_continue(self.cycle)
 
     def _check_stall(self) -> None:
-        self._deadline = None
         if self.transport.is_closing():
             return
         now = self.loop.time()
@@ -293,7 +319,7 @@ class GuardedConnection(UvicornHttpProtocol):
         idle = now - self._last_progress
         limit = self.deadlines.stall_timeout_s
         if idle < limit:
-            self._deadline = self.loop.call_later(limit - idle, self._check_stall)
+            self._set_deadline(now + limit - idle, self._check_stall)
             return
         if self.cycle is not None and not self.cycle.response_started:
             self.transport.write(

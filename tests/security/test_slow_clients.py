@@ -22,6 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from service.connection_guard import CLIENT_GRACE_S
@@ -291,15 +292,21 @@ def test_emfile_storm_logs_a_bounded_number_of_lines(tmp_path: Path) -> None:
     )
     try:
         before = log_size(running)
+        service = psutil.Process(running.process.pid)
+        descriptors = 0
         with half_heads(running, 400, connect_timeout_s=0.2):
-            time.sleep(2)
+            for _ in range(40):
+                descriptors = max(descriptors, service.num_fds())
+                time.sleep(0.05)
             grown = log_size(running) - before
         # The held heads time out; the service serves again.
         recovered = any(livez(running, timeout_s=2) == 200 for _ in range(10))
     finally:
         stop_server(running)
-    log = (tmp_path / "server.log").read_text()
-    assert "out of system resource" in log  # the storm did happen
+    # The storm did happen: every descriptor was taken.  asyncio's accept loop logs each
+    # failed accept (with its traceback); uvloop's keeps quiet, and either way the log
+    # stays small.
+    assert descriptors >= 256 - 8, descriptors
     assert grown < 4096, grown
     assert recovered
 
