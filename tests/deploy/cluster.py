@@ -146,12 +146,18 @@ class Cluster:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.Client(base_url=self.router.url, headers=headers, timeout=60)
 
-    def holder(self, tenant: str, session_id: str) -> str | None:
-        """Which live replica holds a session, asked of each replica directly."""
+    def holder(
+        self, tenant: str, session_id: str, conversation: dict[str, str] | None = None
+    ) -> str | None:
+        """Which live replica holds a session, asked of each replica directly.
+
+        A session made for a conversation is listed only to that conversation.
+        """
         found = [
             name
             for name, server in self.replicas.items()
-            if name not in self.killed and session_id in _session_ids(server, TOKENS[tenant])
+            if name not in self.killed
+            and session_id in _session_ids(server, TOKENS[tenant], conversation)
         ]
         assert len(found) <= 1, f"session {session_id} is on {found}"
         return found[0] if found else None
@@ -164,9 +170,9 @@ class Cluster:
         self.killed.add(name)
 
 
-def _session_ids(server: Server, token: str) -> set[str]:
+def _session_ids(server: Server, token: str, headers: dict[str, str] | None) -> set[str]:
     with server.client(token) as direct:
-        reply = direct.get("/sessions")
+        reply = direct.get("/sessions", headers=headers)
         reply.raise_for_status()
         return {entry["session_id"] for entry in reply.json()}
 

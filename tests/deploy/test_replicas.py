@@ -124,7 +124,7 @@ def test_a_conversation_keeps_its_implicit_session_on_one_replica(cluster: Clust
             assert reply.status_code == 200, reply.text
             assert reply.json()["result"] == str(expected)
             assert reply.json()["session_id"] == session_id
-    assert cluster.holder("alice", session_id) is not None
+    assert cluster.holder("alice", session_id, conversation) is not None
 
 
 def test_a_client_that_sends_only_its_token_keeps_all_its_sessions_on_one_replica(
