@@ -39,8 +39,7 @@ class WorkerChannel:
 
         Read by ``_on_readable``, which stays registered with the event loop between
         runs: a ``sock_recv`` per run added and removed the reader and made a recv
-        that found nothing, about twice the user CPU of this in a bare round trip with
-        a child process (measured: 20 to 39 against 12 to 18 us).
+        that found nothing, twice the CPU of this (docs/decisions.md).
         """
         while not self._frames:
             if self._failure is not None:

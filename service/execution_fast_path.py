@@ -1,12 +1,12 @@
 """POST /repl and POST /command on a short path: a valid request skips FastAPI's machinery.
 
-py-spy on the service under the benchmark put FastAPI and Starlette at about a fifth of
-a trivial /repl's CPU: the middleware stack, matching the path against every route,
-resolving the dependency, reading the body through a ``Request``, decoding the JSON
-and then validating it, and a ``Response`` object for the reply.  This app stands in
-front of the whole FastAPI app and serves a POST to either route itself when the body
-is JSON its model accepts, with the routes' own dependency (``run_caller``) and
-functions (``run_python``, ``run_command``), so the reply is the same bytes.
+FastAPI and Starlette are a large share of a trivial /repl's CPU (docs/decisions.md):
+the middleware stack, matching the path against every route, resolving the dependency,
+reading the body through a ``Request``, decoding the JSON and then validating it, and a
+``Response`` object for the reply.  This app stands in front of the whole FastAPI app
+and serves a POST to either route itself when the body is JSON its model accepts, with
+the routes' own dependency (``run_caller``) and the executor methods the routes adapt
+(``EXECUTOR_METHODS``), so the reply is the same bytes (tests/api/test_fast_path_parity.py).
 
 Anything else goes to FastAPI, with the body replayed when it was read: another method
 or path, a body not declared JSON, no Content-Length or one above the body cap (so the
