@@ -5,9 +5,9 @@ whole life: the exchange with the worker, the wall clock, the sweep of what the 
 left behind, and the recovery of a worker that failed.  The task, not its callers,
 releases the lock, so nothing a caller does can cut any of that short.
 
-Callers ``await run.outcome()``, which is shielded: a caller that is cancelled (an MCP
-client's cancellation, a client that hung up) abandons the run, which ends it as a
-timeout does (interrupt, then kill after the grace period).  Whatever the run holds
+Callers ``await run.outcome()``, which only the task completes: a caller that is
+cancelled (an MCP client's cancellation, a client that hung up) abandons the run, which
+ends it as a timeout does (interrupt, then kill after the grace period).  Whatever the run holds
 beyond the session (a tenant's run slot, say) is handed back through ``when_done``.
 
 A run publishes events as it goes; today that is only ``RunFinished``.  Subscribers
@@ -66,14 +66,39 @@ class Run:
     abandoned: bool = False
     # While the run waits for its reply: how to interrupt the worker (see Session).
     on_interrupt: Callable[[InterruptReason], None] | None = None
-    _task: asyncio.Task[RunOutcome] | None = None
+    _task: asyncio.Task[RunOutcome | None] | None = None
+    # What callers await.  The run's task sets it as it ends, so a caller wakes in the
+    # same loop step (a shield of the task took two more); a caller cancelled while
+    # waiting cancels only this future, never the task.
+    _outcome: asyncio.Future[RunOutcome] | None = None
+    _on_end: list[Callable[[], None]] = field(default_factory=list)
     _subscribers: list[asyncio.Queue[object]] = field(default_factory=list)
 
     def start(self, life: Coroutine[Any, Any, RunOutcome]) -> None:
-        self._task = asyncio.get_running_loop().create_task(life)
+        loop = asyncio.get_running_loop()
+        self._outcome = loop.create_future()
+        self._task = loop.create_task(self._live(life))
+
+    async def _live(self, life: Coroutine[Any, Any, RunOutcome]) -> RunOutcome | None:
+        assert self._outcome is not None
+        try:
+            outcome = await life
+        except Exception as exc:  # noqa: BLE001 - handed to the caller, if one still waits
+            if not self._outcome.done():
+                self._outcome.set_exception(exc)
+            return None
+        else:
+            if not self._outcome.done():
+                self._outcome.set_result(outcome)
+            return outcome
+        finally:
+            for callback in self._on_end:
+                callback()
+            for queue in self._subscribers:
+                queue.put_nowait(_END)
 
     @property
-    def task(self) -> asyncio.Task[RunOutcome]:
+    def task(self) -> asyncio.Task[RunOutcome | None]:
         assert self._task is not None, "a run is started by its session"
         return self._task
 
@@ -82,8 +107,14 @@ class Run:
 
     async def outcome(self) -> RunOutcome:
         """The run's outcome; a caller cancelled meanwhile abandons the run."""
+        assert self._outcome is not None, "a run is started by its session"
+        if self._outcome.cancelled():  # an earlier caller went away: ask the task
+            outcome = await asyncio.shield(self.task)
+            if outcome is None:
+                raise RuntimeError("the run ended without an outcome")
+            return outcome
         try:
-            return await asyncio.shield(self.task)
+            return await self._outcome
         except asyncio.CancelledError:
             self.abandon()
             raise
@@ -102,7 +133,10 @@ class Run:
 
     def when_done(self, callback: Callable[[], None]) -> None:
         """Call ``callback`` once the run has ended, however it ended."""
-        self.task.add_done_callback(lambda _: callback())
+        if self.done():
+            callback()
+        else:
+            self._on_end.append(callback)
 
     def publish(self, event: RunEvent) -> None:
         for queue in self._subscribers:
@@ -118,16 +152,10 @@ class Run:
         queue: asyncio.Queue[object] = asyncio.Queue()
         if self.done():
             return
-        if not self._subscribers:  # the first: the streams close when the run ends
-            self.task.add_done_callback(self._close_streams)
-        self._subscribers.append(queue)
+        self._subscribers.append(queue)  # closed by the run's end
         try:
             while (event := await queue.get()) is not _END:
                 assert isinstance(event, RunFinished)
                 yield event
         finally:
             self._subscribers.remove(queue)
-
-    def _close_streams(self, _: asyncio.Task[RunOutcome]) -> None:
-        for queue in self._subscribers:
-            queue.put_nowait(_END)
