@@ -30,9 +30,8 @@ from typing import Any
 
 import pytest
 
-from sandbox import RunReply, Session, ZygoteClient, workspaces
+from sandbox import RunReply, Session, ZygoteClient
 from sandbox.confine import runtime
-from sandbox.policy import Policy
 from tests.security.harness import (
     VISIBLE_TMP,
     Results,
@@ -41,7 +40,6 @@ from tests.security.harness import (
     probe,
     probe_with_reply,
 )
-from tests.zygotes import stop_zygote
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack]
 
@@ -95,22 +93,6 @@ def outside(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Outside]
     finally:
         if visible:
             shutil.rmtree(root, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def visible_zygote(policy: Policy) -> Iterator[ZygoteClient]:
-    """A zygote whose workspaces live under a directory every worker can see."""
-    state_dir = tempfile.mkdtemp(prefix="codesherpa-state-", dir=VISIBLE_TMP)
-    client = ZygoteClient(policy, state_dir)
-    client.start()
-    try:
-        yield client
-    finally:
-        stop_zygote(client)
-        root = workspaces.workspaces_root(state_dir)
-        for name in os.listdir(root) if os.path.isdir(root) else []:
-            workspaces.remove(os.path.join(root, name))
-        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 @contextlib.asynccontextmanager

@@ -29,7 +29,7 @@ import pytest
 from sandbox import Session, ZygoteClient, workspaces, zygote_client
 from sandbox.confine import runtime
 from sandbox.policy import Policy
-from tests.security.harness import VISIBLE_TMP, open_session, probe
+from tests.security.harness import open_session, probe
 from tests.zygotes import stop_zygote
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack]
@@ -190,26 +190,11 @@ async def test_a_socket_and_a_settings_file_beside_the_checkout_are_out_of_reach
 # --- other sessions' workspaces ---------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def visible_state_zygote(policy: Policy) -> Iterator[ZygoteClient]:
-    """A zygote whose state directory lies where a worker's view shows it (no tmpfs of
-    the worker covers it), unlike the ``zygote`` fixture's, under /tmp."""
-    state_dir = tempfile.mkdtemp(prefix="codesherpa-state-", dir=VISIBLE_TMP)
-    client = ZygoteClient(policy, state_dir)
-    client.start()
-    try:
-        yield client
-    finally:
-        stop_zygote(client)
-        workspaces.remove_all(state_dir)
-        shutil.rmtree(state_dir, ignore_errors=True)
-
-
 @pytest.fixture(params=["covered", "visible"])
 def any_zygote(
-    request: pytest.FixtureRequest, zygote: ZygoteClient, visible_state_zygote: ZygoteClient
+    request: pytest.FixtureRequest, zygote: ZygoteClient, visible_zygote: ZygoteClient
 ) -> ZygoteClient:
-    return zygote if request.param == "covered" else visible_state_zygote
+    return zygote if request.param == "covered" else visible_zygote
 
 
 @contextlib.asynccontextmanager
