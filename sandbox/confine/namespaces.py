@@ -173,9 +173,25 @@ def _expose_runtime(
         if cover not in mounted:
             mount("tmpfs", cover, "tmpfs", MS_NOSUID | MS_NODEV, "size=1m,mode=0755")
             mounted.add(cover)
-        os.makedirs(path, mode=0o755, exist_ok=True)
+        _make_unlistable_dirs(path)
         mount(f"/proc/self/fd/{runtime_fds[path]}", path, None, MS_BIND | MS_REC)
         mount("none", path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID | MS_NODEV)
+
+
+def _make_unlistable_dirs(path: str) -> None:
+    """Make the missing directories of ``path``: traversable, never listable (0711).
+
+    They lead to a directory bound back, say the virtualenv's libraries inside the
+    checkout; under a /tmp the session may read, their names would otherwise list the
+    checkout's layout.  Made by root before the worker drops to its own uid.
+    """
+    missing = []
+    while not os.path.lexists(path):
+        missing.append(path)
+        path = os.path.dirname(path)
+    for directory in reversed(missing):
+        os.mkdir(directory, 0o711)
+        os.chmod(directory, 0o711)  # noqa: S103 - whatever the umask; traversal only
 
 
 def _detach(directory_fd: int) -> None:
@@ -202,7 +218,7 @@ def _virtualenv_interpreter() -> None:
     if not runtime.IN_VIRTUALENV or os.path.lexists(sys.executable):
         return
     with contextlib.suppress(OSError):
-        os.makedirs(os.path.dirname(sys.executable), mode=0o755, exist_ok=True)
+        _make_unlistable_dirs(os.path.dirname(sys.executable))
         os.symlink(runtime.REAL_EXECUTABLE, sys.executable)
         with open(os.path.join(sys.prefix, "pyvenv.cfg"), "x", encoding="utf-8") as config:
             config.write(runtime.virtualenv_configuration())
