@@ -8,7 +8,8 @@
     ├── WorkerLost             a worker died or its channel closed mid-conversation
     ├── WorkerBusy             a session already runs something and the wait ran out
     ├── ZygoteUnavailable      the zygote cannot hand out workers right now
-    └── StateDirectoryInUse    another process owns the state directory
+    ├── StateDirectoryInUse    another process owns the state directory
+    └── StateDirectoryUnsafe   someone else could change the state directory
 
 User-code outcomes (exceptions, timeouts, kills, policy denials) are not errors of
 the library: they come back as a ``RunReply`` with a status.
@@ -71,3 +72,7 @@ class StateDirectoryInUse(SandboxError):
         )
         self.state_dir = state_dir
         self.pid = pid
+
+
+class StateDirectoryUnsafe(SandboxError):
+    """The state directory, or its lock file, is not this service's alone."""

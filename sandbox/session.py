@@ -239,10 +239,10 @@ class Session:
             reason = f"the run ignored the interrupt and was killed after {waited}"
             return await self._recover(self._killed(request.run_id, reason, limit="wall_time"))
         if failure is not None:
-            return await self._recover(self._lost(request.run_id, failure))
+            return await self._recover(self._lost(request.run_id, failure, worker))
         if not isinstance(message, protocol.RunReply) or message.run_id != request.run_id:
             unexpected = ProtocolError("the worker sent an unexpected frame")
-            return await self._recover(self._lost(request.run_id, unexpected))
+            return await self._recover(self._lost(request.run_id, unexpected, worker))
         if message.status in _SERVICE_STATUSES or message.limit is not None:
             # Only the service stops a run and names the limit: a worker saying so forged
             # it, and the status and limit go to the audit log and the metrics.
@@ -292,9 +292,9 @@ class Session:
         )
         outcome.limit = "memory"
 
-    async def _lost(self, run_id: int, exc: Exception) -> RunOutcome:
-        worker = self.worker
-        assert worker is not None
+    async def _lost(self, run_id: int, exc: Exception, worker: WorkerHandle) -> RunOutcome:
+        """The run's worker failed; ``worker`` is the run's own (a session ended meanwhile
+        has none any more)."""
         if isinstance(exc, ProtocolError):
             reason = f"the worker broke the protocol ({exc}) and was killed"
             return await self._killed(run_id, reason, limit=None)

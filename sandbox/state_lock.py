@@ -15,11 +15,12 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import stat
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sandbox.errors import StateDirectoryInUse
+from sandbox.errors import StateDirectoryInUse, StateDirectoryUnsafe
 
 LOCK_NAME = "owner.lock"
 
@@ -43,23 +44,27 @@ def acquire(state_dir: str) -> None:
             claim.count += 1
             return
         os.makedirs(key, mode=0o711, exist_ok=True)
-        fd = os.open(
-            os.path.join(key, LOCK_NAME),
-            os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC,
-            0o600,
-        )
+        _require_own(os.lstat(key), key, stat.S_ISDIR)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = _read_pid(fd)
-            os.close(fd)
-            raise StateDirectoryInUse(key, holder) from None
+            fd = os.open(
+                os.path.join(key, LOCK_NAME),
+                os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC,
+                0o600,
+            )
+        except OSError as exc:
+            raise StateDirectoryUnsafe(f"{key}/{LOCK_NAME}: {exc.strerror}") from None
+        try:
+            _require_own(os.fstat(fd), f"{key}/{LOCK_NAME}", stat.S_ISREG)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise StateDirectoryInUse(key, _read_pid(fd)) from None
+            os.fchmod(fd, 0o600)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
             os.close(fd)
             raise
-        os.fchmod(fd, 0o600)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         _claims[key] = _Claim(fd, 1)
 
 
@@ -88,6 +93,14 @@ def claimed(state_dir: str) -> Iterator[None]:
 def owns(state_dir: str) -> bool:
     with _guard:
         return os.path.realpath(state_dir) in _claims
+
+
+def _require_own(info: os.stat_result, path: str, right_kind: Callable[[int], bool]) -> None:
+    """Refuse a state directory or lock file that another user could replace or hold."""
+    if not right_kind(info.st_mode) or info.st_uid != os.geteuid():
+        raise StateDirectoryUnsafe(f"{path}: not this service's own (owner uid {info.st_uid})")
+    if info.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+        raise StateDirectoryUnsafe(f"{path}: writable by others (mode {info.st_mode & 0o777:o})")
 
 
 def _read_pid(fd: int) -> int | None:

@@ -19,7 +19,12 @@ import psutil
 from sandbox import pool_ledger, protocol, state_lock, workspaces
 from sandbox.confine import cgroup
 from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
-from sandbox.errors import ConfinementError, ProtocolError, ZygoteUnavailable
+from sandbox.errors import (
+    ConfinementError,
+    ProtocolError,
+    StateDirectoryInUse,
+    ZygoteUnavailable,
+)
 from sandbox.handle import WorkerHandle, held_worker_pids
 from sandbox.policy import Policy
 from sandbox.protocol import StartOrder
@@ -102,6 +107,9 @@ class ZygoteClient:
             # Raises StateDirectoryInUse before anything of another owner is touched.
             state_lock.acquire(self.state_dir)
             self._owns_state_dir = True
+        if clean_leftovers and os.path.realpath(self.state_dir) in _running_state_dirs:
+            # Another zygote of this process serves sessions there: nothing is a leftover.
+            raise StateDirectoryInUse(os.path.realpath(self.state_dir), os.getpid())
         if clean_leftovers:
             # What an earlier run of this service left (a crash leaves it) ends now.
             with contextlib.suppress(OSError, ValueError):

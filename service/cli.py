@@ -25,7 +25,7 @@ from sandbox import (
     workspaces,
 )
 from sandbox.confine import cgroup
-from sandbox.errors import SandboxError
+from sandbox.errors import SandboxError, StateDirectoryUnsafe
 from sandbox.policy import ALL_LAYERS, policy_warnings
 from sandbox.policy_docs import render_reference, review_changes
 from service import __version__
@@ -84,8 +84,10 @@ def serve(args: argparse.Namespace) -> int:
         # Held until this process exits: a second service, or anything else that
         # would clear this directory's leftovers, is refused while it runs.
         state_lock.acquire(settings.state_dir)
-    except StateDirectoryInUse as exc:
+    except (StateDirectoryInUse, StateDirectoryUnsafe) as exc:
         return _fail(str(exc))
+    except OSError as exc:
+        return _fail(f"cannot use the state directory {settings.state_dir}: {exc.strerror}")
     try:
         zygote, isolation = start_sandbox(policy, settings.state_dir)
     except SandboxError as exc:

@@ -9,20 +9,23 @@ leaves behind (its metrics, its audit line, the reply within the cap, file links
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
-from sandbox import CommandDenied, RunOutcome, RunReply, WorkerBusy, parse_and_check
+from sandbox import CommandDenied, RunOutcome, RunReply, Session, WorkerBusy, parse_and_check
 from sandbox.errors import SandboxError
 from service.audit import AuditLog
 from service.callers import Caller
-from service.errors import SandboxUnavailable, ServiceError, SessionBusy
+from service.errors import SandboxUnavailable, ServiceError, SessionBusy, SessionExpired
 from service.links import LinkSigner
 from service.metrics import Metrics
 from service.quotas import TenantQuotas
 from service.registry import SessionRecord, SessionRegistry
 from service.replies import FileLinker, Reply, build_reply
 from service.schemas import CommandRequest, ReplRequest
+
+log = logging.getLogger("codesherpa")
 
 
 @dataclass(frozen=True)
@@ -81,7 +84,7 @@ class Executor:
                 run = await session.start_command(text, timeout)
         except SandboxError as exc:
             slot.release()
-            raise _request_error(exc) from None
+            raise session_error(exc, record.session) from None
         except asyncio.CancelledError:
             slot.release()  # a caller still queued for the session: nothing started
             raise
@@ -99,7 +102,7 @@ class Executor:
                 self._observe(caller, record, kind, text, cancelled, status="cancelled")
             raise
         except SandboxError as exc:
-            raise _request_error(exc) from None
+            raise session_error(exc, record.session) from None
         self._observe(caller, record, kind, text, outcome)
         return outcome
 
@@ -133,7 +136,11 @@ class Executor:
         )
 
 
-def _request_error(exc: SandboxError) -> ServiceError:
+def session_error(exc: SandboxError, session: Session) -> ServiceError:
+    """What a caller is told of a sandbox error on one of its sessions.
+
+    The sandbox's own words can name host paths (a workspace's): they go to the log.
+    """
     if isinstance(exc, WorkerBusy):
         return SessionBusy(
             "this session is still running a previous request",
@@ -141,4 +148,11 @@ def _request_error(exc: SandboxError) -> ServiceError:
             "or use another session.",
             retry_after_s=5,
         )
-    return SandboxUnavailable(f"the sandbox is unavailable: {exc}", "Retry in a few seconds.")
+    if session.closed:
+        return SessionExpired(
+            "the session was ended", "Start a new session (POST /sessions, or omit session_id)."
+        )
+    log.warning("a session's worker could not be started: %s", exc)
+    return SandboxUnavailable(
+        "the sandbox cannot start a worker for this session right now", "Retry in a few seconds."
+    )

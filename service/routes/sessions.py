@@ -8,7 +8,9 @@ import psutil
 from fastapi import APIRouter, Response
 
 from sandbox import WorkerHandle
+from sandbox.errors import SandboxError
 from service.deps import CurrentCaller, OwnedSession, Registry
+from service.executor import session_error
 from service.registry import SessionRecord
 from service.schemas import ErrorResponse, SessionCreated, SessionInfo
 
@@ -127,7 +129,10 @@ async def delete_session(record: OwnedSession, registry: Registry) -> Response:
     responses=_ERRORS,
 )
 async def restart_session(record: OwnedSession) -> SessionInfo:
-    await record.session.restart()
+    try:
+        await record.session.restart()
+    except SandboxError as exc:
+        raise session_error(exc, record.session) from None
     return _info(record)
 
 

@@ -93,3 +93,30 @@ def test_a_busy_session(server: Server, client: httpx.Client) -> None:
         client.post(f"/sessions/{session_id}/interrupt")
         sleeper.join(30)
         client.delete(f"/sessions/{session_id}")
+
+
+def test_a_restart_of_a_session_ended_meanwhile_is_expired_not_an_error(
+    server: Server, client: httpx.Client
+) -> None:
+    session_id = client.post("/sessions").json()["session_id"]
+    answers: list[httpx.Response] = []
+    running = threading.Thread(
+        target=lambda: client.post(
+            "/repl", json={"code": "import time\ntime.sleep(1)", "session_id": session_id}
+        )
+    )
+    running.start()
+    time.sleep(0.3)
+    with server.client(TOKEN) as other:
+        restart = threading.Thread(
+            target=lambda: answers.append(other.post(f"/sessions/{session_id}/restart"))
+        )
+        restart.start()  # queued behind the run
+        time.sleep(0.2)
+        assert client.delete(f"/sessions/{session_id}").status_code == 204
+        restart.join(30)
+    running.join(30)
+    [answer] = answers
+    assert answer.status_code in (404, 410), answer.text
+    assert answer.json()["code"] in ("session_expired", "session_not_found")
+    assert "/state/" not in answer.text  # no host path

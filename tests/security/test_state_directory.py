@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from sandbox import StateDirectoryInUse, ZygoteClient, load_policy, state_lock
+from sandbox import Session, StateDirectoryInUse, ZygoteClient, load_policy, state_lock
 from tests.api.server import ROOT, TEST_POLICY, Server, free_port, start_server, stop_server
 
-pytestmark = pytest.mark.attack
+pytestmark = [pytest.mark.attack, pytest.mark.anyio]
 
 CLI_TIMEOUT_S = 120
 
@@ -149,3 +149,21 @@ def test_the_lock_file_is_private(server: Server) -> None:
     lock = server.state_dir / state_lock.LOCK_NAME
     assert lock.stat().st_mode & 0o777 == 0o600
     assert lock.read_text().strip() == str(server.process.pid)
+
+
+async def test_a_second_zygote_of_the_same_process_clears_nothing(
+    zygote: ZygoteClient,
+) -> None:
+    # A library user starting a second client on the directory its first one serves:
+    # that process owns the lock already, so only the running clients tell it apart.
+    session = await Session.start(zygote)
+    try:
+        assert (await session.run_python("open('kept.txt', 'w').write('x')")).reply.status == "ok"
+        second = ZygoteClient(zygote.policy, zygote.state_dir)
+        with pytest.raises(StateDirectoryInUse):
+            second.start()
+        assert second.pid is None
+        assert (Path(session.workspace) / "kept.txt").exists()
+        assert (await session.run_python("open('kept.txt').read()")).reply.value == "'x'"
+    finally:
+        await session.close()
