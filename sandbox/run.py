@@ -17,11 +17,14 @@ read them and never change the run.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sandbox import protocol
+
+log = logging.getLogger("codesherpa")
 
 Request = protocol.RunPython | protocol.RunCommand
 # Why a run was interrupted: the wall clock, a request (POST …/interrupt), or its caller
@@ -67,9 +70,8 @@ class Run:
     # While the run waits for its reply: how to interrupt the worker (see Session).
     on_interrupt: Callable[[InterruptReason], None] | None = None
     _task: asyncio.Task[RunOutcome | None] | None = None
-    # What callers await.  The run's task sets it as it ends, so a caller wakes in the
-    # same loop step (a shield of the task took two more); a caller cancelled while
-    # waiting cancels only this future, never the task.
+    # What callers await, each through a shield of its own.  The run's task sets it as
+    # it ends, so a caller wakes one loop step after (a shield of the task took two).
     _outcome: asyncio.Future[RunOutcome] | None = None
     _on_end: list[Callable[[], None]] = field(default_factory=list)
     _subscribers: list[asyncio.Queue[object]] = field(default_factory=list)
@@ -83,19 +85,26 @@ class Run:
         assert self._outcome is not None
         try:
             outcome = await life
+        except asyncio.CancelledError:  # the loop is going away: so are its callers
+            self._outcome.cancel()
+            raise
         except Exception as exc:  # noqa: BLE001 - handed to the caller, if one still waits
-            if not self._outcome.done():
-                self._outcome.set_exception(exc)
+            self._outcome.set_exception(exc)
+            if self.abandoned:  # nobody will read it there: the log does
+                self._outcome.exception()
+                log.warning("a run whose caller went away failed: %s", exc)
             return None
         else:
-            if not self._outcome.done():
-                self._outcome.set_result(outcome)
+            self._outcome.set_result(outcome)
             return outcome
         finally:
-            for callback in self._on_end:
-                callback()
             for queue in self._subscribers:
                 queue.put_nowait(_END)
+            for callback in self._on_end:
+                try:
+                    callback()
+                except Exception:  # one holder's failure must not keep the others'
+                    log.exception("a run's end callback failed")
 
     @property
     def task(self) -> asyncio.Task[RunOutcome | None]:
@@ -108,13 +117,9 @@ class Run:
     async def outcome(self) -> RunOutcome:
         """The run's outcome; a caller cancelled meanwhile abandons the run."""
         assert self._outcome is not None, "a run is started by its session"
-        if self._outcome.cancelled():  # an earlier caller went away: ask the task
-            outcome = await asyncio.shield(self.task)
-            if outcome is None:
-                raise RuntimeError("the run ended without an outcome")
-            return outcome
         try:
-            return await self._outcome
+            # Shielded: a caller cancelled here cancels its own wait, not the others'.
+            return await asyncio.shield(self._outcome)
         except asyncio.CancelledError:
             self.abandon()
             raise

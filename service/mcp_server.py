@@ -27,7 +27,6 @@ from urllib.parse import urlsplit
 from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser
 from mcp.server.auth.provider import AccessToken
 from mcp.server.fastmcp import Context, FastMCP
-from mcp.server.fastmcp.exceptions import ToolError
 from mcp.server.session import ServerSession
 from mcp.server.transport_security import TransportSecuritySettings
 from mcp.types import ContentBlock, TextContent, ToolAnnotations
@@ -40,9 +39,9 @@ from sandbox import Policy
 from service import mcp_content, workspace_access
 from service.callers import CONVERSATION_HEADER, Caller, caller_for
 from service.deps import authenticate
-from service.errors import QuotaExceeded, ServiceError
+from service.errors import InvalidRequest, QuotaExceeded, ServiceError, Unauthorized
 from service.executor import Executor
-from service.mcp_errors import tool_error
+from service.mcp_errors import tool_error, validated
 from service.registry import SessionRecord, SessionRegistry
 from service.routes import files, sessions
 from service.routes.clients import policy_facts
@@ -90,7 +89,9 @@ def implicit_key(mcp_session_id: str | None) -> str:
 def _caller(ctx: McpContext) -> tuple[Request, str]:
     request = ctx.request_context.request
     if request is None or not isinstance(request.scope.get("user"), AuthenticatedUser):
-        raise ToolError("this tool is only served over the authenticated /mcp endpoint")
+        raise tool_error(
+            Unauthorized("this tool is only served over the authenticated /mcp endpoint")
+        )
     user: AuthenticatedUser = request.scope["user"]
     return request, user.access_token.client_id
 
@@ -134,8 +135,8 @@ async def run_python(
     links), then every figure or image the run created as image content.
     """
     request, caller, record = await _session(ctx, session_id)
-    body = ReplRequest(code=code, session_id=record.session_id, timeout=timeout)
     try:
+        body = validated(ReplRequest, code=code, session_id=record.session_id, timeout=timeout)
         reply = await _executor(request).run_python(caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
@@ -154,8 +155,10 @@ async def run_command(
     A refused command names the rule and lists the allowed programs.
     """
     request, caller, record = await _session(ctx, session_id)
-    body = CommandRequest(command=command, session_id=record.session_id, timeout=timeout)
     try:
+        body = validated(
+            CommandRequest, command=command, session_id=record.session_id, timeout=timeout
+        )
         reply = await _executor(request).run_command(caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
@@ -192,7 +195,9 @@ async def write_file(
     try:
         data = base64.b64decode(content, validate=True) if is_base64 else content.encode()
     except binascii.Error:
-        raise ToolError("content is not valid base64; send text with is_base64 false") from None
+        raise tool_error(
+            InvalidRequest("content is not valid base64", "Send text with is_base64 false.")
+        ) from None
     try:
         await workspace_access.write(record, path, _one_chunk(data), len(data))
     except ServiceError as exc:

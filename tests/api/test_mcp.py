@@ -168,6 +168,24 @@ def test_a_missing_file_is_a_tool_error_that_says_what_to_do(mcp_server: Server)
     assert "list_files" in _error_text(_using(mcp_server, ALICE, work))
 
 
+@pytest.mark.parametrize(
+    ("tool", "arguments", "code"),
+    [
+        ("read_file", {"path": "nope.csv"}, "file_not_found"),
+        ("run_command", {"command": "x" * 100_001}, "validation_error"),
+        ("write_file", {"path": "a.bin", "content": "%%%", "is_base64": True}, "validation_error"),
+        ("run_python", {"code": "1", "session_id": "0" * 32}, "session_not_found"),
+    ],
+)
+def test_a_tool_error_ends_with_the_code_http_gives_it(
+    mcp_server: Server, tool: str, arguments: dict[str, Any], code: str
+) -> None:
+    async def work(session: ClientSession) -> CallToolResult:
+        return await session.call_tool(tool, arguments)
+
+    assert _error_text(_using(mcp_server, ALICE, work)).endswith(f"(code: {code})")
+
+
 def test_a_denied_command_names_the_rule_and_what_is_allowed(mcp_server: Server) -> None:
     async def work(session: ClientSession) -> CallToolResult:
         return await session.call_tool("run_command", {"command": "python3 -c 1"})
