@@ -12,6 +12,7 @@ import ctypes
 import os
 import secrets
 import shutil
+from collections.abc import Iterator
 
 _libc = ctypes.CDLL(None, use_errno=True)
 MNT_DETACH = 2
@@ -24,6 +25,8 @@ MS_PRIVATE = 1 << 18
 BYTES_PER_INODE = 16 * 1024
 # Entries re-owned at most when a kept workspace changes uid (see hand_over).
 MAX_HANDED_OVER = 50_000
+MAX_DEPTH = 256  # directories held open at once while re-owning
+_DIRECTORY_NO_FOLLOW = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def workspaces_root(state_dir: str) -> str:
@@ -136,27 +139,42 @@ def hand_over(path: str, uid: int) -> None:
     """Give the files of a kept workspace to another uid: at most MAX_HANDED_OVER.
 
     Only when the workspace's own uid cannot be taken back (a process still runs
-    under it); the zygote serves every spawn in turn, so this work is bounded.
+    under it, and may be changing the tree meanwhile); the zygote serves every spawn in
+    turn, so this work is bounded.  Each directory is opened relative to its parent
+    without following a link, and each entry re-owned relative to its directory: a
+    directory swapped for a link to a host path mid-walk is skipped, never followed.
     """
-    os.lchown(path, uid, uid)
+    root = os.open(path, _DIRECTORY_NO_FOLLOW)
+    os.fchown(root, uid, uid)
     handed = 0
-    stack = [path]
-    while stack and handed < MAX_HANDED_OVER:
-        try:
-            entries = os.scandir(stack.pop())
-        except OSError:
-            continue
-        with entries:
-            for entry in entries:
-                handed += 1
-                if handed > MAX_HANDED_OVER:
-                    break
-                try:
-                    os.lchown(entry.path, uid, uid)
-                    if entry.is_dir(follow_symlinks=False):
-                        stack.append(entry.path)
-                except OSError:
-                    continue
+    walk: list[tuple[int, Iterator[tuple[str, bool]]]] = [(root, _entries(root))]
+    try:
+        while walk and handed < MAX_HANDED_OVER:
+            directory, entries = walk[-1]
+            entry = next(entries, None)
+            if entry is None:
+                walk.pop()
+                os.close(directory)
+                continue
+            name, is_directory = entry
+            handed += 1
+            try:
+                os.chown(name, uid, uid, dir_fd=directory, follow_symlinks=False)
+                if is_directory and len(walk) < MAX_DEPTH:
+                    child = os.open(name, _DIRECTORY_NO_FOLLOW, dir_fd=directory)
+                    walk.append((child, _entries(child)))
+            except OSError:
+                continue
+    finally:
+        for directory, _ in walk:
+            os.close(directory)
+
+
+def _entries(directory: int) -> Iterator[tuple[str, bool]]:
+    """The names in an open directory, and which were directories (a workspace's inode
+    limit bounds how many)."""
+    with os.scandir(directory) as listing:
+        return iter([(entry.name, entry.is_dir(follow_symlinks=False)) for entry in listing])
 
 
 def remove_all(state_dir: str) -> None:

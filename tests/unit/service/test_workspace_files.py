@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +80,32 @@ def test_handing_a_workspace_over_is_bounded(
     workspaces.hand_over(str(tmp_path), 54321)
     handed = [path for path in tmp_path.iterdir() if path.lstat().st_uid == 54321]
     assert len(handed) == 10
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="changing a file's owner needs root")
+def test_a_directory_swapped_for_a_link_while_handing_over_is_not_followed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    workspace = tmp_path / "workspace"
+    (workspace / "inner").mkdir(parents=True)
+    (workspace / "inner" / "mine.txt").write_text("")
+    outside = tmp_path / "host"
+    outside.mkdir()
+    (outside / "secret.txt").write_text("")
+    real_scandir = os.scandir
+
+    def swap_when_listed(directory: Any) -> Any:
+        named = f"/proc/self/fd/{directory}" if isinstance(directory, int) else directory
+        if not (workspace / "was-inner").exists() and os.path.samefile(named, workspace / "inner"):
+            # The session's process, still running, swaps the directory for a link just
+            # as the service comes to list it.
+            (workspace / "inner").rename(workspace / "was-inner")
+            (workspace / "inner").symlink_to(outside)
+        return real_scandir(directory)
+
+    monkeypatch.setattr(os, "scandir", swap_when_listed)
+    workspaces.hand_over(str(workspace), 54321)
+    assert (workspace / "was-inner").is_dir()  # the swap did happen mid-walk
+    assert (workspace / "was-inner" / "mine.txt").lstat().st_uid == 54321
+    assert (outside / "secret.txt").lstat().st_uid != 54321
+    assert outside.lstat().st_uid != 54321
