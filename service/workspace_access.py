@@ -94,6 +94,19 @@ def _opened(record: SessionRecord) -> Iterator[Workspace]:
         yield workspace
 
 
+@contextlib.contextmanager
+def _reading(path: str) -> Iterator[None]:
+    """What opening ``path`` to read can meet, as the error a caller is told."""
+    try:
+        yield
+    except NotRegular:
+        raise _not_regular(path) from None
+    except (UnsafePath, OSError):
+        raise not_found(path) from None
+    except FileBusy:
+        raise _busy(path, "read") from None
+
+
 async def listing(record: SessionRecord) -> list[WorkspaceFile]:
     def walk() -> list[WorkspaceFile]:
         with _opened(record) as workspace:
@@ -108,13 +121,8 @@ async def read_capped(record: SessionRecord, path: str, cap: int) -> bytes:
     def read() -> bytes:
         with _opened(record) as workspace:
             try:
-                return workspace.read_capped(path, cap)
-            except NotRegular:
-                raise _not_regular(path) from None
-            except (UnsafePath, OSError):
-                raise not_found(path) from None
-            except FileBusy:
-                raise _busy(path, "read") from None
+                with _reading(path):
+                    return workspace.read_capped(path, cap)
             except TooLarge:
                 raise FileTooLarge(f"{path} is larger than {cap} bytes") from None
 
@@ -147,15 +155,8 @@ class Download:
 
 async def open_download(record: SessionRecord, path: str) -> Download:
     def open_file() -> Download:
-        with _opened(record) as workspace:
-            try:
-                fd, info = workspace.open_regular(path)
-            except NotRegular:
-                raise _not_regular(path) from None
-            except (UnsafePath, OSError):
-                raise not_found(path) from None
-            except FileBusy:
-                raise _busy(path, "read") from None
+        with _opened(record) as workspace, _reading(path):
+            fd, info = workspace.open_regular(path)
         return Download(fd, info.st_size)
 
     return await _off_loop(open_file)
