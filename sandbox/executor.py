@@ -13,8 +13,11 @@ import ast
 import linecache
 import traceback
 import types
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+from sandbox.protocol import RichOutput
 
 
 @dataclass
@@ -32,6 +35,16 @@ class PythonSession:
         self.execution_count = 0
         # The future features earlier cells imported; each compile passes them on.
         self.future_flags = 0
+        # This run's rich outputs, in order; a streamed run also hands each to the
+        # listener as it is produced.
+        self.outputs: list[RichOutput] = []
+        self.output_listener: Callable[[RichOutput], None] | None = None
+
+    def emit(self, output: RichOutput) -> None:
+        """Record one of the run's outputs (``display()``, a figure, the cell's value)."""
+        self.outputs.append(output)
+        if self.output_listener is not None:
+            self.output_listener(output)
 
     def run(self, source: str) -> CellOutcome:
         self.execution_count += 1

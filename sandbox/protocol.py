@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from typing import Annotated, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
 from sandbox.commands import DeniedRule
 from sandbox.errors import FrameTooLarge, ProtocolError
@@ -136,12 +136,16 @@ class RunPython(_Message):
     kind: Literal["python"] = "python"
     run_id: int
     code: str
+    # Send output and displays as they are produced (OutputChunk, DisplayOutput), before
+    # the reply.  Off, a run costs nothing for a stream nobody reads.
+    stream: bool = False
 
 
 class RunCommand(_Message):
     kind: Literal["command"] = "command"
     run_id: int
     command: str
+    stream: bool = False
 
 
 Request = Annotated[RunPython | RunCommand, Field(discriminator="kind")]
@@ -165,6 +169,35 @@ class Hello(_Message):
     fatal: str | None = None  # set when a required layer failed: the worker will not serve
 
 
+class RichOutput(_Message):
+    """One Jupyter output, in nbformat's shape: ``data`` maps MIME types to text.
+
+    Binary types (``image/png``) are base64, as in a notebook file.  ``data`` always
+    has ``text/plain``.
+    """
+
+    output_type: Literal["execute_result", "display_data"]
+    data: dict[str, str]
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
+class OutputChunk(_Message):
+    """Output of a streamed run as it was produced; the reply still carries all of it."""
+
+    kind: Literal["output"] = "output"
+    run_id: int
+    name: Literal["stdout", "stderr"]
+    text: str
+
+
+class DisplayOutput(_Message):
+    """A streamed run's output (``display()``, a figure, the cell's value) as produced."""
+
+    kind: Literal["display"] = "display"
+    run_id: int
+    output: RichOutput
+
+
 class RunReply(_Message):
     kind: Literal["reply"] = "reply"
     run_id: int
@@ -180,6 +213,8 @@ class RunReply(_Message):
     denied_rule: DeniedRule | None = None
     limit: LimitName | None = None
     files: list[ChangedFile] = Field(default_factory=list)
+    # In the order they were produced: display() calls, figures, the cell's value.
+    outputs: list[RichOutput] = Field(default_factory=list)
 
 
 WorkerMessage = Annotated[Hello | RunReply, Field(discriminator="kind")]

@@ -10,8 +10,9 @@ cancelled (an MCP client's cancellation, a client that hung up) abandons the run
 ends it as a timeout does (interrupt, then kill after the grace period).  Whatever the run holds
 beyond the session (a tenant's run slot, say) is handed back through ``when_done``.
 
-A run publishes events as it goes; today that is only ``RunFinished``.  Subscribers
-read them and never change the run.
+A run publishes events as it goes: output text and displays while it runs (when it
+was started to stream), then ``RunFinished``.  Subscribers read them and never change
+the run.
 """
 
 from __future__ import annotations
@@ -53,7 +54,29 @@ class RunFinished:
     outcome: RunOutcome
 
 
-RunEvent = RunFinished
+@dataclass(frozen=True)
+class OutputText:
+    """Text a streamed run wrote to its stdout or stderr, in the order written."""
+
+    name: Literal["stdout", "stderr"]
+    text: str
+
+
+@dataclass(frozen=True)
+class OutputDisplay:
+    """An output a streamed run produced: a display(), a figure, the cell's value."""
+
+    output: protocol.RichOutput
+
+
+@dataclass(frozen=True)
+class OutputDropped:
+    """A subscriber fell behind: this many characters of events were not kept for it."""
+
+    characters: int
+
+
+RunEvent = OutputText | OutputDisplay | OutputDropped | RunFinished
 _END = object()  # closes a subscriber's stream
 
 
@@ -160,7 +183,7 @@ class Run:
         self._subscribers.append(queue)  # closed by the run's end
         try:
             while (event := await queue.get()) is not _END:
-                assert isinstance(event, RunFinished)
+                assert isinstance(event, OutputText | OutputDisplay | OutputDropped | RunFinished)
                 yield event
         finally:
             self._subscribers.remove(queue)
