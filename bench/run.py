@@ -27,7 +27,7 @@ from typing import Any
 
 import psutil
 
-from bench import jupyter_anchor, report
+from bench import compare, jupyter_anchor, report
 from bench.counts import FULL, QUICK
 from bench.log import log
 from bench.memory import measure_idle_memory
@@ -155,7 +155,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__.split("\n")[0],
+        epilog="python -m bench compare REF: a trivial run beside an earlier commit's "
+        "(see --help there)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny counts: checks it runs")
     parser.add_argument("--no-jupyter", action="store_true", help="skip the Jupyter anchor")
     parser.add_argument("--no-scaling", action="store_true", help="skip the 1..200 scaling run")
@@ -176,11 +181,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    is_comparison = argv[:1] == ["compare"]
+    args = (compare.build_parser() if is_comparison else build_parser()).parse_args(
+        argv[1:] if is_comparison else argv
+    )
     problem = _check_environment()
     if problem:
         print(f"bench: {problem}", file=sys.stderr)
         return 2
+    if is_comparison:
+        return compare.main(args)
     results = run(args)
     print(report.render(results))
     print(f"\nwritten: {results['meta']['out']}/{args.json}")
