@@ -5,7 +5,8 @@ caller's implicit CodeSherpa session keyed ``mcp:<MCP session id>``, unless a to
 call names a ``session_id``.  Tools call the same route functions as HTTP, so a run
 through MCP is admitted, rate limited, counted and audited exactly like ``/repl``, and
 its caller is found the same way: the tenant itself, or the conversation an
-``openai-conversation-id`` header names (service/callers.py).
+``openai-conversation-id`` header names (service/callers.py).  A call that asks for
+progress hears of the run as it goes (service/mcp_progress.py).
 
 Authentication is the HTTP API's bearer token.  The tenant travels in the ASGI
 scope as the SDK's ``AuthenticatedUser``, not in a contextvar: the SDK runs tool
@@ -36,7 +37,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from sandbox import Policy
-from service import mcp_content, workspace_access
+from service import mcp_content, mcp_progress, workspace_access
 from service.callers import CONVERSATION_HEADER, Caller, caller_for
 from service.deps import authenticate
 from service.errors import InvalidRequest, QuotaExceeded, ServiceError, Unauthorized
@@ -137,7 +138,12 @@ async def run_python(
     request, caller, record = await _session(ctx, session_id)
     try:
         body = validated(ReplRequest, code=code, session_id=record.session_id, timeout=timeout)
-        reply = await _executor(request).run_python(caller, body)
+        executor = _executor(request)
+        if mcp_progress.requested(ctx):
+            stream = await executor.stream_python(caller, body)
+            reply = await mcp_progress.told_as_it_runs(ctx, stream)
+        else:
+            reply = await executor.run_python(caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
     images = await mcp_content.images(record, reply.model.files)
@@ -159,7 +165,12 @@ async def run_command(
         body = validated(
             CommandRequest, command=command, session_id=record.session_id, timeout=timeout
         )
-        reply = await _executor(request).run_command(caller, body)
+        executor = _executor(request)
+        if mcp_progress.requested(ctx):
+            stream = await executor.stream_command(caller, body)
+            reply = await mcp_progress.told_as_it_runs(ctx, stream)
+        else:
+            reply = await executor.run_command(caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
     images = await mcp_content.images(record, reply.model.files)
@@ -283,6 +294,7 @@ def build_server(settings: Settings, policy: Policy) -> FastMCP[Any]:
     )
     for tool, hints in TOOLS:
         server.add_tool(tool, annotations=hints, structured_output=False)
+    mcp_progress.accept_log_levels(server)
     return server
 
 

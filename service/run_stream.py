@@ -49,9 +49,9 @@ class RunStream:
         self._next: asyncio.Task[RunEvent | None] | None = None
         if run is not None:
             self._events = run.events()
-            # Subscribed now, not when the reader first asks: the run's task runs
-            # before this one, but nothing it publishes can come before its worker's
-            # first frame, which this task is scheduled ahead of.
+            # Subscribed in the loop step after the one that started the run, not when
+            # the reader first asks: what the run publishes comes from its worker's
+            # frames, which the loop reads in callbacks queued after this task's step.
             self._next = asyncio.ensure_future(self._pull())
 
     async def _pull(self) -> RunEvent | None:
