@@ -51,6 +51,15 @@ ALTERNATIVES: dict[str, tuple[str, ...]] = {
 # Modules whose only use is the network: no alternative makes them work here.
 NETWORK_MODULES = frozenset({"requests", "httpx", "aiohttp", "urllib3", "boto3", "openai"})
 _MISSING = re.compile(r"No module named '([^'.]+)")
+# Names an IPython kernel defines and plain Python does not (display() is a builtin
+# here): a NameError for one of them says nothing about a restart.
+IPYTHON_ONLY_NAMES = frozenset({"get_ipython", "In", "Out"})
+_UNDEFINED = re.compile(r"^NameError: name '([^']+)' is not defined")
+
+
+def undefined_name(outcome: Outcome) -> str | None:
+    found = _UNDEFINED.match(outcome.error or "")
+    return found.group(1) if found else None
 
 
 def missing_module(outcome: Outcome) -> str | None:
@@ -109,6 +118,14 @@ RULES: tuple[Rule, ...] = (
         lambda o, p: (
             "The session's worker was stopped and a fresh one now serves it: variables are gone "
             "but files in the workspace were kept. Re-run your setup code, in smaller steps."
+        ),
+    ),
+    Rule(
+        "ipython-name",
+        lambda o: o.exc_type == "NameError" and undefined_name(o) in IPYTHON_ONLY_NAMES,
+        lambda o, p: (
+            f"'{undefined_name(o)}' belongs to an IPython kernel; cells here are plain Python. "
+            "display(obj) shows rich output, and IPython.display objects work with it."
         ),
     ),
     Rule(
