@@ -135,10 +135,9 @@ class Display:
 
     def _publish(self, output_type: OutputType, data: Data, metadata: Metadata) -> None:
         limits = self._limits
-        output, cut = bounded_output(
+        output, size, cut = bounded_output(
             output_type, data, metadata, limits.text_chars, limits.output_chars
         )
-        size = output_size(output.data, output.metadata)
         if self._held + size > limits.run_chars:
             # The run has shown its share: what is left is the text.
             cut = True

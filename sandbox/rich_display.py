@@ -43,6 +43,9 @@ REPR_METHODS = (
 # A bundle names a handful of types; a hostile one could name a million.
 MAX_MIME_TYPES = 16
 MAX_MIME_NAME_CHARS = 100
+# Types that can have no _repr_*_ method (their classes take no attributes): shown by
+# their repr alone, without asking for a dozen methods, in every cell that ends in one.
+_PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes, list, tuple, dict, set, range})
 # Metadata says how to show data (width, height, a file name), never carries it.
 MAX_METADATA_CHARS = 2_000
 
@@ -52,6 +55,8 @@ def mime_bundle(obj: object) -> tuple[Data, Metadata]:
 
     The repr's exception is the caller's to handle; the other methods' are swallowed.
     """
+    if type(obj) in _PLAIN_TYPES:
+        return {PLAIN: repr(obj)}, {}
     data: Data = {}
     metadata: Metadata = {}
     bundle = _call(_real_method(obj, "_repr_mimebundle_"), include=None, exclude=None)
@@ -147,20 +152,25 @@ def json_size(text: str) -> int:
     return len(json.dumps(text, ensure_ascii=False))
 
 
+_FRAME_CHARS = len('{"output_type":"execute_result","data":{},"metadata":}')
+
+
 def output_size(data: Data, metadata: Metadata) -> int:
     """Characters an output with this data and metadata takes in a JSON body."""
-    overhead = len('{"output_type":"execute_result","data":{},"metadata":}')
+    overhead = _FRAME_CHARS
     items = sum(json_size(mime) + json_size(text) + 2 for mime, text in data.items())
-    return overhead + items + len(json.dumps(metadata, ensure_ascii=False))
+    shown = json.dumps(metadata, ensure_ascii=False) if metadata else "{}"
+    return overhead + items + len(shown)
 
 
 def bounded_output(
     output_type: OutputType, data: Data, metadata: Metadata, text_chars: int, output_chars: int
-) -> tuple[RichOutput, bool]:
+) -> tuple[RichOutput, int, bool]:
     """The output, ``text/plain`` cut to ``text_chars`` and the whole to ``output_chars``.
 
-    Also whether anything was cut.  Every text is made encodable (a repr may hold a lone
-    surrogate); metadata that is not small JSON is dropped.
+    Also its size (``output_size``) and whether anything was cut.  Every text is made
+    encodable (a repr may hold a lone surrogate); metadata that is not small JSON is
+    dropped.
     """
     plain, cut = truncate_output(data.get(PLAIN, ""), text_chars)
     plain = escape_surrogates(plain)
@@ -172,21 +182,24 @@ def bounded_output(
             kept[escape_surrogates(mime)] = escape_surrogates(text)
     clean = _small_json(metadata)
     cut = cut or (bool(metadata) and not clean)
-    # Largest first, binary before text: the fewest, and the least readable, go.
-    droppable = sorted(
-        (mime for mime in kept if mime != PLAIN),
-        key=lambda mime: (mime not in BINARY_MIMES, -len(kept[mime])),
-    )
     size = output_size(kept, clean)
-    for mime in droppable:
-        if size <= output_chars:
-            break
-        size -= json_size(mime) + json_size(kept.pop(mime)) + 2
-        cut = True
-    return RichOutput(output_type=output_type, data=kept, metadata=clean), cut
+    if size > output_chars:
+        # Largest first, binary before text: the fewest, and the least readable, go.
+        droppable = sorted(
+            (mime for mime in kept if mime != PLAIN),
+            key=lambda mime: (mime not in BINARY_MIMES, -len(kept[mime])),
+        )
+        for mime in droppable:
+            if size <= output_chars:
+                break
+            size -= json_size(mime) + json_size(kept.pop(mime)) + 2
+            cut = True
+    return RichOutput(output_type=output_type, data=kept, metadata=clean), size, cut
 
 
 def _small_json(metadata: Metadata) -> Metadata:
+    if not metadata:
+        return {}
     try:
         text = json.dumps(metadata, allow_nan=False, ensure_ascii=False)
         text.encode("utf-8")  # a lone surrogate cannot travel

@@ -6,6 +6,7 @@ import base64
 from typing import Any
 
 import httpx
+import pytest
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 REPLY_CAP = 20_000  # tests/policies/test.toml
@@ -77,3 +78,32 @@ def test_a_figure_too_big_for_the_cap_comes_as_a_link(client: httpx.Client) -> N
     assert download.status_code == 200
     assert download.content.startswith(PNG_MAGIC)
     assert len(download.content) * 4 // 3 > REPLY_CAP
+
+
+def test_ipython_display_objects_work_in_a_confined_worker(client: httpx.Client) -> None:
+    pytest.importorskip("IPython")
+    code = (
+        "from IPython.display import display, HTML, Markdown\n"
+        "display(HTML('<b>bold</b>'))\n"
+        "Markdown('*md*')"
+    )
+    _, body = _run(client, code)
+    assert [(o["output_type"], sorted(o["data"])) for o in body["outputs"]] == [
+        ("display_data", ["text/html", "text/plain"]),
+        ("execute_result", ["text/markdown", "text/plain"]),
+    ]
+    assert body["outputs"][0]["data"]["text/html"] == "<b>bold</b>"
+
+
+def test_a_huge_dataframe_keeps_its_text_within_the_cap(client: httpx.Client) -> None:
+    code = (
+        "import pandas as pd\n"
+        "pd.set_option('display.max_rows', 5000)\n"
+        "pd.DataFrame({'n': range(3000), 'label': ['row'] * 3000})"
+    )
+    reply, body = _run(client, code)
+    assert len(reply.content.decode()) <= REPLY_CAP
+    [output] = body["outputs"]
+    assert list(output["data"]) == ["text/plain"]  # the HTML table could not fit
+    assert "characters omitted" in output["data"]["text/plain"]
+    assert body["truncated"] is True

@@ -101,7 +101,7 @@ def test_a_dataframe_gives_html_and_text() -> None:
 
 
 def test_a_huge_repr_keeps_head_and_tail_and_is_marked_cut() -> None:
-    output, cut = bounded_output("execute_result", {"text/plain": "x" * 100_000}, {}, 500, 5_000)
+    output, _, cut = bounded_output("execute_result", {"text/plain": "x" * 100_000}, {}, 500, 5_000)
     assert cut
     assert len(output.data["text/plain"]) <= 500
     assert "characters omitted" in output.data["text/plain"]
@@ -114,16 +114,16 @@ def test_an_output_over_its_cap_loses_binary_data_first_then_the_largest_text() 
         "text/html": "h" * 2_000,
         "text/markdown": "m" * 500,
     }
-    output, cut = bounded_output("display_data", data, {}, 100, 2_700)
+    output, _, cut = bounded_output("display_data", data, {}, 100, 2_700)
     assert cut
     assert set(output.data) == {"text/plain", "text/html", "text/markdown"}
-    output, _ = bounded_output("display_data", data, {}, 100, 1_000)
+    output, _, _ = bounded_output("display_data", data, {}, 100, 1_000)
     assert set(output.data) == {"text/plain", "text/markdown"}
     assert output_size(output.data, output.metadata) <= 1_000
 
 
 def test_lone_surrogates_and_unserialisable_metadata_cannot_break_the_frame() -> None:
-    output, cut = bounded_output(
+    output, _, cut = bounded_output(
         "display_data", {"text/plain": "\udcff", "text/html": "\ud800"}, {"k": object()}, 100, 1_000
     )
     assert output.data == {"text/plain": "\\udcff", "text/html": "\\ud800"}
