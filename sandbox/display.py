@@ -25,9 +25,11 @@ from sandbox.rich_display import (
     OutputType,
     bounded_output,
     mime_bundle,
-    output_size,
     raw_bundle,
 )
+
+# Below this much room, an output would be little more than its omission marker.
+MIN_OUTPUT_CHARS = 200
 
 
 @dataclass(frozen=True)
@@ -138,12 +140,14 @@ class Display:
         output, size, cut = bounded_output(
             output_type, data, metadata, limits.text_chars, limits.output_chars
         )
-        if self._held + size > limits.run_chars:
-            # The run has shown its share: what is left is the text.
+        room = limits.run_chars - self._held
+        if size > room:
+            # The run has shown nearly its share: what is left is the text, in the room left.
             cut = True
-            output = RichOutput(output_type=output_type, data={PLAIN: output.data[PLAIN]})
-            size = output_size(output.data, output.metadata)
-            if self._held + size > limits.run_chars:
+            output, size, _ = bounded_output(
+                output_type, {PLAIN: output.data[PLAIN]}, {}, limits.text_chars, room
+            )
+            if size > room or room < MIN_OUTPUT_CHARS:
                 self.cut = True
                 return
         self._held += size

@@ -194,6 +194,16 @@ def bounded_output(
                 break
             size -= json_size(mime) + json_size(kept.pop(mime)) + 2
             cut = True
+    for _ in range(4):
+        if size <= output_chars or not kept[PLAIN]:
+            break
+        # Escapes (a control character is six in JSON) made the text too big: cut it in
+        # proportion to what it takes in JSON.
+        text = kept[PLAIN]
+        room = output_chars - (size - json_size(text))
+        kept[PLAIN] = truncate_output(text, max(room * len(text) // json_size(text), 0))[0]
+        size = output_size(kept, clean)
+        cut = True
     return RichOutput(output_type=output_type, data=kept, metadata=clean), size, cut
 
 

@@ -11,8 +11,11 @@ from pathlib import Path
 import matplotlib
 import pytest
 
+from sandbox import protocol
 from sandbox.display import DisplayLimits
 from sandbox.executor import PythonSession
+from sandbox.output import BoundedBuffer
+from sandbox.worker import build_reply, encode_reply
 
 matplotlib.use("Agg")
 
@@ -184,3 +187,33 @@ def test_a_run_holds_at_most_its_share_of_outputs(tmp_path: Path) -> None:
     assert 0 < len(session.outputs) < 1000
     assert all(len(o.data["text/plain"]) <= 100 for o in session.outputs)
     assert session.display.cut
+
+
+def test_a_run_at_the_largest_caps_still_fits_one_frame(tmp_path: Path) -> None:
+    # The largest caps a policy allows, and text that JSON escapes to six times its size.
+    limits = DisplayLimits.for_reply(output_chars=45_000, reply_chars=100_000)
+    session = PythonSession(limits)
+    outcome = session.run(
+        "class Noisy:\n"
+        "    def __repr__(self): return '\\x01' * 200_000\n"
+        "    def _repr_html_(self): return '\\x02\\U0001f600' * 40_000\n"
+        "for _ in range(50):\n"
+        "    display(Noisy())\n"
+        "Noisy()"
+    )
+    reply = build_reply(
+        1,
+        limits.text_chars,
+        session.execution_count,
+        BoundedBuffer(limits.text_chars),
+        BoundedBuffer(limits.text_chars),
+        session.display.cut,
+        status="ok",
+        value=outcome.value,
+        outputs=session.outputs,
+    )
+    frame = encode_reply(reply)
+    assert len(frame) < protocol.DEFAULT_MAX_FRAME
+    assert protocol.decode_worker_message(frame[protocol.HEADER.size :]) == reply
+    assert reply.truncated
+    assert 0 < len(reply.outputs) < 51
