@@ -74,7 +74,9 @@ def _error_text(outcome: RunOutcome, kind: str) -> str | None:
     return reply.error
 
 
-def _outcome_for_rules(outcome: RunOutcome, kind: str, truncated: bool) -> Outcome:
+def _outcome_for_rules(
+    outcome: RunOutcome, kind: str, truncated: bool, linked_outputs: bool
+) -> Outcome:
     reply = outcome.reply
     return Outcome(
         kind=kind,
@@ -86,6 +88,7 @@ def _outcome_for_rules(outcome: RunOutcome, kind: str, truncated: bool) -> Outco
         truncated=truncated,
         restarted=outcome.restarted or outcome.since_restart,
         exit_code=reply.exit_code,
+        outputs_linked=linked_outputs,
     )
 
 
@@ -153,7 +156,8 @@ def _build(
     fields = {name: texts[name] for name in fields}
     files_cut = len(files) < len(reply.files)
     truncated = texts_cut or outputs_cut or reply.truncated or files_cut
-    suggestion = suggest(_outcome_for_rules(outcome, kind, truncated), policy)
+    linked = any("url" in output.metadata for output in outputs)
+    suggestion = suggest(_outcome_for_rules(outcome, kind, truncated, linked), policy)
     common = {
         **fields,
         "suggestion": suggestion,

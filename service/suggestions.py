@@ -26,6 +26,8 @@ class Outcome:
     truncated: bool
     restarted: bool
     exit_code: int | None
+    # An output's picture was too big for the reply: its metadata.url links the file.
+    outputs_linked: bool = False
 
 
 @dataclass(frozen=True)
@@ -170,6 +172,14 @@ RULES: tuple[Rule, ...] = (
         "interrupted",
         lambda o: o.exc_type == "KeyboardInterrupt",
         lambda o, p: "The run was interrupted on request; variables were kept.",
+    ),
+    Rule(
+        "picture-linked",
+        lambda o: o.outputs_linked and o.status == "ok",
+        lambda o, p: (
+            "A figure was too large to include in the reply: open the link in its output's "
+            "metadata.url (also in files), or show a smaller one (plt.figure(figsize=(6, 4)))."
+        ),
     ),
     Rule(
         "truncated",

@@ -74,6 +74,7 @@ def test_a_figure_too_big_for_the_cap_comes_as_a_link(client: httpx.Client) -> N
     assert "image/png" not in figure["data"]
     assert figure["data"]["text/plain"].startswith("<Figure size 600x600")
     assert body["truncated"] is True
+    assert "metadata.url" in body["suggestion"]
     download = httpx.get(figure["metadata"]["url"], timeout=30)  # signed: no bearer header
     assert download.status_code == 200
     assert download.content.startswith(PNG_MAGIC)
