@@ -68,9 +68,11 @@ def _result_text(outcome: RunOutcome) -> str:
 
 def _error_text(outcome: RunOutcome, kind: str) -> str | None:
     reply = outcome.reply
-    if kind == "command" and reply.status == "error" and reply.exc_type is None:
-        # A failing command's stderr is the error a model needs to read.
-        return "\n".join(part.rstrip("\n") for part in (reply.stderr, reply.error or "") if part)
+    if kind == "command":
+        # A command's reply has no stderr field: its stderr is the start of ``error``,
+        # what a model reads of a failing command first.
+        parts = [part.rstrip("\n") for part in (reply.stderr, reply.error or "") if part]
+        return "\n".join(parts) or None
     return reply.error
 
 
@@ -142,8 +144,9 @@ def _build(
     fields: dict[str, object] = {
         "result": _result_text(outcome),
         "error": _error_text(outcome, kind),
-        "stderr": reply.stderr,
     }
+    if kind == "python":
+        fields["stderr"] = reply.stderr
     budget = max(budget, 0)
     outputs, outputs_cut = rich_outputs.drafts(reply.outputs if kind == "python" else [], link)
     text_size = sum(len(text) for text in fields.values() if isinstance(text, str))

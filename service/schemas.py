@@ -118,7 +118,6 @@ class RunResponse(BaseModel):
     status: Status
     truncated: bool
     duration_ms: float
-    stderr: str = ""
     files: list[FileInfo] = Field(default_factory=list)
     restarted: bool = False
 
@@ -152,6 +151,7 @@ class ReplResponse(RunResponse):
     )
 
     execution_count: int
+    stderr: str = Field("", description="What the run wrote to stderr (bounded).")
     outputs: list[Output] = Field(
         description="Rich results in the order they were produced (Jupyter's outputs)."
     )

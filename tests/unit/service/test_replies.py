@@ -50,6 +50,19 @@ def test_printed_text_is_sent_once_in_result() -> None:
     assert body["truncated"] is False
 
 
+def test_a_commands_stderr_is_sent_once_at_the_start_of_error() -> None:
+    ok = RunOutcome(reply=RunReply(run_id=1, status="ok", stdout="out\n", stderr="warned\n"))
+    failed = RunOutcome(
+        reply=RunReply(run_id=2, status="error", stderr="no such file\n", error="exit code 1")
+    )
+    ok_body = json.loads(build_reply(ok, "command", "session-1", POLICY, _link).body)
+    failed_body = json.loads(build_reply(failed, "command", "session-1", POLICY, _link).body)
+    assert "stderr" not in ok_body
+    assert "stderr" not in failed_body
+    assert (ok_body["result"], ok_body["error"], ok_body["status"]) == ("out\n", "warned", "ok")
+    assert failed_body["error"] == "no such file\nexit code 1"
+
+
 def test_an_image_too_big_for_the_cap_is_left_out_and_linked() -> None:
     figure = RichOutput(
         output_type="display_data",
