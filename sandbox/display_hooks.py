@@ -98,6 +98,8 @@ def install(active: Display) -> None:
     """Make ``active`` the display the patched functions lead to; patch what is loaded."""
     global _active
     _active = active
+    if sys.meta_path and type(sys.meta_path[0]) is _PatchOnImport:
+        return  # where it was put, and loaded modules were patched then
     if not any(isinstance(finder, _PatchOnImport) for finder in sys.meta_path):
         sys.meta_path.insert(0, _PatchOnImport())
         for name, patch in PATCHES.items():
