@@ -109,19 +109,26 @@ class Session:
         run = await self.start_command(command, timeout)
         return await run.outcome()
 
-    async def start_python(self, code: str, timeout: float | None = None) -> Run:
+    async def start_python(
+        self, code: str, timeout: float | None = None, stream: bool = False
+    ) -> Run:
         """Queue for the session, then start a cell as a run the session owns.
 
-        Raises WorkerBusy if the session stays busy for the policy's queue wait.  A
-        caller cancelled while queued started nothing.
+        With ``stream`` the run publishes its output as it is produced (``OutputText``,
+        ``OutputDisplay``) to whoever reads ``run.events()``.  Raises WorkerBusy if the
+        session stays busy for the policy's queue wait.  A caller cancelled while queued
+        started nothing.
         """
         return await self._start(
-            lambda run_id: protocol.RunPython(run_id=run_id, code=code), timeout
+            lambda run_id: protocol.RunPython(run_id=run_id, code=code, stream=stream), timeout
         )
 
-    async def start_command(self, command: str, timeout: float | None = None) -> Run:
+    async def start_command(
+        self, command: str, timeout: float | None = None, stream: bool = False
+    ) -> Run:
         return await self._start(
-            lambda run_id: protocol.RunCommand(run_id=run_id, command=command), timeout
+            lambda run_id: protocol.RunCommand(run_id=run_id, command=command, stream=stream),
+            timeout,
         )
 
     async def _start(self, build: Callable[[int], Request], timeout: float | None) -> Run:
