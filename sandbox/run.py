@@ -78,6 +78,52 @@ class OutputDropped:
 
 RunEvent = OutputText | OutputDisplay | OutputDropped | RunFinished
 _END = object()  # closes a subscriber's stream
+# What one subscriber may hold unread, in characters of output: beyond it a subscriber
+# that reads slowly (an SSE client on a slow link) misses output rather than growing
+# the service's memory; a 60 MB print then costs it this much at most.
+SUBSCRIBER_BUDGET_CHARS = 1_000_000
+# What an event costs a subscriber's budget beyond its text: a worker sending a flood of
+# empty chunks must fill it too.
+_EVENT_COST = 100
+
+
+def _characters(event: RunEvent) -> int:
+    if isinstance(event, OutputText):
+        return len(event.text)
+    if isinstance(event, OutputDisplay):
+        return len(event.output.model_dump_json())
+    return 0
+
+
+class _Subscriber:
+    """One reader's queue of events, bounded by the characters it holds unread."""
+
+    def __init__(self, budget: int) -> None:
+        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        self._budget = budget
+        self._held = 0
+        self._dropped = 0  # characters not kept since the reader last fell behind
+
+    def offer(self, event: object) -> None:
+        if isinstance(event, OutputText | OutputDisplay):
+            cost = _characters(event) + _EVENT_COST
+            if self._held + cost > self._budget:
+                self._dropped += _characters(event)
+                return
+            self._held += cost
+        if self._dropped:  # told before the next event it does get, the end's included
+            self.queue.put_nowait(OutputDropped(self._dropped))
+            self._held += _EVENT_COST
+            self._dropped = 0
+        self.queue.put_nowait(event)
+
+    async def take(self) -> object:
+        event = await self.queue.get()
+        if isinstance(event, OutputText | OutputDisplay):
+            self._held -= _characters(event) + _EVENT_COST
+        elif isinstance(event, OutputDropped):
+            self._held -= _EVENT_COST
+        return event
 
 
 @dataclass(slots=True)
@@ -97,7 +143,8 @@ class Run:
     # it ends, so a caller wakes one loop step after (a shield of the task took two).
     _outcome: asyncio.Future[RunOutcome] | None = None
     _on_end: list[Callable[[], None]] = field(default_factory=list)
-    _subscribers: list[asyncio.Queue[object]] = field(default_factory=list)
+    subscriber_budget: int = SUBSCRIBER_BUDGET_CHARS
+    _subscribers: list[_Subscriber] = field(default_factory=list)
 
     def start(self, life: Coroutine[Any, Any, RunOutcome]) -> None:
         loop = asyncio.get_running_loop()
@@ -121,8 +168,8 @@ class Run:
             self._outcome.set_result(outcome)
             return outcome
         finally:
-            for queue in self._subscribers:
-                queue.put_nowait(_END)
+            for subscriber in self._subscribers:
+                subscriber.offer(_END)
             for callback in self._on_end:
                 try:
                     callback()
@@ -167,8 +214,24 @@ class Run:
             self._on_end.append(callback)
 
     def publish(self, event: RunEvent) -> None:
-        for queue in self._subscribers:
-            queue.put_nowait(event)
+        """Hand ``event`` to every subscriber; one that fell behind misses output."""
+        for subscriber in self._subscribers:
+            subscriber.offer(event)
+
+    def take_output(self, message: protocol.StreamedOutput) -> bool:
+        """Publish a frame of output the worker streamed; False if it is not this run's.
+
+        Only a run started to stream, and only its own run_id, may send output: any
+        other such frame is one the worker should never have sent.
+        """
+        if not self.request.stream or message.run_id != self.request.run_id:
+            return False
+        if self._subscribers:  # else nobody reads it: dropped unbuilt
+            if isinstance(message, protocol.OutputChunk):
+                self.publish(OutputText(message.name, message.text))
+            else:
+                self.publish(OutputDisplay(message.output))
+        return True
 
     @property
     def watched(self) -> bool:
@@ -177,13 +240,13 @@ class Run:
 
     async def events(self) -> AsyncIterator[RunEvent]:
         """The events published from now on, until the run ends."""
-        queue: asyncio.Queue[object] = asyncio.Queue()
+        subscriber = _Subscriber(self.subscriber_budget)
         if self.done():
             return
-        self._subscribers.append(queue)  # closed by the run's end
+        self._subscribers.append(subscriber)  # closed by the run's end
         try:
-            while (event := await queue.get()) is not _END:
+            while (event := await subscriber.take()) is not _END:
                 assert isinstance(event, OutputText | OutputDisplay | OutputDropped | RunFinished)
                 yield event
         finally:
-            self._subscribers.remove(queue)
+            self._subscribers.remove(subscriber)

@@ -225,12 +225,15 @@ class Session:
         timers.append(loop.call_later(run.timeout, on_interrupt, "timeout"))
         worker.cores.run_started()
         failure: WorkerLost | ProtocolError | None = None
-        message: protocol.Hello | protocol.RunReply | None = None
+        message: protocol.WorkerFrame | None = None
         run.on_interrupt = on_interrupt
         try:
             run.sent = True
             await worker.send(request)
             message = await worker.receive()
+            # Read at once whatever subscribers do: a worker is never held up by them.
+            while isinstance(message, protocol.StreamedOutput) and run.take_output(message):
+                message = await worker.receive()
         except (WorkerLost, ProtocolError) as exc:
             failure = exc
         finally:
