@@ -11,6 +11,7 @@ the reply holds).  A 60 MB print thus sends about twice ``keep`` per stream.
 
 from __future__ import annotations
 
+import _thread
 import codecs
 import time
 from collections.abc import Callable
@@ -38,12 +39,20 @@ class OutputStream:
         self,
         run_id: int,
         keep: int,
-        send: Callable[[protocol.OutputChunk], None],
+        send: Callable[[protocol.OutputChunk | protocol.DisplayOutput], None],
+        display_room: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run_id = run_id
         self._keep = keep
         self._send = send
+        # Characters of displays this run may still stream (the reply's cap): a loop of
+        # display() calls must not flood the channel either.
+        self._display_room = display_room
+        # Taken to send a display and to end the stream: a display from a thread of the
+        # user's never follows the end, and so never follows the reply.
+        self._ending = _thread.allocate_lock()
+        self._ended = False
         self._clock = clock
         self._head_room = [keep, keep]
         self._pending = [bytearray(), bytearray()]
@@ -79,8 +88,23 @@ class OutputStream:
             pending.clear()
         self._last_sent = self._clock()
 
+    def send_display(self, output: protocol.RichOutput) -> None:
+        """Send one of the run's outputs, while the run lasts and its room does."""
+        message = protocol.DisplayOutput(run_id=self._run_id, output=output)
+        size = len(message.model_dump_json())
+        with self._ending:
+            if self._ended or self.broken or size > self._display_room:
+                return
+            self._display_room -= size
+            try:
+                self._send(message)
+            except OSError:
+                self.broken = True
+
     def finish(self, buffers: list[BoundedBuffer]) -> None:
         """At the run's end: send what is left, then each stream's rest beyond its head."""
+        with self._ending:
+            self._ended = True
         self.flush()
         for index, buffer in enumerate(buffers):
             decoder = self._decoders[index]

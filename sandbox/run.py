@@ -87,42 +87,40 @@ SUBSCRIBER_BUDGET_CHARS = 1_000_000
 _EVENT_COST = 100
 
 
-def _characters(event: RunEvent) -> int:
+def _characters(event: OutputText | OutputDisplay) -> int:
     if isinstance(event, OutputText):
         return len(event.text)
-    if isinstance(event, OutputDisplay):
-        return len(event.output.model_dump_json())
-    return 0
+    return len(event.output.model_dump_json())
 
 
 class _Subscriber:
     """One reader's queue of events, bounded by the characters it holds unread."""
 
     def __init__(self, budget: int) -> None:
-        self.queue: asyncio.Queue[object] = asyncio.Queue()
+        # Each event with what it costs the budget while unread.
+        self.queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
         self._budget = budget
         self._held = 0
         self._dropped = 0  # characters not kept since the reader last fell behind
 
     def offer(self, event: object) -> None:
+        cost = 0
         if isinstance(event, OutputText | OutputDisplay):
-            cost = _characters(event) + _EVENT_COST
+            characters = _characters(event)
+            cost = characters + _EVENT_COST
             if self._held + cost > self._budget:
-                self._dropped += _characters(event)
+                self._dropped += characters
                 return
             self._held += cost
         if self._dropped:  # told before the next event it does get, the end's included
-            self.queue.put_nowait(OutputDropped(self._dropped))
-            self._held += _EVENT_COST
+            # Not counted: one at most between two events that are.
+            self.queue.put_nowait((0, OutputDropped(self._dropped)))
             self._dropped = 0
-        self.queue.put_nowait(event)
+        self.queue.put_nowait((cost, event))
 
     async def take(self) -> object:
-        event = await self.queue.get()
-        if isinstance(event, OutputText | OutputDisplay):
-            self._held -= _characters(event) + _EVENT_COST
-        elif isinstance(event, OutputDropped):
-            self._held -= _EVENT_COST
+        cost, event = await self.queue.get()
+        self._held -= cost
         return event
 
 

@@ -140,18 +140,19 @@ class Worker:
     def _stream(self, request: protocol.RunPython | protocol.RunCommand) -> OutputStream | None:
         if not request.stream:
             return None
-        return OutputStream(request.run_id, self._keep, self._send)
+        display_room = self._policy.limits.reply_chars
+        return OutputStream(request.run_id, self._keep, self._send, display_room)
 
-    def _send_display(self, run_id: int, output: protocol.RichOutput) -> None:
+    def _send_display(self, stream: OutputStream, output: protocol.RichOutput) -> None:
         """Send one of a streamed run's outputs as it is made, after the text before it."""
         in_main_thread = _thread.get_ident() == self._main_thread
         if in_main_thread:
             _RunState.deferred = True
         try:
             self._capture.flush_stream()
-            self._send(protocol.DisplayOutput(run_id=run_id, output=output))
-        except (OSError, ValueError, FrameTooLarge):
-            pass  # the reply still carries it; a channel that failed fails the reply too
+            stream.send_display(output)
+        except (ValueError, FrameTooLarge):
+            pass  # not sendable: the reply still carries it
         finally:
             if in_main_thread:
                 _RunState.deferred = False
@@ -206,7 +207,7 @@ class Worker:
         outcome: CellOutcome | None = None
         stream = self._stream(request)
         if stream is not None:
-            self._session.output_listener = functools.partial(self._send_display, request.run_id)
+            self._session.output_listener = functools.partial(self._send_display, stream)
         with self._captured_output(stream) as streams:
             try:
                 _RunState.running = True

@@ -22,7 +22,7 @@ class _Clock:
 def _stream(keep: int) -> tuple[OutputStream, list[protocol.OutputChunk], _Clock]:
     sent: list[protocol.OutputChunk] = []
     clock = _Clock()
-    return OutputStream(7, keep, sent.append, clock), sent, clock
+    return OutputStream(7, keep, sent.append, clock=clock), sent, clock  # type: ignore[arg-type]
 
 
 def _written(stream: OutputStream, buffers: list[BoundedBuffer], index: int, data: bytes) -> None:
@@ -140,3 +140,22 @@ def test_a_channel_that_fails_stops_the_stream_without_raising() -> None:
     stream.finish([BoundedBuffer(100), BoundedBuffer(100)])
     assert stream.broken
     assert len(calls) == 1
+
+
+def _display(text: str) -> protocol.RichOutput:
+    return protocol.RichOutput(output_type="display_data", data={"text/plain": text})
+
+
+def test_displays_stream_within_the_runs_room_and_never_after_its_end() -> None:
+    sent: list[protocol.OutputChunk | protocol.DisplayOutput] = []
+    one_frame = len(protocol.DisplayOutput(run_id=3, output=_display("x" * 100)).model_dump_json())
+    stream = OutputStream(3, 100, sent.append, display_room=10 * one_frame)
+    for _ in range(1000):  # a loop of display() calls
+        stream.send_display(_display("x" * 100))
+    assert len(sent) == 10
+    stream.finish([BoundedBuffer(100), BoundedBuffer(100)])
+    sent.clear()
+    stream = OutputStream(3, 100, sent.append, display_room=10 * one_frame)
+    stream.finish([BoundedBuffer(100), BoundedBuffer(100)])
+    stream.send_display(_display("late"))  # a thread of the user's, after the run
+    assert sent == []
