@@ -87,7 +87,8 @@ class OutputCapture:
     the caller takes what is left in the pipes itself: whatever a finished ``write``
     put there is there, so no waiting is needed.  A process the run left behind may
     keep writing; between runs that output is read and dropped, and during a later run
-    it is that run's, as in Jupyter.
+    it is that run's, as in Jupyter.  A streamed run's output also goes to its
+    ``OutputStream`` (sandbox/output_stream.py), which the thread sends from as well.
 
     The thread is a bare ``_thread`` one: ``threading.Thread`` runs a few dozen
     functions of ``threading.py`` to start, and in a fork of the zygote each object they
