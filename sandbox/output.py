@@ -55,13 +55,9 @@ class BoundedBuffer:
         while self._tail and self._tail_size - len(self._tail[0]) >= self._keep:
             self._tail_size -= len(self._tail.popleft())
 
-    def beyond_head(self) -> tuple[int, bytes]:
-        """What came after the head: the bytes dropped from it, and the tail kept."""
-        tail = b"".join(self._tail)[-self._keep :] if self._tail else b""
-        return self.total - len(self._head) - len(tail), tail
-
     def text(self, limit: int) -> tuple[str, bool]:
-        dropped, tail = self.beyond_head()
+        tail = b"".join(self._tail)[-self._keep :] if self._tail else b""
+        dropped = self.total - len(self._head) - len(tail)
         head_text = self._head.decode("utf-8", errors="replace")
         tail_text = tail.decode("utf-8", errors="replace")
         if dropped == 0:

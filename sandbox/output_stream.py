@@ -2,11 +2,14 @@
 
 The capture's draining thread hands every read to ``feed`` and asks ``due_in`` after
 each: what arrived is gathered for up to ``COALESCE_S`` (or ``CHUNK_BYTES``) and sent
-as one ``OutputChunk`` per stream, the first at once.  What is streamed obeys the
-reply's cap: the head of each stream (its first ``keep`` bytes, what the run's
-``BoundedBuffer`` keeps as its head) as it comes, then nothing until the run ends,
-when ``finish`` sends the rest (the whole of it, or the omission marker and the tail
-the reply holds).  A 60 MB print thus sends about twice ``keep`` per stream.
+as one ``OutputChunk`` per stream, the first at once.
+
+What is cut from a reply is cut from the stream, so each stream's chunks add up to
+exactly the reply's text.  While the run goes, a stream sends what the reply will
+surely hold whatever comes next: its first ``live_characters(limit)`` characters, the
+head a cut reply keeps.  At the end ``finish`` sends the rest of the reply's text: the
+remainder of an output that fit, or the omission marker and the tail.  A 60 MB print
+thus sends ``limit`` characters per stream, as its reply holds.
 """
 
 from __future__ import annotations
@@ -22,10 +25,22 @@ from sandbox.output import OMISSION_MARKER, BoundedBuffer
 
 # How long output is gathered into one frame after the last one went.
 COALESCE_S = 0.05
-# A frame's text at most, in bytes of output: one frame stays far below the frame cap
-# even when every byte becomes a six-character JSON escape.
+# A frame's text at most: one frame stays far below the frame cap, even when every
+# character becomes a six-character JSON escape.
 CHUNK_BYTES = 64 * 1024
 _NAMES: tuple[Literal["stdout", "stderr"], ...] = ("stdout", "stderr")
+# The longest omission marker a run can need (no run writes 10**19 bytes).
+_MARKER_ROOM = len(OMISSION_MARKER.format(omitted=10**19))
+
+
+def live_characters(limit: int) -> int:
+    """How much of a stream is sent as it comes: no cut of it to ``limit`` keeps less."""
+    return max((limit - _MARKER_ROOM) // 2, 0)
+
+
+def display_size(output: protocol.RichOutput) -> int:
+    """What one display counts against a run's room for displays, on either side."""
+    return len(output.model_dump_json())
 
 
 class OutputStream:
@@ -38,14 +53,24 @@ class OutputStream:
     def __init__(
         self,
         run_id: int,
-        keep: int,
+        limit: int,
         send: Callable[[protocol.OutputChunk | protocol.DisplayOutput], None],
         display_room: int = 0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._run_id = run_id
-        self._keep = keep
+        self._limit = limit
         self._send = send
+        self._clock = clock
+        # Bytes still taken as they come: the head a BoundedBuffer of ``limit`` keeps,
+        # whose decoding the reply's text starts with.
+        self._live_bytes = [limit, limit]
+        self._live_characters = [live_characters(limit)] * 2
+        self._pending = [bytearray(), bytearray()]
+        # Incremental: a character split between two reads is sent whole.
+        self._decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in _NAMES]
+        self._sent: list[list[str]] = [[], []]
+        self._last_sent = float("-inf")
         # Characters of displays this run may still stream (the reply's cap): a loop of
         # display() calls must not flood the channel either.
         self._display_room = display_room
@@ -53,21 +78,15 @@ class OutputStream:
         # user's never follows the end, and so never follows the reply.
         self._ending = _thread.allocate_lock()
         self._ended = False
-        self._clock = clock
-        self._head_room = [keep, keep]
-        self._pending = [bytearray(), bytearray()]
-        # Incremental: a character split between two reads is sent whole.
-        self._decoders = [codecs.getincrementaldecoder("utf-8")("replace") for _ in _NAMES]
-        self._last_sent = float("-inf")
         self.broken = False  # the channel failed: the reply's send will say so
 
     def feed(self, index: int, data: bytes) -> None:
         """Take what stream ``index`` (0 stdout, 1 stderr) wrote; beyond its head, nothing."""
-        room = self._head_room[index]
+        room = self._live_bytes[index]
         if room > 0:
             part = data[:room]
             self._pending[index] += part
-            self._head_room[index] = room - len(part)
+            self._live_bytes[index] = room - len(part)
 
     def due_in(self) -> float | None:
         """Send what is due; the seconds until the rest is, or None if nothing waits."""
@@ -80,47 +99,51 @@ class OutputStream:
         return None
 
     def flush(self) -> None:
-        """Send everything gathered so far."""
+        """Send everything gathered so far that the reply will surely hold."""
         for index, pending in enumerate(self._pending):
-            decoder = self._decoders[index]
-            for start in range(0, len(pending), CHUNK_BYTES):
-                self._emit(index, decoder.decode(pending[start : start + CHUNK_BYTES]))
+            if not pending:
+                continue
+            text = self._decoders[index].decode(pending)[: self._live_characters[index]]
             pending.clear()
+            self._live_characters[index] -= len(text)
+            if self._live_characters[index] == 0:
+                self._live_bytes[index] = 0  # the rest waits for the end
+            self._sent[index].append(text)
+            self._emit(index, text)
         self._last_sent = self._clock()
 
     def send_display(self, output: protocol.RichOutput) -> None:
         """Send one of the run's outputs, while the run lasts and its room does."""
-        message = protocol.DisplayOutput(run_id=self._run_id, output=output)
-        size = len(message.model_dump_json())
+        size = display_size(output)
         with self._ending:
             if self._ended or self.broken or size > self._display_room:
                 return
             self._display_room -= size
             try:
-                self._send(message)
+                self._send(protocol.DisplayOutput(run_id=self._run_id, output=output))
             except OSError:
                 self.broken = True
 
     def finish(self, buffers: list[BoundedBuffer]) -> None:
-        """At the run's end: send what is left, then each stream's rest beyond its head."""
+        """At the run's end: send the rest of each stream's text as the reply holds it."""
         with self._ending:
             self._ended = True
         self.flush()
         for index, buffer in enumerate(buffers):
-            decoder = self._decoders[index]
-            dropped, tail = buffer.beyond_head()
-            if dropped:
-                rest = decoder.decode(b"", final=True) + OMISSION_MARKER.format(omitted=dropped)
-                rest += tail.decode("utf-8", errors="replace")
-            else:
-                rest = decoder.decode(tail, final=True)
-            for start in range(0, len(rest), CHUNK_BYTES):
-                self._emit(index, rest[start : start + CHUNK_BYTES])
+            text, _cut = buffer.text(self._limit)
+            sent = "".join(self._sent[index])
+            # Always so (see live_characters); were it not, the reply still has it all.
+            if text.startswith(sent):
+                self._emit(index, text[len(sent) :])
 
     def _emit(self, index: int, text: str) -> None:
-        if not text or self.broken:
-            return
-        try:
-            self._send(protocol.OutputChunk(run_id=self._run_id, name=_NAMES[index], text=text))
-        except OSError:
-            self.broken = True
+        for start in range(0, len(text), CHUNK_BYTES):
+            if self.broken:
+                return
+            chunk = protocol.OutputChunk(
+                run_id=self._run_id, name=_NAMES[index], text=text[start : start + CHUNK_BYTES]
+            )
+            try:
+                self._send(chunk)
+            except OSError:
+                self.broken = True

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sandbox import protocol
+from sandbox.output_stream import display_size
+from sandbox.policy import Limits
 
 log = logging.getLogger("codesherpa")
 
@@ -90,7 +92,7 @@ _EVENT_COST = 100
 def _characters(event: OutputText | OutputDisplay) -> int:
     if isinstance(event, OutputText):
         return len(event.text)
-    return len(event.output.model_dump_json())
+    return display_size(event.output)
 
 
 class _Subscriber:
@@ -142,6 +144,10 @@ class Run:
     _outcome: asyncio.Future[RunOutcome] | None = None
     _on_end: list[Callable[[], None]] = field(default_factory=list)
     subscriber_budget: int = SUBSCRIBER_BUDGET_CHARS
+    # The caps a streamed run's worker must keep to (sandbox/output_stream.py): set by
+    # the session, and counted against as frames come.
+    limits: Limits | None = None
+    _streamed: list[int] | None = None  # characters of stdout, stderr, displays
     _subscribers: list[_Subscriber] = field(default_factory=list)
 
     def start(self, life: Coroutine[Any, Any, RunOutcome]) -> None:
@@ -217,12 +223,26 @@ class Run:
             subscriber.offer(event)
 
     def take_output(self, message: protocol.StreamedOutput) -> bool:
-        """Publish a frame of output the worker streamed; False if it is not this run's.
+        """Publish a frame of output the worker streamed; False if it should not have.
 
-        Only a run started to stream, and only its own run_id, may send output: any
-        other such frame is one the worker should never have sent.
+        Only a run started to stream, and only its own run_id, may send output, and no
+        more than its reply could hold: a stream cut as the reply is (see
+        sandbox/output_stream.py), displays within the reply's cap.
         """
         if not self.request.stream or message.run_id != self.request.run_id:
+            return False
+        limits = self.limits
+        if isinstance(message, protocol.OutputChunk):
+            slot, size = (0 if message.name == "stdout" else 1), len(message.text)
+            room = limits.output_chars if limits is not None else 0
+        else:
+            slot, size = 2, display_size(message.output)
+            # Measured again here, so a little slack: the worker's own count is exact.
+            room = 2 * limits.reply_chars if limits is not None else 0
+        if self._streamed is None:
+            self._streamed = [0, 0, 0]
+        self._streamed[slot] += size
+        if self._streamed[slot] > room:
             return False
         if self._subscribers:  # else nobody reads it: dropped unbuilt
             if isinstance(message, protocol.OutputChunk):

@@ -135,7 +135,7 @@ class Session:
         await self._acquire_run_lock(self.policy.sessions.queue_wait_s)
         # From here on the run owns the lock: nothing below awaits before its task holds it.
         self._run_ids += 1
-        run = Run(build(self._run_ids), self.clamp_timeout(timeout))
+        run = Run(build(self._run_ids), self.clamp_timeout(timeout), limits=self.policy.limits)
         self._current = run
         self._enter(SessionState.RUNNING)
         run.start(self._live(run))

@@ -7,8 +7,14 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sandbox import protocol
-from sandbox.output import OMISSION_MARKER, BoundedBuffer
-from sandbox.output_stream import CHUNK_BYTES, COALESCE_S, OutputStream
+from sandbox.output import BoundedBuffer
+from sandbox.output_stream import (
+    CHUNK_BYTES,
+    COALESCE_S,
+    OutputStream,
+    display_size,
+    live_characters,
+)
 
 
 class _Clock:
@@ -76,54 +82,63 @@ def test_a_character_split_between_reads_is_sent_whole() -> None:
     assert "\ufffd" not in _text(sent, "stdout")
 
 
-def test_a_flood_sends_the_head_as_it_comes_then_the_marker_and_tail_at_the_end() -> None:
-    keep = 1000
-    stream, sent, clock = _stream(keep)
-    buffers = [BoundedBuffer(keep), BoundedBuffer(keep)]
-    _written(stream, buffers, 0, b"H" * keep)
+def test_a_flood_sends_the_head_as_it_comes_then_the_rest_of_the_reply_at_the_end() -> None:
+    limit = 1000
+    stream, sent, clock = _stream(limit)
+    buffers = [BoundedBuffer(limit), BoundedBuffer(limit)]
+    _written(stream, buffers, 0, b"H" * limit)
     for _ in range(10_000):  # 10 MB more
         _written(stream, buffers, 0, b"x" * 1000)
         clock.now += 1
         stream.due_in()
     _written(stream, buffers, 0, b"TAIL")
-    before_the_end = _text(sent, "stdout")
-    assert before_the_end == "H" * keep  # nothing beyond the head while it runs
+    # While it runs: the head every cut of it keeps, and nothing more.
+    assert _text(sent, "stdout") == "H" * live_characters(limit)
     stream.finish(buffers)
-    streamed = _text(sent, "stdout")
-    omitted = keep + 10_000 * 1000 + 4 - 2 * keep
-    assert streamed == "H" * keep + OMISSION_MARKER.format(omitted=omitted) + (
-        "x" * (keep - 4) + "TAIL"
-    )
-    assert len(streamed) < 3 * keep
+    reply_text, cut = buffers[0].text(limit)
+    assert cut
+    assert _text(sent, "stdout") == reply_text  # what the reply cut, the stream cut
+    assert reply_text.endswith("TAIL")
 
 
 @given(
     reads=st.lists(
-        st.tuples(st.sampled_from([0, 1]), st.binary(min_size=1, max_size=40)), max_size=30
+        st.tuples(st.sampled_from([0, 1]), st.binary(min_size=1, max_size=60)), max_size=30
     ),
-    keep=st.integers(min_value=8, max_value=120),
+    limit=st.integers(min_value=60, max_value=300),
 )
-def test_what_is_streamed_is_the_whole_output_or_its_head_marker_and_tail(
-    reads: list[tuple[int, bytes]], keep: int
+def test_the_streamed_text_is_exactly_the_replys_whatever_is_written(
+    reads: list[tuple[int, bytes]], limit: int
 ) -> None:
-    stream, sent, clock = _stream(keep)
-    buffers = [BoundedBuffer(keep), BoundedBuffer(keep)]
+    stream, sent, clock = _stream(limit)
+    buffers = [BoundedBuffer(limit), BoundedBuffer(limit)]
     for index, data in reads:
         _written(stream, buffers, index, data)
         clock.now += 0.02
         stream.due_in()
+    live = {name: _text(sent, name) for name in ("stdout", "stderr")}
     stream.finish(buffers)
     for index, name in enumerate(("stdout", "stderr")):
-        whole = b"".join(data for i, data in reads if i == index)
-        if len(whole) <= 2 * keep:
-            expected = whole.decode("utf-8", errors="replace")
-        else:
-            expected = (
-                whole[:keep].decode("utf-8", errors="replace")
-                + OMISSION_MARKER.format(omitted=len(whole) - 2 * keep)
-                + whole[-keep:].decode("utf-8", errors="replace")
-            )
-        assert _text(sent, name) == expected
+        reply_text, _cut = buffers[index].text(limit)
+        assert _text(sent, name) == reply_text
+        assert len(live[name]) <= live_characters(limit)
+
+
+@given(text=st.text(max_size=400), limit=st.integers(min_value=60, max_value=300))
+def test_text_that_fits_streams_as_it_comes_up_to_the_head_every_cut_keeps(
+    text: str, limit: int
+) -> None:
+    stream, sent, clock = _stream(limit)
+    buffers = [BoundedBuffer(limit), BoundedBuffer(limit)]
+    for character in text:
+        _written(stream, buffers, 0, character.encode("utf-8", "surrogatepass"))
+        clock.now += 1
+        stream.due_in()
+    encoded = text.encode("utf-8", "surrogatepass")
+    expected_live = encoded[:limit].decode("utf-8", "replace")[: live_characters(limit)]
+    # A character not yet whole at the head's end waits for the end.
+    assert expected_live.startswith(_text(sent, "stdout"))
+    assert len(expected_live) - len(_text(sent, "stdout")) <= 1
 
 
 def test_a_channel_that_fails_stops_the_stream_without_raising() -> None:
@@ -148,7 +163,7 @@ def _display(text: str) -> protocol.RichOutput:
 
 def test_displays_stream_within_the_runs_room_and_never_after_its_end() -> None:
     sent: list[protocol.OutputChunk | protocol.DisplayOutput] = []
-    one_frame = len(protocol.DisplayOutput(run_id=3, output=_display("x" * 100)).model_dump_json())
+    one_frame = display_size(_display("x" * 100))
     stream = OutputStream(3, 100, sent.append, display_room=10 * one_frame)
     for _ in range(1000):  # a loop of display() calls
         stream.send_display(_display("x" * 100))

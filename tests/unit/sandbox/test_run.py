@@ -8,6 +8,7 @@ import contextlib
 import pytest
 
 from sandbox import protocol
+from sandbox.policy import Limits
 from sandbox.run import (
     OutputDisplay,
     OutputDropped,
@@ -99,8 +100,11 @@ def test_the_error_of_a_run_nobody_waits_for_is_logged(caplog: pytest.LogCapture
 # --- events: streamed output, and subscribers that fall behind -------------------
 
 
+LIMITS = Limits(output_chars=20_000, reply_chars=60_000)
+
+
 def _streamed_run() -> Run:
-    return Run(protocol.RunPython(run_id=1, code="...", stream=True), timeout=1.0)
+    return Run(protocol.RunPython(run_id=1, code="...", stream=True), timeout=1.0, limits=LIMITS)
 
 
 def _chunk(text: str, run_id: int = 1) -> protocol.OutputChunk:
@@ -145,7 +149,7 @@ def test_a_subscriber_that_reads_gets_every_output_in_order_then_the_end() -> No
 
 
 def test_a_subscriber_that_falls_behind_is_told_what_it_missed_before_the_end() -> None:
-    budget = 10_000
+    budget = 1000
 
     async def scenario() -> tuple[list[RunEvent], int, int]:
         finish = asyncio.Event()
@@ -162,8 +166,8 @@ def test_a_subscriber_that_falls_behind_is_told_what_it_missed_before_the_end() 
         events = run.events()
         first = asyncio.ensure_future(anext(events))  # subscribed; reads nothing more
         await asyncio.sleep(0)
-        for _ in range(1000):  # 1 MB, 100 times the budget
-            run.take_output(_chunk("x" * 1000))
+        for _ in range(100):  # 10 times the budget
+            assert run.take_output(_chunk("x" * 100))
         held = run._subscribers[0]._held
         finish.set()
         seen = [await first] + [event async for event in events]
@@ -175,7 +179,7 @@ def test_a_subscriber_that_falls_behind_is_told_what_it_missed_before_the_end() 
     assert 0 < len(kept) < 10
     dropped = seen[-2]
     assert isinstance(dropped, OutputDropped)
-    assert dropped.characters == 1000 * 1000 - 1000 * len(kept)
+    assert dropped.characters == 100 * 100 - 100 * len(kept)
     assert isinstance(seen[-1], RunFinished)
     assert subscribers_left == 0
 
@@ -209,3 +213,15 @@ def test_only_a_streamed_run_takes_output_and_only_its_own() -> None:
     streamed = _streamed_run()
     assert not streamed.take_output(_chunk("x", run_id=2))
     assert streamed.take_output(_chunk("x"))  # nobody subscribed: dropped, not an error
+
+
+def test_a_worker_streaming_more_than_its_reply_could_hold_breaks_the_protocol() -> None:
+    run = _streamed_run()
+    for _ in range(20):
+        assert run.take_output(_chunk("x" * 1000))  # the reply's cap, to the character
+    assert run.take_output(protocol.OutputChunk(run_id=1, name="stderr", text="e" * 20_000))
+    assert not run.take_output(_chunk("x"))
+    big = protocol.RichOutput(output_type="display_data", data={"text/plain": "d" * 50_000})
+    assert run.take_output(protocol.DisplayOutput(run_id=1, output=big))
+    assert run.take_output(protocol.DisplayOutput(run_id=1, output=big))
+    assert not run.take_output(protocol.DisplayOutput(run_id=1, output=big))
