@@ -219,3 +219,31 @@ async def test_a_run_killed_mid_stream_still_recovers(session: Session) -> None:
     assert isinstance(events[-1], RunFinished)
     streamed_again = await session.start_python("print('fresh')", timeout=10, stream=True)
     assert _streamed(await _events(streamed_again)) == "fresh\n"
+
+
+async def test_a_run_displaying_in_a_loop_is_interrupted_and_keeps_its_namespace(
+    session: Session,
+) -> None:
+    # An interrupt that lands while a display's frame is being written waits for the
+    # frame to be whole: the run is interrupted, not its channel broken.
+    code = (
+        "import gc\n"
+        "from sandbox.executor import PythonSession\n"
+        "from sandbox.protocol import RichOutput\n"
+        "session, = [o for o in gc.get_objects() if isinstance(o, PythonSession)]\n"
+        "kept = 'still here'\n"
+        "shown = RichOutput(output_type='display_data', data={'text/plain': 'x' * 50})\n"
+        "while True:\n"
+        "    session.emit(shown)\n"
+        "    session.outputs.clear()"
+    )
+    run = await session.start_python(code, timeout=1, stream=True)
+    events = await _events(run)
+    outcome = await run.outcome()
+    assert outcome.reply.status == "timeout", outcome.reply.error
+    assert not outcome.restarted
+    displays = [event for event in events if isinstance(event, OutputDisplay)]
+    room = session.policy.limits.reply_chars
+    assert 0 < len(displays) <= room // 50  # within the reply's cap, not one per call
+    after = await session.run_python("kept")
+    assert after.reply.value == "'still here'"
