@@ -1,10 +1,11 @@
 """The session worker: one confined process that owns one namespace and workspace.
 
 It reads framed requests from its channel, runs them, and writes one reply per
-request.  It never trusts that user code left the process tidy: standard streams are
-re-pointed for every run, the SIGINT handler is restored, and every process that a
-command or an interrupted run left behind is killed before the reply goes out (the
-service then sweeps the session's cgroup too).  A Python run that finishes may keep
+request; a streamed run's output and displays go first, as they are produced.  It
+never trusts that user code left the process tidy: standard streams are re-pointed
+for every run, the SIGINT handler is restored, and every process that a command or an
+interrupted run left behind is killed before the reply goes out (the service then
+sweeps the session's cgroup too).  A Python run that finishes may keep
 background processes, as in Jupyter.
 """
 
@@ -215,8 +216,6 @@ class Worker:
                 _RunState.running = False
             except KeyboardInterrupt:
                 _RunState.running = False
-            finally:
-                self._session.output_listener = None
             if outcome is None:
                 outcome = CellOutcome(error="KeyboardInterrupt", exc_type="KeyboardInterrupt")
             _RunState.running = False
@@ -226,6 +225,9 @@ class Worker:
                 # background processes, as in Jupyter.
                 reaper.kill_descendants()
             workspace.save_open_figures(self._session.execution_count)
+            # Last: the figures just saved are the run's outputs too.  One emitted later
+            # (a thread of the user's) is in no stream: it ended with the block.
+            self._session.output_listener = None
         reaper.reap_zombies()
         stdout, stderr = streams
         return self._reply(
