@@ -217,10 +217,13 @@ class RunReply(_Message):
     outputs: list[RichOutput] = Field(default_factory=list)
 
 
-WorkerMessage = Annotated[Hello | RunReply, Field(discriminator="kind")]
+# What a worker sends while a streamed run lasts, before its reply.
+StreamedOutput = OutputChunk | DisplayOutput
+WorkerFrame = Hello | RunReply | StreamedOutput
+WorkerMessage = Annotated[WorkerFrame, Field(discriminator="kind")]
 
 _requests: TypeAdapter[RunPython | RunCommand] = TypeAdapter(Request)
-_worker_messages: TypeAdapter[Hello | RunReply] = TypeAdapter(WorkerMessage)
+_worker_messages: TypeAdapter[WorkerFrame] = TypeAdapter(WorkerMessage)
 
 
 def escape_surrogates(text: str) -> str:
@@ -258,7 +261,7 @@ def decode_request(payload: bytes) -> RunPython | RunCommand:
         raise ProtocolError(f"malformed request: {exc.error_count()} problem(s)") from None
 
 
-def decode_worker_message(payload: bytes) -> Hello | RunReply:
+def decode_worker_message(payload: bytes) -> WorkerFrame:
     try:
         return _worker_messages.validate_json(payload)
     except ValidationError as exc:

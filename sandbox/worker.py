@@ -1,19 +1,22 @@
 """The session worker: one confined process that owns one namespace and workspace.
 
 It reads framed requests from its channel, runs them, and writes one reply per
-request.  It never trusts that user code left the process tidy: standard streams are
-re-pointed for every run, the SIGINT handler is restored, and every process that a
-command or an interrupted run left behind is killed before the reply goes out (the
-service then sweeps the session's cgroup too).  A Python run that finishes may keep
+request; a streamed run's output and displays go first, as they are produced.  It
+never trusts that user code left the process tidy: standard streams are re-pointed
+for every run, the SIGINT handler is restored, and every process that a command or an
+interrupted run left behind is killed before the reply goes out (the service then
+sweeps the session's cgroup too).  A Python run that finishes may keep
 background processes, as in Jupyter.
 """
 
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stub; signal.py wraps it
+import _thread
 import collections
 import contextlib
 import errno
+import functools
 import io
 import os
 import signal
@@ -30,18 +33,26 @@ from sandbox.display import DisplayLimits
 from sandbox.errors import FrameTooLarge
 from sandbox.executor import CellOutcome, PythonSession
 from sandbox.output import BoundedBuffer, OutputCapture, truncate_output
+from sandbox.output_stream import OutputStream
 from sandbox.policy import Policy
 
 
 class _RunState:
     running = False
     interrupted = False  # a SIGINT arrived during this run, whatever user code made of it
+    # The worker is writing a frame for user code (a display): an interrupt then waits
+    # for the frame to be whole, or the channel would carry half of one.
+    deferred = False
+    pending = False
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     # Only user code is interrupted; the worker's own bookkeeping never is.
     if _RunState.running:
         _RunState.interrupted = True
+        if _RunState.deferred:
+            _RunState.pending = True
+            return
         raise KeyboardInterrupt
 
 
@@ -95,40 +106,70 @@ class Worker:
         self._capture = _new_capture(self._keep)
         self._decoder = protocol.FrameDecoder()
         self._frames: collections.deque[bytes] = collections.deque()
+        # A streamed run's output goes out from the capture's thread too: frames must
+        # not interleave.
+        self._send_lock = _thread.allocate_lock()
+        # Signals reach only this thread: only here can one cut a frame in half.
+        self._main_thread = _thread.get_ident()
 
     @contextmanager
-    def _captured_output(self) -> Iterator[list[BoundedBuffer]]:
+    def _captured_output(self, stream: OutputStream | None) -> Iterator[list[BoundedBuffer]]:
         """Point fds 1 and 2 at the capture for the duration of one run.
 
-        Yields the run's stdout and stderr buffers, complete once the block has left.
+        Yields the run's stdout and stderr buffers, complete once the block has left;
+        a streamed run's output has then all been sent.
         """
         if not self._capture.intact:
             # User code closed or replaced the capture's pipes: start over.
             self._capture.close()
             self._capture = _new_capture(self._keep)
-        out_fd, err_fd = self._capture.begin()
+        out_fd, err_fd = self._capture.begin(stream)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         buffers: list[BoundedBuffer] = []
         try:
             yield buffers
         finally:
-            for stream in (sys.stdout, sys.stderr):
+            for std_stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(OSError, ValueError):
-                    stream.flush()
+                    std_stream.flush()
             # A descriptor opened at start: a cell that took every free one cannot stop
             # the worker from putting its standard streams back.
             os.dup2(self._devnull, 1)
             os.dup2(self._devnull, 2)
             buffers.extend(self._capture.end())
+            if stream is not None:
+                stream.finish(buffers)
+
+    def _stream(self, request: protocol.RunPython | protocol.RunCommand) -> OutputStream | None:
+        if not request.stream:
+            return None
+        display_room = self._policy.limits.reply_chars
+        return OutputStream(request.run_id, self._keep, self._send, display_room)
+
+    def _send_display(self, stream: OutputStream, output: protocol.RichOutput) -> None:
+        """Send one of a streamed run's outputs as it is made, after the text before it."""
+        in_main_thread = _thread.get_ident() == self._main_thread
+        if in_main_thread:
+            _RunState.deferred = True
+        try:
+            self._capture.flush_stream()
+            stream.send_display(output)
+        except (ValueError, FrameTooLarge):
+            pass  # not sendable: the reply still carries it
+        finally:
+            if in_main_thread:
+                _RunState.deferred = False
+        if in_main_thread and _RunState.pending:
+            _RunState.pending = False
+            raise KeyboardInterrupt
 
     # -- channel ----------------------------------------------------------------------
 
-    def _send(self, message: protocol.Hello | protocol.RunReply) -> None:
-        if isinstance(message, protocol.RunReply):
-            self._channel.sendall(encode_reply(message))
-        else:
-            self._channel.sendall(protocol.encode(message))
+    def _send(self, message: protocol.Hello | protocol.RunReply | protocol.StreamedOutput) -> None:
+        frame = encode_reply(message) if isinstance(message, protocol.RunReply) else None
+        with self._send_lock:
+            self._channel.sendall(frame or protocol.encode(message))
 
     def _receive(self) -> protocol.RunPython | protocol.RunCommand | None:
         # One recv usually brings a whole request (the service sends one and waits).
@@ -156,6 +197,7 @@ class Worker:
             if _signal.getsignal(signal.SIGINT) is not _on_sigint:
                 _signal.signal(signal.SIGINT, _on_sigint)
             _RunState.interrupted = False
+            _RunState.pending = False
             # What the service killed between requests (a command's strays) is collected.
             reaper.reap_zombies()
             if isinstance(request, protocol.RunPython):
@@ -167,7 +209,10 @@ class Worker:
     def _run_python(self, request: protocol.RunPython) -> protocol.RunReply:
         before = workspace.snapshot()
         outcome: CellOutcome | None = None
-        with self._captured_output() as streams:
+        stream = self._stream(request)
+        if stream is not None:
+            self._session.output_listener = functools.partial(self._send_display, stream)
+        with self._captured_output(stream) as streams:
             try:
                 _RunState.running = True
                 outcome = self._session.run(request.code)
@@ -183,6 +228,9 @@ class Worker:
                 # background processes, as in Jupyter.
                 reaper.kill_descendants()
             self._session.display.show_open_figures()
+            # Last: the figures just shown are the run's outputs too.  One emitted later
+            # (a thread of the user's) is in no stream: it ended with the block.
+            self._session.output_listener = None
         reaper.reap_zombies()
         stdout, stderr = streams
         return self._reply(
@@ -210,7 +258,7 @@ class Worker:
                 execution_count=self._session.execution_count,
             )
         before = workspace.snapshot()
-        with self._captured_output() as streams:
+        with self._captured_output(self._stream(request)) as streams:
             try:
                 _RunState.running = True
                 result = self._commands.run(plan, 1, 2)
