@@ -86,6 +86,7 @@ def _outcome_for_rules(outcome: RunOutcome, kind: str, truncated: bool) -> Outco
         truncated=truncated,
         restarted=outcome.restarted or outcome.since_restart,
         exit_code=reply.exit_code,
+        hint=reply.hint,
     )
 
 
