@@ -200,8 +200,8 @@ class DisplayOutput(_Message):
 
 # An error hint lists at most this many names, each cut to this length: they are the
 # user's (a DataFrame's columns), so a frame must not grow with them.
-MAX_HINT_NAMES = 40
-MAX_HINT_NAME_CHARS = 80
+MAX_HINT_NAMES = 30
+MAX_HINT_NAME_CHARS = 60
 
 
 class ErrorHint(_Message):

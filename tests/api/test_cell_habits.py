@@ -53,6 +53,32 @@ def test_a_bang_line_runs_in_the_session_and_prints_in_result(
     assert seen.json()["result"] == "made\n"
 
 
+def test_an_assigned_bang_line_holds_the_output_lines(client: httpx.Client, session: str) -> None:
+    reply = run(client, session, ["!echo one > a.txt", "files = !ls", "files"])
+    assert reply["status"] == "ok", reply
+    assert reply["result"] == "['a.txt']"
+
+
+def test_a_bang_command_stops_at_the_timeout_and_the_namespace_stays(
+    client: httpx.Client, session: str
+) -> None:
+    response = client.post(
+        "/repl", json={"code": "x = 5\n!sleep 30", "session_id": session, "timeout": 1}
+    )
+    assert response.json()["status"] == "timeout", response.text
+    processes = run(
+        client,
+        session,
+        [
+            "import os",
+            "sorted(open(f'/proc/{p}/comm').read().strip() for p in os.listdir('/proc')"
+            " if p.isdigit())",
+        ],
+    )
+    assert processes["result"] == "['python']"  # the sleep is gone
+    assert run(client, session, "x")["result"] == "5"
+
+
 def test_a_refused_bang_line_names_commands_allow_and_runs_nothing(
     client: httpx.Client, session: str
 ) -> None:

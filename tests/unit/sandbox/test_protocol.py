@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 from hypothesis import given
@@ -107,3 +108,18 @@ def test_a_zygote_refusal_reaches_the_service_as_its_own_words() -> None:
     assert (
         protocol.decode_zygote_reply(made.model_dump_json().encode(), protocol.WorkerMade) == made
     )
+
+
+def test_a_worker_hint_larger_than_its_caps_is_refused() -> None:
+    def reply(names: list[str]) -> bytes:
+        hint = {"kind": "dataframe-columns", "names": names, "total": len(names)}
+        return json.dumps({"kind": "reply", "run_id": 1, "status": "error", "hint": hint}).encode()
+
+    within = ["c" * protocol.MAX_HINT_NAME_CHARS] * protocol.MAX_HINT_NAMES
+    decoded = protocol.decode_worker_message(reply(within))
+    assert isinstance(decoded, protocol.RunReply)
+    assert decoded.hint is not None
+    assert decoded.hint.names == within
+    for beyond in ([*within, "c"], ["c" * (protocol.MAX_HINT_NAME_CHARS + 1)]):
+        with pytest.raises(ProtocolError):
+            protocol.decode_worker_message(reply(beyond))
