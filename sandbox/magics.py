@@ -124,6 +124,9 @@ class CellMagics:
         # Checks a line against the command policy (CommandDenied) and runs it, its
         # stdout to the given descriptor; the worker sets it.
         self.run_command: CommandLine | None = None
+        # Where `%cd` with no argument goes back to, as IPython's goes home: the
+        # directory the session started in, its workspace.
+        self.home = os.getcwd()
 
     def prepare(self, source: str) -> str:
         """The cell as Python; its magic lines will call this object."""
@@ -227,8 +230,7 @@ def _package_tool(tool: str) -> LineMagic:
 
 
 def _cd(magics: CellMagics, args: str, frame: FrameType) -> None:
-    if args:
-        os.chdir(os.path.expanduser(args.strip("'\"")))
+    os.chdir(os.path.expanduser(args.strip("'\"")) if args else magics.home)
     print(os.getcwd())
 
 

@@ -208,6 +208,11 @@ def test_the_cheap_shell_magics_work(
         "notes.txt",
         "Interactive namespace is empty.",
     ]
+    (tmp_path / "sub").mkdir()
+    ok(session.run("%cd sub"))
+    assert Path.cwd() == tmp_path / "sub"
+    ok(session.run("%cd"))  # back where the session started, as IPython's goes home
+    assert Path.cwd() == tmp_path
     ok(session.run("kept = 1\n%reset -f"))
     assert "kept" not in session.namespace
 
