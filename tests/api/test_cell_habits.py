@@ -79,6 +79,15 @@ def test_a_bang_command_stops_at_the_timeout_and_the_namespace_stays(
     assert run(client, session, "x")["result"] == "5"
 
 
+def test_a_failing_command_shows_its_output_and_the_cell_goes_on(
+    client: httpx.Client, session: str
+) -> None:
+    reply = run(client, session, ["!ls no-such-file", "print('after', _exit_code)"])
+    assert reply["status"] == "ok", reply
+    assert reply["result"] == "after 2\n"
+    assert "no-such-file" in reply["stderr"]
+
+
 def test_a_refused_bang_line_names_commands_allow_and_runs_nothing(
     client: httpx.Client, session: str
 ) -> None:
@@ -152,13 +161,18 @@ def test_a_traceback_after_magic_lines_points_at_the_users_line(
 def test_a_connection_attempt_is_told_the_network_is_off(
     client: httpx.Client, session: str
 ) -> None:
-    for target in ("http://127.0.0.1:1/", "http://example.invalid/"):
-        reply = run(
-            client, session, ["import urllib.request", f"urllib.request.urlopen({target!r})"]
-        )
+    attempts = {
+        "URLError": "import urllib.request\nurllib.request.urlopen('http://127.0.0.1:1/')",
+        "gaierror": "import urllib.request\nurllib.request.urlopen('http://example.invalid/')",
+        "httpx.ConnectError": "import httpx\nhttpx.get('http://example.invalid/')",
+        "OSError": "import socket\nsocket.create_connection(('127.0.0.1', 1))",
+    }
+    for error, code in attempts.items():
+        reply = run(client, session, code)
         assert reply["status"] == "error"
-        assert "URLError" in reply["error"]
+        assert error in reply["error"]
         assert "network is off" in reply["suggestion"], reply["suggestion"]
+        assert "isolation.network" in reply["suggestion"]
 
 
 def test_a_missing_dataframe_column_suggestion_lists_the_columns(
