@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.display import Display, DisplayLimits
 from sandbox.magics import CellMagics
 from sandbox.protocol import RichOutput
 
@@ -33,7 +34,7 @@ class CellOutcome:
 class PythonSession:
     """One namespace and its execution counter."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: DisplayLimits | None = None) -> None:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.execution_count = 0
         # The future features earlier cells imported; each compile passes them on.
@@ -44,6 +45,7 @@ class PythonSession:
         self.output_listener: Callable[[RichOutput], None] | None = None
         # `!cmd` and `%magic` lines (sandbox/magics.py); the worker gives it commands.
         self.magics = CellMagics()
+        self.display = Display(self.emit, limits or DisplayLimits())
 
     def emit(self, output: RichOutput) -> None:
         """Record one of the run's outputs (``display()``, a figure, the cell's value)."""
@@ -53,6 +55,14 @@ class PythonSession:
 
     def run(self, source: str) -> CellOutcome:
         self.execution_count += 1
+        self.outputs = []
+        self.display.begin_run(self.execution_count)
+        try:
+            return self._run(source)
+        finally:
+            self.display.end_run()
+
+    def _run(self, source: str) -> CellOutcome:
         filename = f"<cell-{self.execution_count}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         try:
@@ -81,7 +91,7 @@ class PythonSession:
             return CellOutcome()
         self.namespace["_"] = value
         try:
-            return CellOutcome(value=repr(value))
+            return CellOutcome(value=self.display.show_result(value))
         except BaseException as exc:  # noqa: BLE001 - a broken __repr__ is the user's error
             return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
 

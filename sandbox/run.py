@@ -93,34 +93,41 @@ class Run:
     # While the run waits for its reply: how to interrupt the worker (see Session).
     on_interrupt: Callable[[InterruptReason], None] | None = None
     _task: asyncio.Task[RunOutcome | None] | None = None
-    # What callers await, each through a shield of its own.  The run's task sets it as
-    # it ends, so a caller wakes one loop step after (a shield of the task took two).
-    _outcome: asyncio.Future[RunOutcome] | None = None
+    # One future per waiting caller, each settled by the run's task as it ends: a caller
+    # wakes one loop step after (a shield of a shared future took two), and a caller
+    # cancelled meanwhile cancels only its own.
+    _waiters: list[asyncio.Future[RunOutcome]] = field(default_factory=list)
+    _outcome: RunOutcome | None = None
+    _failure: Exception | None = None
     _on_end: list[Callable[[], None]] = field(default_factory=list)
     _subscribers: list[asyncio.Queue[object]] = field(default_factory=list)
 
     def start(self, life: Coroutine[Any, Any, RunOutcome]) -> None:
-        loop = asyncio.get_running_loop()
-        self._outcome = loop.create_future()
-        self._task = loop.create_task(self._live(life))
+        self._task = asyncio.get_running_loop().create_task(self._live(life))
 
     async def _live(self, life: Coroutine[Any, Any, RunOutcome]) -> RunOutcome | None:
-        assert self._outcome is not None
         try:
             outcome = await life
         except asyncio.CancelledError:  # the loop is going away: so are its callers
-            self._outcome.cancel()
+            for waiter in self._waiters:
+                waiter.cancel()
             raise
-        except Exception as exc:  # noqa: BLE001 - handed to the caller, if one still waits
-            self._outcome.set_exception(exc)
-            if self.abandoned:  # nobody will read it there: the log does
-                self._outcome.exception()
+        except Exception as exc:  # noqa: BLE001 - handed to the callers that still wait
+            self._failure = exc
+            waiting = [waiter for waiter in self._waiters if not waiter.done()]
+            for waiter in waiting:
+                waiter.set_exception(exc)
+            if not waiting:  # nobody will read it there: the log does
                 log.warning("a run whose caller went away failed: %s", exc)
             return None
         else:
-            self._outcome.set_result(outcome)
+            self._outcome = outcome
+            for waiter in self._waiters:
+                if not waiter.done():
+                    waiter.set_result(outcome)
             return outcome
         finally:
+            self._waiters.clear()
             for queue in self._subscribers:
                 queue.put_nowait(_END)
             for callback in self._on_end:
@@ -139,11 +146,20 @@ class Run:
 
     async def outcome(self) -> RunOutcome:
         """The run's outcome; a caller cancelled meanwhile abandons the run."""
-        assert self._outcome is not None, "a run is started by its session"
+        task = self.task
+        if task.done():
+            if self._failure is not None:
+                raise self._failure
+            if self._outcome is None:
+                raise asyncio.CancelledError  # the run was cancelled with its loop
+            return self._outcome
+        waiter: asyncio.Future[RunOutcome] = task.get_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            # Shielded: a caller cancelled here cancels its own wait, not the others'.
-            return await asyncio.shield(self._outcome)
+            return await waiter
         except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():
+                waiter.exception()  # settled as the caller went: nobody else reads it
             self.abandon()
             raise
 

@@ -131,6 +131,9 @@ class Session:
         run = Run(build(self._run_ids), self.clamp_timeout(timeout))
         self._current = run
         self._enter(SessionState.RUNNING)
+        if self.worker is not None:
+            # The worker starts on it now, not a loop step later when the task first runs.
+            run.sent = self.worker.channel.start_sending(run.request)
         run.start(self._live(run))
         return run
 
@@ -140,7 +143,7 @@ class Session:
             started = time.monotonic()
             if self.worker is None:
                 await self._replace_worker()
-            if run.abandoned:  # its caller went away while its worker was made
+            if run.abandoned and not run.sent:  # its caller went away before it started
                 return RunOutcome(
                     protocol.RunReply(run_id=run.request.run_id, status="error"),
                     interrupted_by="cancelled",
@@ -220,6 +223,8 @@ class Session:
         failure: WorkerLost | ProtocolError | None = None
         message: protocol.Hello | protocol.RunReply | None = None
         run.on_interrupt = on_interrupt
+        if run.abandoned:  # its caller went away after the request went out early
+            on_interrupt("cancelled")
         try:
             run.sent = True
             await worker.send(request)

@@ -26,6 +26,7 @@ from types import FrameType
 from sandbox import protocol, reaper, workspace
 from sandbox.command_runner import CommandRunner
 from sandbox.commands import CommandDenied, parse_and_check
+from sandbox.display import DisplayLimits
 from sandbox.error_hints import failure_notes
 from sandbox.errors import FrameTooLarge
 from sandbox.executor import CellOutcome, PythonSession
@@ -86,7 +87,9 @@ class Worker:
         self._channel = channel
         self._policy = policy
         self._layers = layers
-        self._session = PythonSession()
+        self._session = PythonSession(
+            DisplayLimits.for_reply(policy.limits.output_chars, policy.limits.reply_chars)
+        )
         self._commands = CommandRunner(policy.commands, dict(os.environ))
         # A cell's `!cmd` line is checked and run as a /command line is.
         self._session.magics.run_command = lambda line, stdout_fd: self._commands.run(
@@ -184,7 +187,7 @@ class Worker:
                 # even if it caught the interrupt; a run that finishes may keep its
                 # background processes, as in Jupyter.
                 reaper.kill_descendants()
-            workspace.save_open_figures(self._session.execution_count)
+            self._session.display.show_open_figures()
         reaper.reap_zombies()
         stdout, stderr = streams
         notes = failure_notes(outcome.exception)  # a policy refusal, facts for suggestions
@@ -199,6 +202,8 @@ class Worker:
             denied_rule=notes.denied_rule,
             hint=notes.hint,
             files=workspace.changed_files(before, workspace.snapshot()),
+            outputs=self._session.outputs,
+            outputs_cut=self._session.display.cut,
         )
 
     def _run_command(self, request: protocol.RunCommand) -> protocol.RunReply:
@@ -249,10 +254,17 @@ class Worker:
         run_id: int,
         stdout: BoundedBuffer,
         stderr: BoundedBuffer,
+        outputs_cut: bool = False,
         **fields: object,
     ) -> protocol.RunReply:
         return build_reply(
-            run_id, self._keep, self._session.execution_count, stdout, stderr, **fields
+            run_id,
+            self._keep,
+            self._session.execution_count,
+            stdout,
+            stderr,
+            outputs_cut,
+            **fields,
         )
 
 
@@ -281,12 +293,16 @@ def build_reply(
     execution_count: int,
     stdout: BoundedBuffer,
     stderr: BoundedBuffer,
+    outputs_cut: bool = False,
     **fields: object,
 ) -> protocol.RunReply:
-    """A run's reply, its output and texts cut to ``limit`` characters each."""
+    """A run's reply, its output and texts cut to ``limit`` characters each.
+
+    Its rich outputs were bounded as they were made; ``outputs_cut`` says whether any was.
+    """
     out_text, out_cut = stdout.text(limit)
     err_text, err_cut = stderr.text(limit)
-    cut_any = out_cut or err_cut
+    cut_any = out_cut or err_cut or outputs_cut
     for name in ("value", "error"):
         text = fields.get(name)
         if isinstance(text, str):

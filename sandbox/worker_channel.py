@@ -26,6 +26,8 @@ class WorkerChannel:
         self._reading_on: asyncio.AbstractEventLoop | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._failure: Exception | None = None  # raised by every later receive
+        # A request ``start_sending`` began, and what of its frame the socket did not take.
+        self._started: tuple[protocol.RunPython | protocol.RunCommand, bytes] | None = None
 
     def fileno(self) -> int:
         return self._socket.fileno()
@@ -102,10 +104,32 @@ class WorkerChannel:
         with contextlib.suppress(OSError):
             self._socket.shutdown(socket.SHUT_RDWR)
 
-    async def send(self, message: protocol.RunPython | protocol.RunCommand) -> None:
-        loop = asyncio.get_running_loop()
+    def start_sending(self, message: protocol.RunPython | protocol.RunCommand) -> bool:
+        """Hand the socket what it takes of ``message`` now, without waiting; whether it did.
+
+        The worker starts on the request while the run's task is still to be scheduled;
+        ``send(message)`` then sends the rest, and reports any failure.
+        """
+        if self._failure is not None:
+            return False
         try:
-            await loop.sock_sendall(self._socket, protocol.encode(message, self._max_frame))
+            frame = protocol.encode(message, self._max_frame)
+            sent = self._socket.send(frame)
+        except (OSError, ProtocolError):
+            return False  # nothing was sent: ``send`` tries again and says why it cannot
+        self._started = (message, frame[sent:])
+        return sent > 0
+
+    async def send(self, message: protocol.RunPython | protocol.RunCommand) -> None:
+        started, self._started = self._started, None
+        if started is not None and started[0] is message:
+            rest = started[1]
+        else:
+            rest = protocol.encode(message, self._max_frame)
+        if not rest:
+            return
+        try:
+            await asyncio.get_running_loop().sock_sendall(self._socket, rest)
         except OSError as exc:
             raise WorkerLost(f"channel error: {exc.strerror}") from None
 

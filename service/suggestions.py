@@ -29,6 +29,8 @@ class Outcome:
     exit_code: int | None
     # What the worker saw beyond the error's text (a DataFrame's columns, say).
     hint: ErrorHint | None = None
+    # An output's picture was too big for the reply: its metadata.url links the file.
+    outputs_linked: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,15 @@ ALTERNATIVES: dict[str, tuple[str, ...]] = {
 # Modules whose only use is the network: no alternative makes them work here.
 NETWORK_MODULES = frozenset({"requests", "httpx", "aiohttp", "urllib3", "boto3", "openai"})
 _MISSING = re.compile(r"No module named '([^'.]+)")
+# Names an IPython kernel defines and plain Python does not (display() is a builtin
+# here): a NameError for one of them says nothing about a restart.
+IPYTHON_ONLY_NAMES = frozenset({"get_ipython", "In", "Out"})
+_UNDEFINED = re.compile(r"^NameError: name '([^']+)' is not defined")
+
+
+def undefined_name(outcome: Outcome) -> str | None:
+    found = _UNDEFINED.match(outcome.error or "")
+    return found.group(1) if found else None
 
 
 def missing_module(outcome: Outcome) -> str | None:
@@ -163,6 +174,14 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        "ipython-name",
+        lambda o: o.exc_type == "NameError" and undefined_name(o) in IPYTHON_ONLY_NAMES,
+        lambda o, p: (
+            f"'{undefined_name(o)}' belongs to an IPython kernel; cells here are plain Python. "
+            "display(obj) shows rich output, and IPython.display objects work with it."
+        ),
+    ),
+    Rule(
         "name-after-restart",
         lambda o: o.exc_type == "NameError" and o.restarted,
         lambda o, p: (
@@ -211,6 +230,14 @@ RULES: tuple[Rule, ...] = (
         "interrupted",
         lambda o: o.exc_type == "KeyboardInterrupt",
         lambda o, p: "The run was interrupted on request; variables were kept.",
+    ),
+    Rule(
+        "picture-linked",
+        lambda o: o.outputs_linked and o.status == "ok",
+        lambda o, p: (
+            "A figure was too large to include in the reply: open the link in its output's "
+            "metadata.url (also in files), or show a smaller one (plt.figure(figsize=(6, 4)))."
+        ),
     ),
     Rule(
         "truncated",

@@ -128,8 +128,9 @@ def test_a_killed_zygote_is_restarted_and_live_sessions_keep_their_state(tmp_pat
         assert len(before - {entry.name for entry in workspaces.iterdir()}) == WARM_POOL
         assert len(_mounts_under(workspaces)) == 2 + WARM_POOL
         if groups_before:  # where the service has cgroups, the pool's went too
-            assert len(groups_before - _session_groups(server)) == WARM_POOL
-            assert len(_session_groups(server)) == 2 + WARM_POOL
+            # Removed as each dead worker is reaped, which a loaded machine may delay.
+            assert _wait_until(lambda: len(groups_before - _session_groups(server)) == WARM_POOL)
+            assert _wait_until(lambda: len(_session_groups(server)) == 2 + WARM_POOL)
         assert "codesherpa_zygote_restarts 1.0" in client.get("/metrics", headers=ADMIN).text
         assert client.get("/readyz", headers=ADMIN).json()["zygote"]["pid"] != zygote_pid
         # The dead zygote's ready workers exited with it; the service reaps them too.

@@ -85,3 +85,53 @@ def test_the_error_of_a_run_nobody_waits_for_is_logged(caplog: pytest.LogCapture
 
     asyncio.run(scenario())
     assert "a run whose caller went away failed: no worker could be made" in caplog.text
+
+
+def test_a_caller_wakes_one_loop_step_after_the_run_ends() -> None:
+    # Each loop step between the worker's reply and its caller is paid by every run.
+    async def scenario() -> int:
+        finish = asyncio.Event()
+
+        async def life() -> RunOutcome:
+            await finish.wait()
+            return _outcome()
+
+        run = _run()
+        run.start(life())
+        caller = asyncio.create_task(run.outcome())
+        while not run.done():
+            await asyncio.sleep(0)
+            finish.set()
+        steps = 0
+        while not caller.done():
+            await asyncio.sleep(0)
+            steps += 1
+        assert caller.result().reply.value == "42"
+        return steps
+
+    assert asyncio.run(scenario()) == 1
+
+
+def test_a_caller_after_the_end_gets_the_outcome_or_the_failure() -> None:
+    async def scenario() -> tuple[RunOutcome, BaseException | None]:
+        async def life() -> RunOutcome:
+            return _outcome()
+
+        async def failing() -> RunOutcome:
+            raise OSError("no worker could be made")
+
+        ended, failed = _run(), _run()
+        ended.start(life())
+        failed.start(failing())
+        await asyncio.sleep(0.01)
+        try:
+            await failed.outcome()
+        except OSError as exc:
+            failure: BaseException | None = exc
+        else:
+            failure = None
+        return await ended.outcome(), failure
+
+    outcome, failure = asyncio.run(scenario())
+    assert outcome.reply.value == "42"
+    assert isinstance(failure, OSError)

@@ -167,6 +167,18 @@ def test_name_error_after_a_restart_says_rerun_setup() -> None:
     assert "re-run the setup code" in advice(case)
 
 
+def test_a_figure_left_out_of_the_reply_points_at_its_link() -> None:
+    case = outcome(truncated=True, outputs_linked=True)
+    assert rule_for(case) == "picture-linked"
+    assert "metadata.url" in advice(case)
+
+
+def test_a_name_only_ipython_defines_is_not_blamed_on_a_restart() -> None:
+    case = failed("NameError", "NameError: name 'get_ipython' is not defined", restarted=True)
+    assert rule_for(case) == "ipython-name"
+    assert "display(obj)" in advice(case)
+
+
 def test_a_name_error_without_restart_is_an_ordinary_error() -> None:
     case = failed("NameError", "NameError: name 'df' is not defined")
     assert rule_for(case) == "python-error"
