@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sandbox.display import Display, DisplayLimits
+from sandbox.magics import CellMagics
 from sandbox.protocol import RichOutput
 
 
@@ -26,6 +27,8 @@ class CellOutcome:
     value: str | None = None
     error: str | None = None
     exc_type: str | None = None
+    # The exception that ended the cell, for the worker to read what its text cannot say.
+    exception: BaseException | None = None
 
 
 class PythonSession:
@@ -40,6 +43,8 @@ class PythonSession:
         # listener as it is produced.
         self.outputs: list[RichOutput] = []
         self.output_listener: Callable[[RichOutput], None] | None = None
+        # `!cmd` and `%magic` lines (sandbox/magics.py); the worker gives it commands.
+        self.magics = CellMagics()
         self.display = Display(self.emit, limits or DisplayLimits())
 
     def emit(self, output: RichOutput) -> None:
@@ -61,9 +66,10 @@ class PythonSession:
         filename = f"<cell-{self.execution_count}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         try:
-            expression = _compile_expression(source, filename, self.future_flags)
+            code = self.magics.prepare(source)  # same lines: tracebacks show the user's
+            expression = _compile_expression(code, filename, self.future_flags)
             if expression is None:
-                tree = ast.parse(source, filename=filename, mode="exec")
+                tree = ast.parse(code, filename=filename, mode="exec")
                 last = tree.body[-1] if tree.body else None
                 if isinstance(last, ast.Expr):
                     tree.body.pop()
@@ -78,7 +84,9 @@ class PythonSession:
                 return CellOutcome()
             value = eval(expression, self.namespace)
         except BaseException as exc:  # noqa: BLE001 - every user failure is a reply, even SystemExit
-            return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
+            return CellOutcome(
+                error=format_user_exception(exc), exc_type=type(exc).__name__, exception=exc
+            )
         if value is None:
             return CellOutcome()
         self.namespace["_"] = value

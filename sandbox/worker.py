@@ -30,6 +30,7 @@ from sandbox import protocol, reaper, workspace
 from sandbox.command_runner import CommandRunner
 from sandbox.commands import CommandDenied, parse_and_check
 from sandbox.display import DisplayLimits
+from sandbox.error_hints import failure_notes
 from sandbox.errors import FrameTooLarge
 from sandbox.executor import CellOutcome, PythonSession
 from sandbox.output import BoundedBuffer, OutputCapture, truncate_output
@@ -101,6 +102,10 @@ class Worker:
             DisplayLimits.for_reply(policy.limits.output_chars, policy.limits.reply_chars)
         )
         self._commands = CommandRunner(policy.commands, dict(os.environ))
+        # A cell's `!cmd` line is checked and run as a /command line is.
+        self._session.magics.run_command = lambda line, stdout_fd: self._commands.run(
+            parse_and_check(line, policy.commands), stdout_fd, 2
+        )
         self._keep = policy.limits.output_chars
         self._devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self._capture = _new_capture(self._keep)
@@ -233,14 +238,17 @@ class Worker:
             self._session.output_listener = None
         reaper.reap_zombies()
         stdout, stderr = streams
+        notes = failure_notes(outcome.exception)  # a policy refusal, facts for suggestions
         return self._reply(
             request.run_id,
             stdout,
             stderr,
-            status="error" if outcome.error else "ok",
+            status="denied" if notes.denied_rule else "error" if outcome.error else "ok",
             value=outcome.value,
-            error=outcome.error,
+            error=notes.error or outcome.error,
             exc_type=outcome.exc_type,
+            denied_rule=notes.denied_rule,
+            hint=notes.hint,
             files=workspace.changed_files(before, workspace.snapshot()),
             outputs=self._session.outputs,
             outputs_cut=self._session.display.cut,

@@ -90,6 +90,7 @@ def _outcome_for_rules(
         truncated=truncated,
         restarted=outcome.restarted or outcome.since_restart,
         exit_code=reply.exit_code,
+        hint=reply.hint,
         outputs_linked=linked_outputs,
     )
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 from hypothesis import given
@@ -163,3 +164,18 @@ def test_streamed_frames_and_replies_round_trip_in_order(
 def test_malformed_streamed_frames_are_rejected(payload: bytes) -> None:
     with pytest.raises(ProtocolError):
         protocol.decode_worker_message(payload)
+
+
+def test_a_worker_hint_larger_than_its_caps_is_refused() -> None:
+    def reply(names: list[str]) -> bytes:
+        hint = {"kind": "dataframe-columns", "names": names, "total": len(names)}
+        return json.dumps({"kind": "reply", "run_id": 1, "status": "error", "hint": hint}).encode()
+
+    within = ["c" * protocol.MAX_HINT_NAME_CHARS] * protocol.MAX_HINT_NAMES
+    decoded = protocol.decode_worker_message(reply(within))
+    assert isinstance(decoded, protocol.RunReply)
+    assert decoded.hint is not None
+    assert decoded.hint.names == within
+    for beyond in ([*within, "c"], ["c" * (protocol.MAX_HINT_NAME_CHARS + 1)]):
+        with pytest.raises(ProtocolError):
+            protocol.decode_worker_message(reply(beyond))
