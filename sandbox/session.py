@@ -135,7 +135,7 @@ class Session:
         await self._acquire_run_lock(self.policy.sessions.queue_wait_s)
         # From here on the run owns the lock: nothing below awaits before its task holds it.
         self._run_ids += 1
-        run = Run(build(self._run_ids), self.clamp_timeout(timeout))
+        run = Run(build(self._run_ids), self.clamp_timeout(timeout), limits=self.policy.limits)
         self._current = run
         self._enter(SessionState.RUNNING)
         if self.worker is not None:
@@ -228,7 +228,7 @@ class Session:
         timers.append(loop.call_later(run.timeout, on_interrupt, "timeout"))
         worker.cores.run_started()
         failure: WorkerLost | ProtocolError | None = None
-        message: protocol.Hello | protocol.RunReply | None = None
+        message: protocol.WorkerFrame | None = None
         run.on_interrupt = on_interrupt
         if run.abandoned:  # its caller went away after the request went out early
             on_interrupt("cancelled")
@@ -236,6 +236,9 @@ class Session:
             run.sent = True
             await worker.send(request)
             message = await worker.receive()
+            # Read at once whatever subscribers do: a worker is never held up by them.
+            while isinstance(message, protocol.StreamedOutput) and run.take_output(message):
+                message = await worker.receive()
         except (WorkerLost, ProtocolError) as exc:
             failure = exc
         finally:

@@ -116,9 +116,9 @@ def _executor(request: Request) -> Executor:
     return executor
 
 
-def _text(model: BaseModel | list[Any], exclude: set[str] | None = None) -> TextContent:
+def _text(model: BaseModel | list[Any]) -> TextContent:
     if isinstance(model, BaseModel):
-        text = model.model_dump_json(exclude=exclude)
+        text = model.model_dump_json()
     else:
         text = "[" + ",".join(item.model_dump_json() for item in model) + "]"
     return TextContent(type="text", text=text)
@@ -132,8 +132,8 @@ async def run_python(
 ) -> Content:
     """Run Python in a persistent, sandboxed namespace (Jupyter semantics).
 
-    Returns the reply as JSON (result, error, suggestion, status, session_id, files with
-    links), then every figure or image the run created as image content.
+    Returns the reply as JSON (result, error, suggestion, status, session_id, outputs,
+    files with links), then the run's figures and images as image content.
     """
     request, caller, record = await _session(ctx, session_id)
     try:
@@ -146,8 +146,7 @@ async def run_python(
             reply = await executor.run_python(caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
-    images = await mcp_content.images(record, reply.model.files)
-    return [_text(reply.model, exclude={"stdout"}), *images]
+    return await mcp_content.run_content(record, reply.model)
 
 
 async def run_command(
@@ -173,8 +172,7 @@ async def run_command(
             reply = await executor.run_command(caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
-    images = await mcp_content.images(record, reply.model.files)
-    return [_text(reply.model, exclude={"stdout"}), *images]
+    return await mcp_content.run_content(record, reply.model)
 
 
 async def list_files(ctx: McpContext, session_id: SessionId = None) -> Content:
