@@ -272,12 +272,21 @@ class Run:
         """Whether anyone reads the run's events (else nothing need be published)."""
         return bool(self._subscribers)
 
-    async def events(self) -> AsyncIterator[RunEvent]:
-        """The events published from now on, until the run ends."""
+    def events(self) -> AsyncIterator[RunEvent]:
+        """The events published from this call on, until the run ends.
+
+        Subscribed here, not at the first read: the run's task can publish output its
+        worker sent before the reader's task first runs (uvloop runs I/O callbacks
+        before the tasks scheduled with them).
+        """
         subscriber = _Subscriber(self.subscriber_budget)
-        if self.done():
+        if not self.done():
+            self._subscribers.append(subscriber)  # closed by the run's end
+        return self._read(subscriber)
+
+    async def _read(self, subscriber: _Subscriber) -> AsyncIterator[RunEvent]:
+        if subscriber not in self._subscribers:
             return
-        self._subscribers.append(subscriber)  # closed by the run's end
         try:
             while (event := await subscriber.take()) is not _END:
                 assert isinstance(event, OutputText | OutputDisplay | OutputDropped | RunFinished)

@@ -48,10 +48,7 @@ class RunStream:
         self._events: AsyncIterator[RunEvent] | None = None
         self._next: asyncio.Task[RunEvent | None] | None = None
         if run is not None:
-            self._events = run.events()
-            # Subscribed in the loop step after the one that started the run, not when
-            # the reader first asks: what the run publishes comes from its worker's
-            # frames, which the loop reads in callbacks queued after this task's step.
+            self._events = run.events()  # subscribed now: nothing published is missed
             self._next = asyncio.ensure_future(self._pull())
 
     async def _pull(self) -> RunEvent | None:

@@ -31,7 +31,8 @@ def test_output_comes_in_order_with_heartbeats_while_idle_and_the_reply_last() -
         run = _run()
 
         async def life() -> RunOutcome:
-            await asyncio.sleep(0)  # output comes from the worker's frames: a step later
+            # In the run's first step, before the reader's task first runs (as when a
+            # worker's first output was read before it, under uvloop).
             run.publish(OutputText("stdout", "1\n"))
             await asyncio.sleep(0.25)  # quiet: heartbeats
             run.publish(OutputText("stderr", "2\n"))
