@@ -27,8 +27,11 @@ from mcp.server.session import ServerSession
 from mcp.types import LoggingLevel
 
 from sandbox.run import OutputDisplay, OutputText
+from service.callers import Caller
+from service.executor import Executor
 from service.replies import Reply
 from service.run_stream import Idle, RunOutput, RunStream
+from service.schemas import CommandRequest, ReplRequest
 
 PROGRESS_EVERY_S = 1.0
 _LEVELS: tuple[LoggingLevel, ...] = (
@@ -58,6 +61,24 @@ def accept_log_levels(server: FastMCP[Any]) -> None:
     @low_level.set_logging_level()  # type: ignore[no-untyped-call, untyped-decorator]
     async def set_level(level: LoggingLevel) -> None:
         _least_level[low_level.request_context.session] = _LEVELS.index(level)
+
+
+async def execute(
+    ctx: Context[ServerSession, Any, Any],
+    executor: Executor,
+    caller: Caller,
+    body: ReplRequest | CommandRequest,
+) -> Reply:
+    """The run's reply; a call that asked for progress hears of the run as it goes."""
+    if not requested(ctx):
+        if isinstance(body, ReplRequest):
+            return await executor.run_python(caller, body)
+        return await executor.run_command(caller, body)
+    if isinstance(body, ReplRequest):
+        stream = await executor.stream_python(caller, body)
+    else:
+        stream = await executor.stream_command(caller, body)
+    return await told_as_it_runs(ctx, stream)
 
 
 async def told_as_it_runs(ctx: Context[ServerSession, Any, Any], stream: RunStream) -> Reply:

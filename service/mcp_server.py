@@ -138,12 +138,7 @@ async def run_python(
     request, caller, record = await _session(ctx, session_id)
     try:
         body = validated(ReplRequest, code=code, session_id=record.session_id, timeout=timeout)
-        executor = _executor(request)
-        if mcp_progress.requested(ctx):
-            stream = await executor.stream_python(caller, body)
-            reply = await mcp_progress.told_as_it_runs(ctx, stream)
-        else:
-            reply = await executor.run_python(caller, body)
+        reply = await mcp_progress.execute(ctx, _executor(request), caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
     return await mcp_content.run_content(record, reply.model)
@@ -164,12 +159,7 @@ async def run_command(
         body = validated(
             CommandRequest, command=command, session_id=record.session_id, timeout=timeout
         )
-        executor = _executor(request)
-        if mcp_progress.requested(ctx):
-            stream = await executor.stream_command(caller, body)
-            reply = await mcp_progress.told_as_it_runs(ctx, stream)
-        else:
-            reply = await executor.run_command(caller, body)
+        reply = await mcp_progress.execute(ctx, _executor(request), caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
     return await mcp_content.run_content(record, reply.model)
