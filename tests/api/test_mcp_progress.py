@@ -114,3 +114,27 @@ def test_a_call_without_a_progress_token_hears_nothing(server: Server) -> None:
     assert heard.reply()["result"] == "tick 0\ntick 1\n"
     assert heard.progress == []
     assert heard.logs == []
+
+
+def test_the_output_arrives_as_log_messages_before_the_result(server: Server) -> None:
+    code = TICKS.format(n=3) + "import sys\nprint('careful', file=sys.stderr)"
+    heard = call(server, "run_python", {"code": code, "timeout": 10})
+
+    assert all(at < heard.returned_at for at, _ in heard.logs)
+    stdout = [params for _, params in heard.logs if params.logger == "stdout"]
+    stderr = [params for _, params in heard.logs if params.logger == "stderr"]
+    assert "".join(str(params.data) for params in stdout) == "tick 0\ntick 1\ntick 2\n"
+    assert {params.level for params in stdout} == {"info"}
+    assert "".join(str(params.data) for params in stderr) == "careful\n"
+    assert {params.level for params in stderr} == {"warning"}
+    # The first line was heard while the run still had two seconds to go.
+    first_at = next(at for at, params in heard.logs if params.logger == "stdout")
+    assert heard.returned_at - first_at > 1.5
+
+
+def test_a_client_that_set_a_log_level_hears_only_what_reaches_it(server: Server) -> None:
+    code = "import sys\nprint('plain')\nprint('careful', file=sys.stderr)"
+    heard = call(server, "run_python", {"code": code}, log_level="warning")
+
+    assert heard.reply()["result"] == "plain\n"
+    assert [(params.logger, params.data) for _, params in heard.logs] == [("stderr", "careful\n")]

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import psutil
 import pytest
 
 from service.schemas import CommandResponse, ReplResponse
@@ -266,3 +267,101 @@ def test_a_client_that_hangs_up_gets_a_stubborn_run_killed(
     after = client.post("/repl", json={"code": "1 + 1", "session_id": session_id}).json()
     assert after["result"] == "2"
     assert after["restarted"] is True
+
+
+def test_output_arrives_while_the_run_still_goes(
+    server: Server, client: httpx.Client, new_session: Callable[[], str]
+) -> None:
+    session_id = new_session()
+    code = (
+        "import sys, time\nprint('first', flush=True)\nprint('oops', file=sys.stderr, flush=True)"
+        "\ntime.sleep(2)\nprint('second')"
+    )
+    body = {"code": code, "session_id": session_id, "timeout": 10}
+    events: list[Event] = []
+    busy_at_first_output = None
+    with server.client() as own, own.stream("POST", "/repl", json=body, headers=SSE) as response:
+        for item in read_events(response.iter_lines()):
+            if not isinstance(item, Event):
+                continue
+            events.append(item)
+            if busy_at_first_output is None and item.name == "stdout":
+                busy_at_first_output = session_status(client, session_id)["busy"]
+
+    assert busy_at_first_output is True
+    names = [event.name for event in events]
+    assert names.index("stdout") < names.index("done")
+    first, done = events[0], events[-1]
+    assert first.name == "stdout"
+    assert first.json()["text"].startswith("first")
+    assert done.at - first.at > 1.5  # the first line came while the run slept
+    assert [event.json()["text"] for event in events if event.name == "stderr"] == ["oops\n"]
+    stdout = "".join(event.json()["text"] for event in events if event.name == "stdout")
+    assert stdout == done.json()["result"] == "first\nsecond\n"
+
+
+def test_a_command_streams_its_output_as_it_comes(
+    server: Server, client: httpx.Client, new_session: Callable[[], str]
+) -> None:
+    session_id = new_session()
+    body = {"command": "echo one && sleep 2 && echo two", "session_id": session_id}
+    read = stream(client, "/command", body)
+
+    stdout = [event for event in read.events if event.name == "stdout"]
+    assert stdout[0].json()["text"].startswith("one")
+    assert read.events[-1].at - stdout[0].at > 1.5
+    assert read.events[-1].json()["result"] == "one\ntwo\n"
+
+
+def test_a_60_mb_print_over_sse_leaves_the_service_memory_flat(
+    server: Server, client: httpx.Client, new_session: Callable[[], str]
+) -> None:
+    session_id = new_session()
+    service = psutil.Process(server.process.pid)
+    warm_up = {"code": "print('x' * 1000)", "session_id": session_id}
+    stream(client, "/repl", warm_up)
+    baseline = service.memory_info().rss
+    peak = baseline
+    sampling = True
+
+    def sample() -> None:
+        nonlocal peak
+        while sampling:
+            peak = max(peak, service.memory_info().rss)
+            time.sleep(0.01)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        flood = {"code": "print('y' * 60_000_000)", "session_id": session_id, "timeout": 10}
+        read = stream(client, "/repl", flood)
+    finally:
+        sampling = False
+        sampler.join()
+
+    done = read.events[-1].json()
+    assert done["status"] == "ok"
+    assert done["truncated"] is True
+    # The stream is cut as the reply is (a head, the marker, a tail), never the 60 MB.
+    stdout = "".join(event.json()["text"] for event in read.events if event.name == "stdout")
+    assert stdout == done["result"]
+    assert "characters omitted" in stdout
+    assert peak - baseline < 8 * 1024 * 1024
+    assert service.memory_info().rss - baseline < 4 * 1024 * 1024
+
+
+def test_displays_arrive_as_they_are_produced_the_cells_value_included(
+    client: httpx.Client, new_session: Callable[[], str]
+) -> None:
+    code = "display('shown')\nimport time\ntime.sleep(1.5)\n6 * 7"
+    read = stream(client, "/repl", {"code": code, "session_id": new_session(), "timeout": 10})
+
+    done = read.events[-1]
+    displays = [event for event in read.events if event.name == "display"]
+    assert [event.json()["output_type"] for event in displays] == [
+        "display_data",
+        "execute_result",
+    ]
+    assert displays[0].json()["data"]["text/plain"] == "'shown'"
+    assert done.at - displays[0].at > 1  # while the cell slept
+    assert [event.json() for event in displays] == done.json()["outputs"]
