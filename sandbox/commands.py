@@ -36,6 +36,8 @@ DeniedRule = Literal[
     "allowlist",
     "argument",
     "env-prefix",
+    # A cell's `!pip install` or `%pip install` while the policy has installing off.
+    "packages",
 ]
 
 

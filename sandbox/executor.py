@@ -17,6 +17,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from sandbox.display import Display, DisplayLimits
+from sandbox.magics import CellMagics
 from sandbox.protocol import RichOutput
 
 
@@ -25,12 +27,14 @@ class CellOutcome:
     value: str | None = None
     error: str | None = None
     exc_type: str | None = None
+    # The exception that ended the cell, for the worker to read what its text cannot say.
+    exception: BaseException | None = None
 
 
 class PythonSession:
     """One namespace and its execution counter."""
 
-    def __init__(self) -> None:
+    def __init__(self, limits: DisplayLimits | None = None) -> None:
         self.namespace: dict[str, Any] = {"__name__": "__main__", "__builtins__": __builtins__}
         self.execution_count = 0
         # The future features earlier cells imported; each compile passes them on.
@@ -39,6 +43,9 @@ class PythonSession:
         # listener as it is produced.
         self.outputs: list[RichOutput] = []
         self.output_listener: Callable[[RichOutput], None] | None = None
+        # `!cmd` and `%magic` lines (sandbox/magics.py); the worker gives it commands.
+        self.magics = CellMagics()
+        self.display = Display(self.emit, limits or DisplayLimits())
 
     def emit(self, output: RichOutput) -> None:
         """Record one of the run's outputs (``display()``, a figure, the cell's value)."""
@@ -48,12 +55,21 @@ class PythonSession:
 
     def run(self, source: str) -> CellOutcome:
         self.execution_count += 1
+        self.outputs = []
+        self.display.begin_run(self.execution_count)
+        try:
+            return self._run(source)
+        finally:
+            self.display.end_run()
+
+    def _run(self, source: str) -> CellOutcome:
         filename = f"<cell-{self.execution_count}>"
         linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
         try:
-            expression = _compile_expression(source, filename, self.future_flags)
+            code = self.magics.prepare(source)  # same lines: tracebacks show the user's
+            expression = _compile_expression(code, filename, self.future_flags)
             if expression is None:
-                tree = ast.parse(source, filename=filename, mode="exec")
+                tree = ast.parse(code, filename=filename, mode="exec")
                 last = tree.body[-1] if tree.body else None
                 if isinstance(last, ast.Expr):
                     tree.body.pop()
@@ -68,12 +84,14 @@ class PythonSession:
                 return CellOutcome()
             value = eval(expression, self.namespace)
         except BaseException as exc:  # noqa: BLE001 - every user failure is a reply, even SystemExit
-            return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
+            return CellOutcome(
+                error=format_user_exception(exc), exc_type=type(exc).__name__, exception=exc
+            )
         if value is None:
             return CellOutcome()
         self.namespace["_"] = value
         try:
-            return CellOutcome(value=repr(value))
+            return CellOutcome(value=self.display.show_result(value))
         except BaseException as exc:  # noqa: BLE001 - a broken __repr__ is the user's error
             return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
 

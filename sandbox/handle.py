@@ -131,7 +131,7 @@ class WorkerHandle:
 
     # -- the channel -------------------------------------------------------------------
 
-    async def receive(self) -> protocol.Hello | protocol.RunReply:
+    async def receive(self) -> protocol.WorkerFrame:
         return await self.channel.receive()
 
     async def send(self, message: protocol.RunPython | protocol.RunCommand) -> None:

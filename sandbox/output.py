@@ -12,6 +12,10 @@ import contextlib
 import os
 import select
 from collections import deque
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # output_stream builds on this module
+    from sandbox.output_stream import OutputStream
 
 OMISSION_MARKER = "\n[... {omitted} characters omitted ...]\n"
 
@@ -79,7 +83,8 @@ class OutputCapture:
     the caller takes what is left in the pipes itself: whatever a finished ``write``
     put there is there, so no waiting is needed.  A process the run left behind may
     keep writing; between runs that output is read and dropped, and during a later run
-    it is that run's, as in Jupyter.
+    it is that run's, as in Jupyter.  A streamed run's output also goes to its
+    ``OutputStream`` (sandbox/output_stream.py), which the thread sends from as well.
 
     The thread is a bare ``_thread`` one: ``threading.Thread`` runs a few dozen
     functions of ``threading.py`` to start, and in a fork of the zygote each object they
@@ -92,6 +97,7 @@ class OutputCapture:
         # Held by the thread while it runs: free again means it has ended.
         self._alive = _thread.allocate_lock()
         self._buffers: list[BoundedBuffer] | None = None
+        self._stream: OutputStream | None = None
         self._read_fds: list[int] = []
         self._write_fds: list[int] = []
         try:
@@ -126,12 +132,17 @@ class OutputCapture:
             poller = select.poll()
             for fd in self._read_fds:
                 poller.register(fd, select.POLLIN)
+            # While a streamed run's output is gathered: when it is due to be sent.
+            due_ms: int | None = None
             while True:
-                events = poller.poll()
+                events = poller.poll(due_ms)
                 if any(event & _GONE for _fd, event in events):
                     return  # user code closed a pipe: ``intact`` is now false
                 with self._lock:
                     self._take_available()
+                    due_ms = None
+                    if self._stream is not None and (due := self._stream.due_in()) is not None:
+                        due_ms = max(1, int(due * 1000))
         finally:
             self._alive.release()
 
@@ -155,13 +166,24 @@ class OutputCapture:
                 taken += len(data)
                 if self._buffers is not None:
                     self._buffers[index].write(data)
+                    if self._stream is not None:
+                        self._stream.feed(index, data)
 
-    def begin(self) -> tuple[int, int]:
-        """Open a run's buffers; returns the write ends to point fds 1 and 2 at."""
+    def begin(self, stream: OutputStream | None = None) -> tuple[int, int]:
+        """Open a run's buffers, and its stream if it streams; returns the write ends to
+        point fds 1 and 2 at."""
         with self._lock:
             self._take_available()  # what arrived between runs is not this run's
             self._buffers = [BoundedBuffer(self._keep) for _ in self._read_fds]
+            self._stream = stream
         return self._write_fds[0], self._write_fds[1]
+
+    def flush_stream(self) -> None:
+        """Send what the run wrote so far: what comes next (a display) then follows it."""
+        with self._lock:
+            self._take_available()
+            if self._stream is not None:
+                self._stream.flush()
 
     def end(self) -> list[BoundedBuffer]:
         """Close the run's buffers, with everything written to the pipes so far.
@@ -171,6 +193,7 @@ class OutputCapture:
         with self._lock:
             self._take_available()
             buffers, self._buffers = self._buffers, None
+            self._stream = None
         if buffers is None:
             raise CaptureBroken("end() without begin()")
         return buffers

@@ -81,6 +81,8 @@ def _type_name(annotation: Any) -> str:
         return "list of layers" if get_origin(item) is Literal else f"list of {_type_name(item)}s"
     if origin is dict:
         return "table per program"
+    if origin is Literal:
+        return "one of " + ", ".join(f'"{value}"' for value in get_args(annotation))
     names = {float: "number", int: "integer", bool: "boolean", str: "string"}
     return names.get(annotation, getattr(annotation, "__name__", str(annotation)))
 

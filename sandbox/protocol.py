@@ -198,6 +198,28 @@ class DisplayOutput(_Message):
     output: RichOutput
 
 
+# An error hint lists at most this many names, each cut to this length: they are the
+# user's (a DataFrame's columns), so a frame must not grow with them.
+MAX_HINT_NAMES = 30
+MAX_HINT_NAME_CHARS = 60
+
+
+class ErrorHint(_Message):
+    """What the worker saw of a cell's error that its text does not say.
+
+    ``dataframe-columns``: a KeyError from indexing a DataFrame, ``names`` its columns.
+    ``program-refused``: a subprocess could not execute ``names[0]`` (not allowed, or
+    not installed).  ``network``: a connection or name lookup failed.  ``total`` counts
+    the names before they were cut to ``MAX_HINT_NAMES``.
+    """
+
+    kind: Literal["dataframe-columns", "program-refused", "network"]
+    names: list[Annotated[str, Field(max_length=MAX_HINT_NAME_CHARS)]] = Field(
+        default_factory=list, max_length=MAX_HINT_NAMES
+    )
+    total: int = Field(0, ge=0)
+
+
 class RunReply(_Message):
     kind: Literal["reply"] = "reply"
     run_id: int
@@ -215,12 +237,16 @@ class RunReply(_Message):
     files: list[ChangedFile] = Field(default_factory=list)
     # In the order they were produced: display() calls, figures, the cell's value.
     outputs: list[RichOutput] = Field(default_factory=list)
+    hint: ErrorHint | None = None
 
 
-WorkerMessage = Annotated[Hello | RunReply, Field(discriminator="kind")]
+# What a worker sends while a streamed run lasts, before its reply.
+StreamedOutput = OutputChunk | DisplayOutput
+WorkerFrame = Hello | RunReply | StreamedOutput
+WorkerMessage = Annotated[WorkerFrame, Field(discriminator="kind")]
 
 _requests: TypeAdapter[RunPython | RunCommand] = TypeAdapter(Request)
-_worker_messages: TypeAdapter[Hello | RunReply] = TypeAdapter(WorkerMessage)
+_worker_messages: TypeAdapter[WorkerFrame] = TypeAdapter(WorkerMessage)
 
 
 def escape_surrogates(text: str) -> str:
@@ -258,7 +284,7 @@ def decode_request(payload: bytes) -> RunPython | RunCommand:
         raise ProtocolError(f"malformed request: {exc.error_count()} problem(s)") from None
 
 
-def decode_worker_message(payload: bytes) -> Hello | RunReply:
+def decode_worker_message(payload: bytes) -> WorkerFrame:
     try:
         return _worker_messages.validate_json(payload)
     except ValidationError as exc:

@@ -24,6 +24,8 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from sandbox import protocol
+from sandbox.output_stream import display_size
+from sandbox.policy import Limits
 
 log = logging.getLogger("codesherpa")
 
@@ -78,6 +80,50 @@ class OutputDropped:
 
 RunEvent = OutputText | OutputDisplay | OutputDropped | RunFinished
 _END = object()  # closes a subscriber's stream
+# What one subscriber may hold unread, in characters of output: beyond it a subscriber
+# that reads slowly (an SSE client on a slow link) misses output rather than growing
+# the service's memory; a 60 MB print then costs it this much at most.
+SUBSCRIBER_BUDGET_CHARS = 1_000_000
+# What an event costs a subscriber's budget beyond its text: a worker sending a flood of
+# empty chunks must fill it too.
+_EVENT_COST = 100
+
+
+def _characters(event: OutputText | OutputDisplay) -> int:
+    if isinstance(event, OutputText):
+        return len(event.text)
+    return display_size(event.output)
+
+
+class _Subscriber:
+    """One reader's queue of events, bounded by the characters it holds unread."""
+
+    def __init__(self, budget: int) -> None:
+        # Each event with what it costs the budget while unread.
+        self.queue: asyncio.Queue[tuple[int, object]] = asyncio.Queue()
+        self._budget = budget
+        self._held = 0
+        self._dropped = 0  # characters not kept since the reader last fell behind
+
+    def offer(self, event: object) -> None:
+        cost = 0
+        if isinstance(event, OutputText | OutputDisplay):
+            characters = _characters(event)
+            cost = characters + _EVENT_COST
+            if self._held + cost > self._budget:
+                self._dropped += characters
+                return
+            self._held += cost
+        if self._dropped:  # told before the next event it does get, the end's included
+            # Not counted: one at most between two events that are.
+            self.queue.put_nowait((0, OutputDropped(self._dropped)))
+            self._dropped = 0
+        self.queue.put_nowait((cost, event))
+
+    async def take(self) -> object:
+        cost, event = await self.queue.get()
+        self._held -= cost
+        return event
 
 
 @dataclass(slots=True)
@@ -100,7 +146,12 @@ class Run:
     _outcome: RunOutcome | None = None
     _failure: Exception | None = None
     _on_end: list[Callable[[], None]] = field(default_factory=list)
-    _subscribers: list[asyncio.Queue[object]] = field(default_factory=list)
+    subscriber_budget: int = SUBSCRIBER_BUDGET_CHARS
+    # The caps a streamed run's worker must keep to (sandbox/output_stream.py): set by
+    # the session, and counted against as frames come.
+    limits: Limits | None = None
+    _streamed: list[int] | None = None  # characters of stdout, stderr, displays
+    _subscribers: list[_Subscriber] = field(default_factory=list)
 
     def start(self, life: Coroutine[Any, Any, RunOutcome]) -> None:
         self._task = asyncio.get_running_loop().create_task(self._live(life))
@@ -128,8 +179,8 @@ class Run:
             return outcome
         finally:
             self._waiters.clear()
-            for queue in self._subscribers:
-                queue.put_nowait(_END)
+            for subscriber in self._subscribers:
+                subscriber.offer(_END)
             for callback in self._on_end:
                 try:
                     callback()
@@ -183,23 +234,62 @@ class Run:
             self._on_end.append(callback)
 
     def publish(self, event: RunEvent) -> None:
-        for queue in self._subscribers:
-            queue.put_nowait(event)
+        """Hand ``event`` to every subscriber; one that fell behind misses output."""
+        for subscriber in self._subscribers:
+            subscriber.offer(event)
+
+    def take_output(self, message: protocol.StreamedOutput) -> bool:
+        """Publish a frame of output the worker streamed; False if it should not have.
+
+        Only a run started to stream, and only its own run_id, may send output, and no
+        more than its reply could hold: a stream cut as the reply is (see
+        sandbox/output_stream.py), displays within the reply's cap.
+        """
+        if not self.request.stream or message.run_id != self.request.run_id:
+            return False
+        limits = self.limits
+        if isinstance(message, protocol.OutputChunk):
+            slot, size = (0 if message.name == "stdout" else 1), len(message.text)
+            room = limits.output_chars if limits is not None else 0
+        else:
+            slot, size = 2, display_size(message.output)
+            # Measured again here, so a little slack: the worker's own count is exact.
+            room = 2 * limits.reply_chars if limits is not None else 0
+        if self._streamed is None:
+            self._streamed = [0, 0, 0]
+        self._streamed[slot] += size
+        if self._streamed[slot] > room:
+            return False
+        if self._subscribers:  # else nobody reads it: dropped unbuilt
+            if isinstance(message, protocol.OutputChunk):
+                self.publish(OutputText(message.name, message.text))
+            else:
+                self.publish(OutputDisplay(message.output))
+        return True
 
     @property
     def watched(self) -> bool:
         """Whether anyone reads the run's events (else nothing need be published)."""
         return bool(self._subscribers)
 
-    async def events(self) -> AsyncIterator[RunEvent]:
-        """The events published from now on, until the run ends."""
-        queue: asyncio.Queue[object] = asyncio.Queue()
-        if self.done():
+    def events(self) -> AsyncIterator[RunEvent]:
+        """The events published from this call on, until the run ends.
+
+        Subscribed here, not at the first read: the run's task can publish output its
+        worker sent before the reader's task first runs (uvloop runs I/O callbacks
+        before the tasks scheduled with them).
+        """
+        subscriber = _Subscriber(self.subscriber_budget)
+        if not self.done():
+            self._subscribers.append(subscriber)  # closed by the run's end
+        return self._read(subscriber)
+
+    async def _read(self, subscriber: _Subscriber) -> AsyncIterator[RunEvent]:
+        if subscriber not in self._subscribers:
             return
-        self._subscribers.append(queue)  # closed by the run's end
         try:
-            while (event := await queue.get()) is not _END:
+            while (event := await subscriber.take()) is not _END:
                 assert isinstance(event, OutputText | OutputDisplay | OutputDropped | RunFinished)
                 yield event
         finally:
-            self._subscribers.remove(queue)
+            self._subscribers.remove(subscriber)

@@ -109,26 +109,33 @@ class Session:
         run = await self.start_command(command, timeout)
         return await run.outcome()
 
-    async def start_python(self, code: str, timeout: float | None = None) -> Run:
+    async def start_python(
+        self, code: str, timeout: float | None = None, stream: bool = False
+    ) -> Run:
         """Queue for the session, then start a cell as a run the session owns.
 
-        Raises WorkerBusy if the session stays busy for the policy's queue wait.  A
-        caller cancelled while queued started nothing.
+        With ``stream`` the run publishes its output as it is produced (``OutputText``,
+        ``OutputDisplay``) to whoever reads ``run.events()``.  Raises WorkerBusy if the
+        session stays busy for the policy's queue wait.  A caller cancelled while queued
+        started nothing.
         """
         return await self._start(
-            lambda run_id: protocol.RunPython(run_id=run_id, code=code), timeout
+            lambda run_id: protocol.RunPython(run_id=run_id, code=code, stream=stream), timeout
         )
 
-    async def start_command(self, command: str, timeout: float | None = None) -> Run:
+    async def start_command(
+        self, command: str, timeout: float | None = None, stream: bool = False
+    ) -> Run:
         return await self._start(
-            lambda run_id: protocol.RunCommand(run_id=run_id, command=command), timeout
+            lambda run_id: protocol.RunCommand(run_id=run_id, command=command, stream=stream),
+            timeout,
         )
 
     async def _start(self, build: Callable[[int], Request], timeout: float | None) -> Run:
         await self._acquire_run_lock(self.policy.sessions.queue_wait_s)
         # From here on the run owns the lock: nothing below awaits before its task holds it.
         self._run_ids += 1
-        run = Run(build(self._run_ids), self.clamp_timeout(timeout))
+        run = Run(build(self._run_ids), self.clamp_timeout(timeout), limits=self.policy.limits)
         self._current = run
         self._enter(SessionState.RUNNING)
         if self.worker is not None:
@@ -221,7 +228,7 @@ class Session:
         timers.append(loop.call_later(run.timeout, on_interrupt, "timeout"))
         worker.cores.run_started()
         failure: WorkerLost | ProtocolError | None = None
-        message: protocol.Hello | protocol.RunReply | None = None
+        message: protocol.WorkerFrame | None = None
         run.on_interrupt = on_interrupt
         if run.abandoned:  # its caller went away after the request went out early
             on_interrupt("cancelled")
@@ -229,6 +236,9 @@ class Session:
             run.sent = True
             await worker.send(request)
             message = await worker.receive()
+            # Read at once whatever subscribers do: a worker is never held up by them.
+            while isinstance(message, protocol.StreamedOutput) and run.take_output(message):
+                message = await worker.receive()
         except (WorkerLost, ProtocolError) as exc:
             failure = exc
         finally:

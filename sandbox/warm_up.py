@@ -53,6 +53,7 @@ def warm_up(policy: Policy, empty_directory: str) -> None:
                     error=outcome.error,
                     exc_type=outcome.exc_type,
                     files=workspace.changed_files(before, workspace.snapshot(empty_directory)),
+                    outputs=session.outputs,
                 )
                 protocol.encode(reply)
     for filename in [name for name in linecache.cache if name.startswith("<cell-")]:

@@ -1,19 +1,22 @@
 """The session worker: one confined process that owns one namespace and workspace.
 
 It reads framed requests from its channel, runs them, and writes one reply per
-request.  It never trusts that user code left the process tidy: standard streams are
-re-pointed for every run, the SIGINT handler is restored, and every process that a
-command or an interrupted run left behind is killed before the reply goes out (the
-service then sweeps the session's cgroup too).  A Python run that finishes may keep
+request; a streamed run's output and displays go first, as they are produced.  It
+never trusts that user code left the process tidy: standard streams are re-pointed
+for every run, the SIGINT handler is restored, and every process that a command or an
+interrupted run left behind is killed before the reply goes out (the service then
+sweeps the session's cgroup too).  A Python run that finishes may keep
 background processes, as in Jupyter.
 """
 
 from __future__ import annotations
 
 import _signal  # type: ignore[import-not-found]  # no stub; signal.py wraps it
+import _thread
 import collections
 import contextlib
 import errno
+import functools
 import io
 import os
 import signal
@@ -26,21 +29,31 @@ from types import FrameType
 from sandbox import protocol, reaper, workspace
 from sandbox.command_runner import CommandRunner
 from sandbox.commands import CommandDenied, parse_and_check
+from sandbox.display import DisplayLimits
+from sandbox.error_hints import failure_notes
 from sandbox.errors import FrameTooLarge
 from sandbox.executor import CellOutcome, PythonSession
 from sandbox.output import BoundedBuffer, OutputCapture, truncate_output
+from sandbox.output_stream import OutputStream
 from sandbox.policy import Policy
 
 
 class _RunState:
     running = False
     interrupted = False  # a SIGINT arrived during this run, whatever user code made of it
+    # The worker is writing a frame for user code (a display): an interrupt then waits
+    # for the frame to be whole, or the channel would carry half of one.
+    deferred = False
+    pending = False
 
 
 def _on_sigint(signum: int, frame: FrameType | None) -> None:
     # Only user code is interrupted; the worker's own bookkeeping never is.
     if _RunState.running:
         _RunState.interrupted = True
+        if _RunState.deferred:
+            _RunState.pending = True
+            return
         raise KeyboardInterrupt
 
 
@@ -85,47 +98,83 @@ class Worker:
         self._channel = channel
         self._policy = policy
         self._layers = layers
-        self._session = PythonSession()
+        self._session = PythonSession(
+            DisplayLimits.for_reply(policy.limits.output_chars, policy.limits.reply_chars)
+        )
         self._commands = CommandRunner(policy.commands, dict(os.environ))
+        # A cell's `!cmd` line is checked and run as a /command line is.
+        self._session.magics.run_command = lambda line, stdout_fd: self._commands.run(
+            parse_and_check(line, policy.commands), stdout_fd, 2
+        )
         self._keep = policy.limits.output_chars
         self._devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self._capture = _new_capture(self._keep)
         self._decoder = protocol.FrameDecoder()
         self._frames: collections.deque[bytes] = collections.deque()
+        # A streamed run's output goes out from the capture's thread too: frames must
+        # not interleave.
+        self._send_lock = _thread.allocate_lock()
+        # Signals reach only this thread: only here can one cut a frame in half.
+        self._main_thread = _thread.get_ident()
 
     @contextmanager
-    def _captured_output(self) -> Iterator[list[BoundedBuffer]]:
+    def _captured_output(self, stream: OutputStream | None) -> Iterator[list[BoundedBuffer]]:
         """Point fds 1 and 2 at the capture for the duration of one run.
 
-        Yields the run's stdout and stderr buffers, complete once the block has left.
+        Yields the run's stdout and stderr buffers, complete once the block has left;
+        a streamed run's output has then all been sent.
         """
         if not self._capture.intact:
             # User code closed or replaced the capture's pipes: start over.
             self._capture.close()
             self._capture = _new_capture(self._keep)
-        out_fd, err_fd = self._capture.begin()
+        out_fd, err_fd = self._capture.begin(stream)
         os.dup2(out_fd, 1)
         os.dup2(err_fd, 2)
         buffers: list[BoundedBuffer] = []
         try:
             yield buffers
         finally:
-            for stream in (sys.stdout, sys.stderr):
+            for std_stream in (sys.stdout, sys.stderr):
                 with contextlib.suppress(OSError, ValueError):
-                    stream.flush()
+                    std_stream.flush()
             # A descriptor opened at start: a cell that took every free one cannot stop
             # the worker from putting its standard streams back.
             os.dup2(self._devnull, 1)
             os.dup2(self._devnull, 2)
             buffers.extend(self._capture.end())
+            if stream is not None:
+                stream.finish(buffers)
+
+    def _stream(self, request: protocol.RunPython | protocol.RunCommand) -> OutputStream | None:
+        if not request.stream:
+            return None
+        display_room = self._policy.limits.reply_chars
+        return OutputStream(request.run_id, self._keep, self._send, display_room)
+
+    def _send_display(self, stream: OutputStream, output: protocol.RichOutput) -> None:
+        """Send one of a streamed run's outputs as it is made, after the text before it."""
+        in_main_thread = _thread.get_ident() == self._main_thread
+        if in_main_thread:
+            _RunState.deferred = True
+        try:
+            self._capture.flush_stream()
+            stream.send_display(output)
+        except (ValueError, FrameTooLarge):
+            pass  # not sendable: the reply still carries it
+        finally:
+            if in_main_thread:
+                _RunState.deferred = False
+        if in_main_thread and _RunState.pending:
+            _RunState.pending = False
+            raise KeyboardInterrupt
 
     # -- channel ----------------------------------------------------------------------
 
-    def _send(self, message: protocol.Hello | protocol.RunReply) -> None:
-        if isinstance(message, protocol.RunReply):
-            self._channel.sendall(encode_reply(message))
-        else:
-            self._channel.sendall(protocol.encode(message))
+    def _send(self, message: protocol.Hello | protocol.RunReply | protocol.StreamedOutput) -> None:
+        frame = encode_reply(message) if isinstance(message, protocol.RunReply) else None
+        with self._send_lock:
+            self._channel.sendall(frame or protocol.encode(message))
 
     def _receive(self) -> protocol.RunPython | protocol.RunCommand | None:
         # One recv usually brings a whole request (the service sends one and waits).
@@ -153,6 +202,7 @@ class Worker:
             if _signal.getsignal(signal.SIGINT) is not _on_sigint:
                 _signal.signal(signal.SIGINT, _on_sigint)
             _RunState.interrupted = False
+            _RunState.pending = False
             # What the service killed between requests (a command's strays) is collected.
             reaper.reap_zombies()
             if isinstance(request, protocol.RunPython):
@@ -164,7 +214,10 @@ class Worker:
     def _run_python(self, request: protocol.RunPython) -> protocol.RunReply:
         before = workspace.snapshot()
         outcome: CellOutcome | None = None
-        with self._captured_output() as streams:
+        stream = self._stream(request)
+        if stream is not None:
+            self._session.output_listener = functools.partial(self._send_display, stream)
+        with self._captured_output(stream) as streams:
             try:
                 _RunState.running = True
                 outcome = self._session.run(request.code)
@@ -179,18 +232,26 @@ class Worker:
                 # even if it caught the interrupt; a run that finishes may keep its
                 # background processes, as in Jupyter.
                 reaper.kill_descendants()
-            workspace.save_open_figures(self._session.execution_count)
+            self._session.display.show_open_figures()
+            # Last: the figures just shown are the run's outputs too.  One emitted later
+            # (a thread of the user's) is in no stream: it ended with the block.
+            self._session.output_listener = None
         reaper.reap_zombies()
         stdout, stderr = streams
+        notes = failure_notes(outcome.exception)  # a policy refusal, facts for suggestions
         return self._reply(
             request.run_id,
             stdout,
             stderr,
-            status="error" if outcome.error else "ok",
+            status="denied" if notes.denied_rule else "error" if outcome.error else "ok",
             value=outcome.value,
-            error=outcome.error,
+            error=notes.error or outcome.error,
             exc_type=outcome.exc_type,
+            denied_rule=notes.denied_rule,
+            hint=notes.hint,
             files=workspace.changed_files(before, workspace.snapshot()),
+            outputs=self._session.outputs,
+            outputs_cut=self._session.display.cut,
         )
 
     def _run_command(self, request: protocol.RunCommand) -> protocol.RunReply:
@@ -205,7 +266,7 @@ class Worker:
                 execution_count=self._session.execution_count,
             )
         before = workspace.snapshot()
-        with self._captured_output() as streams:
+        with self._captured_output(self._stream(request)) as streams:
             try:
                 _RunState.running = True
                 result = self._commands.run(plan, 1, 2)
@@ -241,10 +302,17 @@ class Worker:
         run_id: int,
         stdout: BoundedBuffer,
         stderr: BoundedBuffer,
+        outputs_cut: bool = False,
         **fields: object,
     ) -> protocol.RunReply:
         return build_reply(
-            run_id, self._keep, self._session.execution_count, stdout, stderr, **fields
+            run_id,
+            self._keep,
+            self._session.execution_count,
+            stdout,
+            stderr,
+            outputs_cut,
+            **fields,
         )
 
 
@@ -273,12 +341,16 @@ def build_reply(
     execution_count: int,
     stdout: BoundedBuffer,
     stderr: BoundedBuffer,
+    outputs_cut: bool = False,
     **fields: object,
 ) -> protocol.RunReply:
-    """A run's reply, its output and texts cut to ``limit`` characters each."""
+    """A run's reply, its output and texts cut to ``limit`` characters each.
+
+    Its rich outputs were bounded as they were made; ``outputs_cut`` says whether any was.
+    """
     out_text, out_cut = stdout.text(limit)
     err_text, err_cut = stderr.text(limit)
-    cut_any = out_cut or err_cut
+    cut_any = out_cut or err_cut or outputs_cut
     for name in ("value", "error"):
         text = fields.get(name)
         if isinstance(text, str):

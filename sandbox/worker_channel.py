@@ -36,7 +36,7 @@ class WorkerChannel:
     def failed(self) -> bool:
         return self._failure is not None
 
-    async def receive(self) -> protocol.Hello | protocol.RunReply:
+    async def receive(self) -> protocol.WorkerFrame:
         """The worker's next frame, or WorkerLost / ProtocolError once the channel failed.
 
         Read by ``_on_readable``, which stays registered with the event loop between

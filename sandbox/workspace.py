@@ -1,9 +1,8 @@
-"""What a run changed in the workspace, and the figures it left open."""
+"""What a run changed in the workspace."""
 
 from __future__ import annotations
 
 import os
-import sys
 
 from sandbox.protocol import ChangedFile, escape_surrogates
 
@@ -51,21 +50,3 @@ def changed_files(before: Snapshot, after: Snapshot) -> list[ChangedFile]:
         for name, state in sorted(after.items())
         if before.get(name) != state
     ]
-
-
-def save_open_figures(execution_count: int) -> None:
-    """Save every open matplotlib figure as a PNG in the workspace, then close it."""
-    pyplot = sys.modules.get("matplotlib.pyplot")
-    if pyplot is None:
-        return
-    numbers = pyplot.get_fignums()
-    if not numbers:
-        return
-    for index, number in enumerate(numbers, start=1):
-        figure = pyplot.figure(number)
-        suffix = f"-{index}" if len(numbers) > 1 else ""
-        try:
-            figure.savefig(f"figure-{execution_count}{suffix}.png", format="png")
-        except Exception as exc:  # noqa: BLE001 - a broken figure must not lose the reply
-            print(f"could not save figure {number}: {exc}", file=sys.stderr)
-    pyplot.close("all")

@@ -86,6 +86,7 @@ def _servable(scope: Scope, max_body_bytes: int) -> bool:
 
     A Transfer-Encoding overrides the Content-Length (h11 reads the body chunked), so a
     request naming one is the full stack's, whose body cap counts what arrives.  So is
+    one that accepts an event stream: the routes stream, this path only replies.  And
     one with two Content-Types: Starlette reads the first, and only its reading counts.
     """
     json_declared: bool | None = None
@@ -99,6 +100,8 @@ def _servable(scope: Scope, max_body_bytes: int) -> bool:
             length = value
         elif name == b"transfer-encoding":
             return False
+        elif name == b"accept" and b"text/event-stream" in value.lower():
+            return False  # a stream is the route's (service/streaming.py)
     return bool(
         json_declared and length is not None and length.isdigit() and int(length) <= max_body_bytes
     )

@@ -13,7 +13,15 @@ import logging
 import time
 from dataclasses import dataclass
 
-from sandbox import CommandDenied, RunOutcome, RunReply, Session, WorkerBusy, parse_and_check
+from sandbox import (
+    CommandDenied,
+    Run,
+    RunOutcome,
+    RunReply,
+    Session,
+    WorkerBusy,
+    parse_and_check,
+)
 from sandbox.errors import SandboxError
 from service.audit import AuditLog
 from service.callers import Caller
@@ -23,6 +31,7 @@ from service.metrics import Metrics
 from service.quotas import TenantQuotas
 from service.registry import SessionRecord, SessionRegistry
 from service.replies import FileLinker, Reply, build_reply
+from service.run_stream import RunStream
 from service.schemas import CommandRequest, ReplRequest
 
 log = logging.getLogger("codesherpa")
@@ -40,16 +49,38 @@ class Executor:
         """POST /repl, whatever the entry point."""
         record = await self.registry.resolve(caller, body.session_id)
         outcome = await self._run(caller, record, "python", body.source(), body.timeout)
-        return build_reply(
-            outcome, "python", record.session_id, record.session.policy, self._linker(record)
-        )
+        return self._reply(outcome, "python", record)
 
     async def run_command(self, caller: Caller, body: CommandRequest) -> Reply:
         """POST /command, whatever the entry point."""
         record = await self.registry.resolve(caller, body.session_id)
-        session_policy = record.session.policy
+        outcome = self._denial(caller, record, body.command)
+        if outcome is None:
+            outcome = await self._run(caller, record, "command", body.command, body.timeout)
+        return self._reply(outcome, "command", record)
+
+    async def stream_python(self, caller: Caller, body: ReplRequest) -> RunStream:
+        """POST /repl for a caller that reads the output as it comes (SSE, MCP progress).
+
+        Errors of the request (no such session, busy, no capacity) are raised here,
+        before anything is streamed; the stream ends with the plain request's reply.
+        """
+        record = await self.registry.resolve(caller, body.session_id)
+        return await self._stream(caller, record, "python", body.source(), body.timeout)
+
+    async def stream_command(self, caller: Caller, body: CommandRequest) -> RunStream:
+        """POST /command as ``stream_python`` runs POST /repl."""
+        record = await self.registry.resolve(caller, body.session_id)
+        denied = self._denial(caller, record, body.command)
+        if denied is not None:
+            reply = self._reply(denied, "command", record)
+            return RunStream(None, finish=lambda: _ready(reply), abandon=lambda: None)
+        return await self._stream(caller, record, "command", body.command, body.timeout)
+
+    def _denial(self, caller: Caller, record: SessionRecord, command: str) -> RunOutcome | None:
+        """The outcome of a command the policy refuses, before anything runs; else None."""
         try:
-            parse_and_check(body.command, session_policy.commands)
+            parse_and_check(command, record.session.policy.commands)
         except CommandDenied as denial:
             # Refused before anything runs: the worker is never asked.
             outcome = RunOutcome(
@@ -61,11 +92,13 @@ class Executor:
                     execution_count=record.session.execution_count,
                 )
             )
-            self._observe(caller, record, "command", body.command, outcome)
-        else:
-            outcome = await self._run(caller, record, "command", body.command, body.timeout)
+            self._observe(caller, record, "command", command, outcome)
+            return outcome
+        return None
+
+    def _reply(self, outcome: RunOutcome, kind: str, record: SessionRecord) -> Reply:
         return build_reply(
-            outcome, "command", record.session_id, session_policy, self._linker(record)
+            outcome, kind, record.session_id, record.session.policy, self._linker(record)
         )
 
     def _linker(self, record: SessionRecord) -> FileLinker:
@@ -74,14 +107,53 @@ class Executor:
     async def _run(
         self, caller: Caller, record: SessionRecord, kind: str, text: str, timeout: float | None
     ) -> RunOutcome:
+        run, started = await self._start(caller, record, kind, text, timeout, stream=False)
+        return await self._outcome(caller, record, kind, text, run, started)
+
+    async def _stream(
+        self, caller: Caller, record: SessionRecord, kind: str, text: str, timeout: float | None
+    ) -> RunStream:
+        run, started = await self._start(caller, record, kind, text, timeout, stream=True)
+        observed = False
+
+        async def finish() -> Reply:
+            nonlocal observed
+            observed = True  # by _outcome, however it ends
+            outcome = await self._outcome(caller, record, kind, text, run, started)
+            return self._reply(outcome, kind, record)
+
+        def abandon() -> None:
+            nonlocal observed
+            if observed or run.abandoned:
+                return
+            observed = True
+            if not run.done():
+                run.abandon()
+                self._cancelled(caller, record, kind, text, run, started)
+            elif not run.task.cancelled() and (outcome := run.task.result()) is not None:
+                # It ended just as its reader left: still one audit line, as every run has.
+                self._observe(caller, record, kind, text, outcome)
+
+        return RunStream(run, finish, abandon)
+
+    async def _start(
+        self,
+        caller: Caller,
+        record: SessionRecord,
+        kind: str,
+        text: str,
+        timeout: float | None,
+        stream: bool,
+    ) -> tuple[Run, float]:
+        """The run started for the caller, and when; its tenant slot is held by the run."""
         slot = self.quotas.take_run_slot(caller.tenant)
         started = time.monotonic()
         try:
             session = record.session
             if kind == "python":
-                run = await session.start_python(text, timeout)
+                run = await session.start_python(text, timeout, stream)
             else:
-                run = await session.start_command(text, timeout)
+                run = await session.start_command(text, timeout, stream)
         except SandboxError as exc:
             slot.release()
             raise session_error(exc, record.session) from None
@@ -89,22 +161,33 @@ class Executor:
             slot.release()  # a caller still queued for the session: nothing started
             raise
         run.when_done(slot.release)  # the run, not its caller, holds the tenant's slot
+        return run, started
+
+    async def _outcome(
+        self, caller: Caller, record: SessionRecord, kind: str, text: str, run: Run, started: float
+    ) -> RunOutcome:
         try:
             outcome = await run.outcome()
         except asyncio.CancelledError:
             # The caller went away (an MCP client cancelled the call): the session ends
-            # the run.  One that reached its worker is counted and audited.
-            if run.sent:
-                cancelled = RunOutcome(
-                    reply=RunReply(run_id=0, status="error", error="cancelled by the caller"),
-                    duration_ms=(time.monotonic() - started) * 1000,
-                )
-                self._observe(caller, record, kind, text, cancelled, status="cancelled")
+            # the run.
+            self._cancelled(caller, record, kind, text, run, started)
             raise
         except SandboxError as exc:
             raise session_error(exc, record.session) from None
         self._observe(caller, record, kind, text, outcome)
         return outcome
+
+    def _cancelled(
+        self, caller: Caller, record: SessionRecord, kind: str, text: str, run: Run, started: float
+    ) -> None:
+        """Count and audit a run its caller abandoned, if it reached its worker."""
+        if run.sent:
+            cancelled = RunOutcome(
+                reply=RunReply(run_id=0, status="error", error="cancelled by the caller"),
+                duration_ms=(time.monotonic() - started) * 1000,
+            )
+            self._observe(caller, record, kind, text, cancelled, status="cancelled")
 
     def _observe(
         self,
@@ -134,6 +217,10 @@ class Executor:
             policy=record.session.policy_digest,
             denied_rule=reply.denied_rule,
         )
+
+
+async def _ready(reply: Reply) -> Reply:
+    return reply
 
 
 def session_error(exc: SandboxError, session: Session) -> ServiceError:

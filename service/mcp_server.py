@@ -5,7 +5,8 @@ caller's implicit CodeSherpa session keyed ``mcp:<MCP session id>``, unless a to
 call names a ``session_id``.  Tools call the same route functions as HTTP, so a run
 through MCP is admitted, rate limited, counted and audited exactly like ``/repl``, and
 its caller is found the same way: the tenant itself, or the conversation an
-``openai-conversation-id`` header names (service/callers.py).
+``openai-conversation-id`` header names (service/callers.py).  A call that asks for
+progress hears of the run as it goes (service/mcp_progress.py).
 
 Authentication is the HTTP API's bearer token.  The tenant travels in the ASGI
 scope as the SDK's ``AuthenticatedUser``, not in a contextvar: the SDK runs tool
@@ -36,7 +37,7 @@ from starlette.requests import Request
 from starlette.types import Message, Receive, Scope, Send
 
 from sandbox import Policy
-from service import mcp_content, workspace_access
+from service import mcp_content, mcp_progress, workspace_access
 from service.callers import CONVERSATION_HEADER, Caller, caller_for
 from service.deps import authenticate
 from service.errors import InvalidRequest, QuotaExceeded, ServiceError, Unauthorized
@@ -115,9 +116,9 @@ def _executor(request: Request) -> Executor:
     return executor
 
 
-def _text(model: BaseModel | list[Any], exclude: set[str] | None = None) -> TextContent:
+def _text(model: BaseModel | list[Any]) -> TextContent:
     if isinstance(model, BaseModel):
-        text = model.model_dump_json(exclude=exclude)
+        text = model.model_dump_json()
     else:
         text = "[" + ",".join(item.model_dump_json() for item in model) + "]"
     return TextContent(type="text", text=text)
@@ -131,17 +132,16 @@ async def run_python(
 ) -> Content:
     """Run Python in a persistent, sandboxed namespace (Jupyter semantics).
 
-    Returns the reply as JSON (result, error, suggestion, status, session_id, files with
-    links), then every figure or image the run created as image content.
+    Returns the reply as JSON (result, error, suggestion, status, session_id, outputs,
+    files with links), then the run's figures and images as image content.
     """
     request, caller, record = await _session(ctx, session_id)
     try:
         body = validated(ReplRequest, code=code, session_id=record.session_id, timeout=timeout)
-        reply = await _executor(request).run_python(caller, body)
+        reply = await mcp_progress.execute(ctx, _executor(request), caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
-    images = await mcp_content.images(record, reply.model.files)
-    return [_text(reply.model, exclude={"stdout"}), *images]
+    return await mcp_content.run_content(record, reply.model)
 
 
 async def run_command(
@@ -159,11 +159,10 @@ async def run_command(
         body = validated(
             CommandRequest, command=command, session_id=record.session_id, timeout=timeout
         )
-        reply = await _executor(request).run_command(caller, body)
+        reply = await mcp_progress.execute(ctx, _executor(request), caller, body)
     except ServiceError as exc:
         raise tool_error(exc) from None
-    images = await mcp_content.images(record, reply.model.files)
-    return [_text(reply.model, exclude={"stdout"}), *images]
+    return await mcp_content.run_content(record, reply.model)
 
 
 async def list_files(ctx: McpContext, session_id: SessionId = None) -> Content:
@@ -283,6 +282,7 @@ def build_server(settings: Settings, policy: Policy) -> FastMCP[Any]:
     )
     for tool, hints in TOOLS:
         server.add_tool(tool, annotations=hints, structured_output=False)
+    mcp_progress.accept_log_levels(server)
     return server
 
 

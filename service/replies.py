@@ -7,7 +7,6 @@ caller that output was cut.
 from __future__ import annotations
 
 import mimetypes
-from collections.abc import Callable
 from dataclasses import dataclass
 
 from fastapi import Response
@@ -15,6 +14,7 @@ from starlette.types import Message
 
 from sandbox import Policy, RunOutcome
 from sandbox.output import truncate_output
+from service import rich_outputs
 from service.schemas import CommandResponse, FileInfo, ReplResponse
 from service.suggestions import Outcome, suggest
 
@@ -25,7 +25,7 @@ _ESCAPE_HEADROOM = 0.9
 # At most this share of the reply cap lists the changed files; the texts keep the rest.
 _FILES_SHARE = 0.25
 
-FileLinker = Callable[[str], str | None]
+FileLinker = rich_outputs.FileLinker
 
 
 def _files(outcome: RunOutcome, link: FileLinker) -> list[FileInfo]:
@@ -68,13 +68,17 @@ def _result_text(outcome: RunOutcome) -> str:
 
 def _error_text(outcome: RunOutcome, kind: str) -> str | None:
     reply = outcome.reply
-    if kind == "command" and reply.status == "error" and reply.exc_type is None:
-        # A failing command's stderr is the error a model needs to read.
-        return "\n".join(part.rstrip("\n") for part in (reply.stderr, reply.error or "") if part)
+    if kind == "command":
+        # A command's reply has no stderr field: its stderr is the start of ``error``,
+        # what a model reads of a failing command first.
+        parts = [part.rstrip("\n") for part in (reply.stderr, reply.error or "") if part]
+        return "\n".join(parts) or None
     return reply.error
 
 
-def _outcome_for_rules(outcome: RunOutcome, kind: str, truncated: bool) -> Outcome:
+def _outcome_for_rules(
+    outcome: RunOutcome, kind: str, truncated: bool, linked_outputs: bool
+) -> Outcome:
     reply = outcome.reply
     return Outcome(
         kind=kind,
@@ -86,6 +90,8 @@ def _outcome_for_rules(outcome: RunOutcome, kind: str, truncated: bool) -> Outco
         truncated=truncated,
         restarted=outcome.restarted or outcome.since_restart,
         exit_code=reply.exit_code,
+        hint=reply.hint,
+        outputs_linked=linked_outputs,
     )
 
 
@@ -118,7 +124,7 @@ def build_reply(
     files, files_size = _files_within(_files(outcome, link), int(cap * _FILES_SHARE))
     budget = int(cap * _ESCAPE_HEADROOM) - 2_000 - files_size
     while True:
-        built = _build(outcome, kind, session_id, policy, files, budget)
+        built = _build(outcome, kind, session_id, policy, files, budget, link)
         body = built.model_dump_json()
         if len(body) <= cap or budget <= 0:
             return Reply(built, body)
@@ -133,17 +139,29 @@ def _build(
     policy: Policy,
     files: list[FileInfo],
     budget: int,
+    link: FileLinker,
 ) -> ReplResponse | CommandResponse:
     reply = outcome.reply
     fields: dict[str, object] = {
         "result": _result_text(outcome),
         "error": _error_text(outcome, kind),
-        "stdout": reply.stdout,
-        "stderr": reply.stderr,
     }
+    if kind == "python":
+        fields["stderr"] = reply.stderr
+    budget = max(budget, 0)
+    outputs, outputs_cut = rich_outputs.drafts(reply.outputs if kind == "python" else [], link)
+    text_size = sum(len(text) for text in fields.values() if isinstance(text, str))
+    outputs_cut = rich_outputs.shed(outputs, text_size, budget, link) or outputs_cut
+    # What cutting text cannot save (the outputs' frames) is not text's to share.
+    texts = {**fields, **rich_outputs.plain_texts(outputs)}
+    frames = sum(output.frame_size() for output in outputs)
+    texts_cut = fit_reply(texts, max(budget - frames, 0))
+    rich_outputs.put_back(outputs, texts)
+    fields = {name: texts[name] for name in fields}
     files_cut = len(files) < len(reply.files)
-    truncated = fit_reply(fields, max(budget, 0)) or reply.truncated or files_cut
-    suggestion = suggest(_outcome_for_rules(outcome, kind, truncated), policy)
+    truncated = texts_cut or outputs_cut or reply.truncated or files_cut
+    linked = any("url" in output.metadata for output in outputs)
+    suggestion = suggest(_outcome_for_rules(outcome, kind, truncated, linked), policy)
     common = {
         **fields,
         "suggestion": suggestion,
@@ -155,14 +173,20 @@ def _build(
         "restarted": outcome.restarted,
     }
     if kind == "python":
-        return ReplResponse.model_validate({**common, "execution_count": reply.execution_count})
+        return ReplResponse.model_validate(
+            {
+                **common,
+                "execution_count": reply.execution_count,
+                "outputs": [output.output() for output in outputs],
+            }
+        )
     return CommandResponse.model_validate({**common, "exit_code": reply.exit_code})
 
 
 def fit_reply(fields: dict[str, object], budget: int) -> bool:
     """Shrink the longest text fields until together they fit ``budget`` characters."""
     cut = False
-    for _ in range(8):
+    for _ in range(len(fields) + 8):
         sizes = {k: len(v) for k, v in fields.items() if isinstance(v, str)}
         total = sum(sizes.values())
         if total <= budget:
@@ -171,6 +195,9 @@ def fit_reply(fields: dict[str, object], budget: int) -> bool:
         target = max(sizes[largest] - (total - budget), 0)
         text = fields[largest]
         assert isinstance(text, str)
-        fields[largest], _ = truncate_output(text, target)
+        shorter, _ = truncate_output(text, target)
+        if len(shorter) >= len(text):
+            return cut  # every text is down to its marker: nothing left to cut
+        fields[largest] = shorter
         cut = True
     return cut

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator
 
 Status = Literal["ok", "error", "timeout", "killed", "denied"]
 MAX_CODE_CHARS = 1_000_000
@@ -99,6 +99,17 @@ class WorkspaceEntry(BaseModel):
     url: str = Field(description="A signed link that works without the bearer header for an hour.")
 
 
+class Output(BaseModel):
+    """One Jupyter output (nbformat's shape): a display() call, a figure, the cell's value."""
+
+    output_type: Literal["execute_result", "display_data"]
+    data: dict[str, str] = Field(
+        description="MIME type to content; always text/plain. Binary types (image/png) are "
+        "base64. Left out when the reply would pass its cap: then metadata.url links the file."
+    )
+    metadata: dict[str, JsonValue] = Field(default_factory=dict)
+
+
 class RunResponse(BaseModel):
     result: str
     error: str | None
@@ -107,8 +118,6 @@ class RunResponse(BaseModel):
     status: Status
     truncated: bool
     duration_ms: float
-    stdout: str = ""
-    stderr: str = ""
     files: list[FileInfo] = Field(default_factory=list)
     restarted: bool = False
 
@@ -126,8 +135,14 @@ class ReplResponse(RunResponse):
                     "execution_count": 1,
                     "truncated": False,
                     "duration_ms": 12.5,
-                    "stdout": "",
                     "stderr": "",
+                    "outputs": [
+                        {
+                            "output_type": "execute_result",
+                            "data": {"text/plain": "15"},
+                            "metadata": {},
+                        }
+                    ],
                     "files": [],
                     "restarted": False,
                 }
@@ -136,6 +151,10 @@ class ReplResponse(RunResponse):
     )
 
     execution_count: int
+    stderr: str = Field("", description="What the run wrote to stderr (bounded).")
+    outputs: list[Output] = Field(
+        description="Rich results in the order they were produced (Jupyter's outputs)."
+    )
 
 
 class CommandResponse(RunResponse):

@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     stall_timeout_s: float = Field(
         30.0, gt=0, description="a request body or a response that makes no progress this long ends"
     )
+    sse_heartbeat_s: float = Field(
+        15.0, gt=0, le=15, description="a comment line keeps an idle event stream open this often"
+    )
     max_connections: int | None = Field(
         None, gt=0, description="open HTTP connections; unset: what the descriptor limit allows"
     )

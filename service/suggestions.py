@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from sandbox import Policy
+from sandbox.protocol import ErrorHint
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,10 @@ class Outcome:
     truncated: bool
     restarted: bool
     exit_code: int | None
+    # What the worker saw beyond the error's text (a DataFrame's columns, say).
+    hint: ErrorHint | None = None
+    # An output's picture was too big for the reply: its metadata.url links the file.
+    outputs_linked: bool = False
 
 
 @dataclass(frozen=True)
@@ -51,6 +56,15 @@ ALTERNATIVES: dict[str, tuple[str, ...]] = {
 # Modules whose only use is the network: no alternative makes them work here.
 NETWORK_MODULES = frozenset({"requests", "httpx", "aiohttp", "urllib3", "boto3", "openai"})
 _MISSING = re.compile(r"No module named '([^'.]+)")
+# Names an IPython kernel defines and plain Python does not (display() is a builtin
+# here): a NameError for one of them says nothing about a restart.
+IPYTHON_ONLY_NAMES = frozenset({"get_ipython", "In", "Out"})
+_UNDEFINED = re.compile(r"^NameError: name '([^']+)' is not defined")
+
+
+def undefined_name(outcome: Outcome) -> str | None:
+    found = _UNDEFINED.match(outcome.error or "")
+    return found.group(1) if found else None
 
 
 def missing_module(outcome: Outcome) -> str | None:
@@ -71,6 +85,37 @@ def _missing_module_advice(outcome: Outcome, policy: Policy) -> str:
     )
 
 
+def _hint_kind(outcome: Outcome) -> str | None:
+    return outcome.hint.kind if outcome.hint else None
+
+
+def _hint_names(outcome: Outcome) -> str:
+    hint = outcome.hint
+    if hint is None:
+        return ""
+    more = hint.total - len(hint.names)
+    return ", ".join(hint.names) + (f" (and {more} more)" if more > 0 else "")
+
+
+def _network_advice(outcome: Outcome, policy: Policy) -> str:
+    if policy.isolation.network:
+        return "That host could not be reached from the sandbox: check the host name and port."
+    return (
+        "The network is off in this sandbox (policy key isolation.network), so no host can be "
+        "reached. Work with files in /mnt/data instead: ask the user to upload the data."
+    )
+
+
+def _program_advice(outcome: Outcome, policy: Policy) -> str:
+    program = _hint_names(outcome)
+    if program in policy.commands.allow:
+        return f"'{program}' is allowed but not installed here. Do that step in Python instead."
+    return (
+        f"'{program}' cannot run in this sandbox: a subprocess may run only the programs the "
+        f"policy's commands.allow lists: {_allowed(policy)}. Do the rest in Python."
+    )
+
+
 def _allowed(policy: Policy) -> str:
     names = policy.commands.allow
     shown = ", ".join(names[:30]) + (", ..." if len(names) > 30 else "")
@@ -78,6 +123,23 @@ def _allowed(policy: Policy) -> str:
 
 
 RULES: tuple[Rule, ...] = (
+    Rule(
+        "packages-off",
+        lambda o: o.denied_rule == "packages",
+        lambda o, p: (
+            "Installing packages is off in this sandbox (policy key packages.install). "
+            f"Preinstalled: {', '.join(p.python.preload) or 'nothing'} and the standard library."
+        ),
+    ),
+    Rule(
+        "cell-command-denied",
+        lambda o: o.kind == "python" and o.status == "denied",
+        lambda o, p: (
+            f"That ! line was refused by the '{o.denied_rule}' rule and nothing of it ran. "
+            f"Programs the policy's commands.allow lists: {_allowed(p)}. Commands run without "
+            "a shell; do the rest in Python."
+        ),
+    ),
     Rule(
         "denied",
         lambda o: o.status == "denied",
@@ -112,12 +174,27 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        "ipython-name",
+        lambda o: o.exc_type == "NameError" and undefined_name(o) in IPYTHON_ONLY_NAMES,
+        lambda o, p: (
+            f"'{undefined_name(o)}' belongs to an IPython kernel; cells here are plain Python. "
+            "display(obj) shows rich output, and IPython.display objects work with it."
+        ),
+    ),
+    Rule(
         "name-after-restart",
         lambda o: o.exc_type == "NameError" and o.restarted,
         lambda o, p: (
             "The session was restarted, so earlier variables are gone: re-run the setup code."
         ),
     ),
+    Rule("network", lambda o: _hint_kind(o) == "network", _network_advice),
+    Rule(
+        "dataframe-columns",
+        lambda o: _hint_kind(o) == "dataframe-columns",
+        lambda o, p: f"That label is not a column. The DataFrame's columns are: {_hint_names(o)}.",
+    ),
+    Rule("program-refused", lambda o: _hint_kind(o) == "program-refused", _program_advice),
     Rule(
         "network-module",
         lambda o: o.exc_type == "ModuleNotFoundError" and missing_module(o) in NETWORK_MODULES,
@@ -153,6 +230,14 @@ RULES: tuple[Rule, ...] = (
         "interrupted",
         lambda o: o.exc_type == "KeyboardInterrupt",
         lambda o, p: "The run was interrupted on request; variables were kept.",
+    ),
+    Rule(
+        "picture-linked",
+        lambda o: o.outputs_linked and o.status == "ok",
+        lambda o, p: (
+            "A figure was too large to include in the reply: open the link in its output's "
+            "metadata.url (also in files), or show a smaller one (plt.figure(figsize=(6, 4)))."
+        ),
     ),
     Rule(
         "truncated",

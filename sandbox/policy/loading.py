@@ -77,6 +77,8 @@ def _reason(item: Any) -> str:
         return f"must be {words} {ctx[name]}, not {value}"
     if kind in _EXPECTED:
         return f"must be {_EXPECTED[kind]}, not {value!r}"
+    if kind == "literal_error" and item["loc"][:1] != ("isolation",):
+        return f"must be {ctx.get('expected', 'one of the listed values')}, not {value!r}"
     if kind == "literal_error" and isinstance(value, str):
         close = difflib.get_close_matches(value, ALL_LAYERS, n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
@@ -253,6 +254,18 @@ class PythonSettings(_Section):
         return self
 
 
+class Packages(_Section):
+    """Whether a cell may install packages (`%pip install`, `!pip install`)."""
+
+    install: Literal["off"] = Field(
+        "off",
+        description=(
+            'Only "off" for now: a cell\'s `%pip` or `!pip` line installs nothing, and the '
+            "reply names this key."
+        ),
+    )
+
+
 class Policy(_Section):
     """A whole policy file."""
 
@@ -261,6 +274,7 @@ class Policy(_Section):
     commands: Commands = Field(default_factory=Commands)
     isolation: Isolation = Field(default_factory=Isolation)
     python: PythonSettings = Field(default_factory=PythonSettings)
+    packages: Packages = Field(default_factory=Packages)
 
     @model_validator(mode="after")
     def _coherent(self) -> Policy:

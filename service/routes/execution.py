@@ -1,15 +1,20 @@
-"""POST /repl and POST /command: the seed-compatible execution routes, over the executor."""
+"""POST /repl and POST /command: the seed-compatible execution routes, over the executor.
+
+Each answers with Server-Sent Events instead when the request accepts them
+(service/streaming.py).
+"""
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 
 from service.deps import CONVERSATION_PARAMETER, CurrentExecutor, RunCaller
 from service.executor import Executor
 from service.replies import Reply
+from service.run_stream import RunStream
 from service.schemas import (
     CommandRequest,
     CommandResponse,
@@ -17,6 +22,7 @@ from service.schemas import (
     ReplRequest,
     ReplResponse,
 )
+from service.streaming import EventStreamResponse, wants_event_stream
 
 router = APIRouter(tags=["execution"])
 
@@ -39,7 +45,11 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     responses=_ERRORS,
     openapi_extra={"parameters": [CONVERSATION_PARAMETER]},
 )
-async def repl(body: ReplRequest, caller: RunCaller, executor: CurrentExecutor) -> Response:
+async def repl(
+    body: ReplRequest, caller: RunCaller, executor: CurrentExecutor, request: Request
+) -> Response:
+    if wants_event_stream(request.headers.get("accept")):
+        return _streamed(request, await executor.stream_python(caller, body))
     reply = await executor.run_python(caller, body)
     return reply.response()
 
@@ -57,9 +67,18 @@ async def repl(body: ReplRequest, caller: RunCaller, executor: CurrentExecutor) 
     responses=_ERRORS,
     openapi_extra={"parameters": [CONVERSATION_PARAMETER]},
 )
-async def command(body: CommandRequest, caller: RunCaller, executor: CurrentExecutor) -> Response:
+async def command(
+    body: CommandRequest, caller: RunCaller, executor: CurrentExecutor, request: Request
+) -> Response:
+    if wants_event_stream(request.headers.get("accept")):
+        return _streamed(request, await executor.stream_command(caller, body))
     reply = await executor.run_command(caller, body)
     return reply.response()
+
+
+def _streamed(request: Request, stream: RunStream) -> Response:
+    heartbeat_s: float = request.app.state.settings.sse_heartbeat_s
+    return EventStreamResponse(stream, heartbeat_s)
 
 
 # What the execution fast path (service/execution_fast_path.py) calls in place of each

@@ -136,6 +136,44 @@ def test_a_plot_comes_back_as_image_content(mcp_server: Server) -> None:
     assert reply["files"][0]["url"].startswith(f"{mcp_server.url}/files/")
 
 
+def test_a_displayed_image_is_image_content_sent_once(mcp_server: Server) -> None:
+    code = (
+        "import matplotlib.pyplot as plt\n"
+        "fig = plt.figure(figsize=(1.5, 1), dpi=50)\n"
+        "plt.plot([1, 3, 2])\n"
+        "display(fig)"
+    )
+
+    async def work(session: ClientSession) -> CallToolResult:
+        return await session.call_tool("run_python", {"code": code})
+
+    result = _using(mcp_server, ALICE, work)
+    reply = _reply(result)
+    [image] = [item for item in result.content if isinstance(item, ImageContent)]
+    png = base64.b64decode(image.data)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    [figure] = reply["outputs"]
+    assert "image/png" not in figure["data"]  # in the image block, not again in the text
+    assert figure["metadata"]["filename"] in [entry["name"] for entry in reply["files"]]
+
+
+def test_a_runs_images_together_stay_within_the_image_cap(mcp_server: Server) -> None:
+    # Six "images" of 1.5 MB each: all are files with links, not all can be content.
+    code = (
+        "import os\nfor i in range(6):\n    open(f'big-{i}.png', 'wb').write(os.urandom(1_500_000))"
+    )
+
+    async def work(session: ClientSession) -> CallToolResult:
+        return await session.call_tool("run_python", {"code": code})
+
+    result = _using(mcp_server, ALICE, work)
+    reply = _reply(result)
+    images = [item for item in result.content if isinstance(item, ImageContent)]
+    assert len(reply["files"]) == 6
+    assert 0 < len(images) < 6
+    assert sum(len(base64.b64decode(image.data)) for image in images) <= 4 * 1024 * 1024
+
+
 def test_files_written_by_a_tool_are_seen_by_code_and_commands(mcp_server: Server) -> None:
     async def work(session: ClientSession) -> dict[str, Any]:
         written = await session.call_tool("write_file", {"path": "in/notes.txt", "content": "hi"})

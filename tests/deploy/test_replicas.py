@@ -3,8 +3,9 @@
 What holds: every request of a session reaches the replica that holds it, whichever
 session key the client uses (X-Session-Id, openai-conversation-id, or only its bearer
 token); sessions spread over the replicas; a signed link reaches the replica that signed
-it; a session asked of the wrong replica gets a clear 404; and killing one replica loses
-only that replica's sessions while the others keep answering.
+it; a session asked of the wrong replica gets a clear 404; an event stream is not held
+back; and killing one replica loses only that replica's sessions while the others keep
+answering.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import time
 from collections import Counter
 from collections.abc import Iterator
 from typing import Any
@@ -174,6 +176,24 @@ def test_an_mcp_client_keeps_its_session_through_the_router(cluster: Cluster) ->
         return results
 
     assert anyio.run(main) == ["21", "22", "23", "24", "25"]
+
+
+def test_an_event_stream_passes_the_router_as_it_is_produced(cluster: Cluster) -> None:
+    key = routing_key()
+    code = "import time\nprint('first', flush=True)\ntime.sleep(2)\nprint('second')"
+    with cluster.client(TOKENS["alice"]) as http:
+        session_id = create(http, key)
+        body = {"code": code, "session_id": session_id, "timeout": 10}
+        headers = {"X-Session-Id": key, "Accept": "text/event-stream"}
+        arrivals: list[tuple[float, str]] = []
+        with http.stream("POST", "/repl", json=body, headers=headers) as response:
+            assert response.headers["content-type"].startswith("text/event-stream")
+            for line in response.iter_lines():
+                if line.startswith("event: "):
+                    arrivals.append((time.monotonic(), line.removeprefix("event: ")))
+    first_output = next(at for at, name in arrivals if name == "stdout")
+    done = next(at for at, name in arrivals if name == "done")
+    assert done - first_output > 1.5  # not held back by the router until the run ended
 
 
 def test_sessions_spread_across_the_replicas(cluster: Cluster) -> None:

@@ -87,6 +87,22 @@ async def test_command_bypass_is_denied_by_name_and_runs_nothing(
     assert markers_in(session) == set()
 
 
+# In a cell a newline ends the `!` line, so those lines are two lines there.
+CELL_BYPASSES = [(name, line, rule) for name, line, rule in BYPASSES if "\n" not in line]
+
+
+@pytest.mark.parametrize(
+    ("line", "rule"), [pytest.param(line, rule, id=name) for name, line, rule in CELL_BYPASSES]
+)
+async def test_a_bang_line_in_a_cell_meets_the_same_denial_and_runs_nothing(
+    session: Session, line: str, rule: str
+) -> None:
+    outcome = await session.run_python(f"!{line}")
+    assert outcome.reply.status == "denied", outcome.reply
+    assert outcome.reply.denied_rule == rule
+    assert markers_in(session) == set()
+
+
 async def test_find_delete_is_denied_and_deletes_nothing(session: Session) -> None:
     await session.run_command("touch keep-me")
     outcome = await session.run_command("find . -name keep-me -delete")

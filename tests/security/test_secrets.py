@@ -227,7 +227,7 @@ def test_the_services_tokens_never_reach_a_worker_over_http(
         assert reply.status_code == 200, reply.text
         body = reply.json()
         assert body["status"] == "ok", body
-        report = json.loads(body["stdout"])
+        report = json.loads(body["result"])
         assert report["found"] == []
         assert "PATH=" in report["child"]
         service_pid = server_with_canary_token.process.pid

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 
 import pytest
 from hypothesis import given
@@ -107,3 +108,74 @@ def test_a_zygote_refusal_reaches_the_service_as_its_own_words() -> None:
     assert (
         protocol.decode_zygote_reply(made.model_dump_json().encode(), protocol.WorkerMade) == made
     )
+
+
+# --- a streamed run's frames -------------------------------------------------------
+
+rich_outputs = st.builds(
+    protocol.RichOutput,
+    output_type=st.sampled_from(["execute_result", "display_data"]),
+    data=st.dictionaries(st.sampled_from(["text/plain", "text/html", "image/png"]), st.text()),
+)
+streamed = st.one_of(
+    st.builds(
+        protocol.OutputChunk,
+        run_id=st.integers(min_value=0, max_value=2**31),
+        name=st.sampled_from(["stdout", "stderr"]),
+        text=st.text(max_size=200),
+    ),
+    st.builds(
+        protocol.DisplayOutput,
+        run_id=st.integers(min_value=0, max_value=2**31),
+        output=rich_outputs,
+    ),
+)
+
+
+@given(
+    messages=st.lists(st.one_of(streamed, replies), min_size=1, max_size=6),
+    chunk=st.integers(1, 64),
+)
+def test_streamed_frames_and_replies_round_trip_in_order(
+    messages: list[protocol.WorkerFrame], chunk: int
+) -> None:
+    stream = b"".join(protocol.encode(m) for m in messages)
+    decoder = protocol.FrameDecoder()
+    payloads: list[bytes] = []
+    for start in range(0, len(stream), chunk):
+        payloads += decoder.feed(stream[start : start + chunk])
+    assert [protocol.decode_worker_message(p) for p in payloads] == messages
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b'{"kind": "output", "run_id": 1, "name": "stdin", "text": "x"}',
+        b'{"kind": "output", "run_id": 1, "name": "stdout", "text": 7}',
+        b'{"kind": "output", "run_id": "one", "name": "stdout", "text": "x"}',
+        b'{"kind": "output", "run_id": 1, "name": "stdout", "text": "x", "extra": 1}',
+        b'{"kind": "output", "run_id": 1, "name": "stdout"}',
+        b'{"kind": "display", "run_id": 1, "output": {"output_type": "stream", "data": {}}}',
+        b'{"kind": "display", "run_id": 1, "output": {"output_type": "display_data",'
+        b' "data": {"text/plain": 1}}}',
+        b'{"kind": "display", "run_id": 1}',
+    ],
+)
+def test_malformed_streamed_frames_are_rejected(payload: bytes) -> None:
+    with pytest.raises(ProtocolError):
+        protocol.decode_worker_message(payload)
+
+
+def test_a_worker_hint_larger_than_its_caps_is_refused() -> None:
+    def reply(names: list[str]) -> bytes:
+        hint = {"kind": "dataframe-columns", "names": names, "total": len(names)}
+        return json.dumps({"kind": "reply", "run_id": 1, "status": "error", "hint": hint}).encode()
+
+    within = ["c" * protocol.MAX_HINT_NAME_CHARS] * protocol.MAX_HINT_NAMES
+    decoded = protocol.decode_worker_message(reply(within))
+    assert isinstance(decoded, protocol.RunReply)
+    assert decoded.hint is not None
+    assert decoded.hint.names == within
+    for beyond in ([*within, "c"], ["c" * (protocol.MAX_HINT_NAME_CHARS + 1)]):
+        with pytest.raises(ProtocolError):
+            protocol.decode_worker_message(reply(beyond))

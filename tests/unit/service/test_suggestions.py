@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.policy import Policy, parse_policy
+from sandbox.protocol import ErrorHint
 from service.suggestions import RULES, Outcome, suggest
 
 POLICY = parse_policy(
@@ -69,6 +70,69 @@ def test_denied_command_names_the_rule_and_what_is_allowed() -> None:
     assert "without a shell" in text
 
 
+def test_a_refused_bang_line_in_a_cell_lists_the_allowed_programs() -> None:
+    case = outcome(status="denied", denied_rule="allowlist", exc_type="CommandNotAllowed")
+    assert rule_for(case) == "cell-command-denied"
+    text = advice(case)
+    assert "'allowlist' rule" in text
+    assert "commands.allow" in text
+    assert "ls, cat, grep" in text
+    assert "/repl" not in text  # the caller is in /repl already
+
+
+def test_pip_in_a_cell_says_installing_is_off_and_what_is_preinstalled() -> None:
+    for kind in ("python", "command"):
+        case = outcome(kind=kind, status="denied", denied_rule="packages")
+        assert rule_for(case) == "packages-off"
+        text = advice(case)
+        assert "packages.install" in text
+        assert "numpy, pandas, matplotlib" in text
+
+
+def test_a_failed_connection_says_the_network_is_off_naming_the_key() -> None:
+    case = failed("URLError", "URLError: <urlopen error>", hint=ErrorHint(kind="network"))
+    assert rule_for(case) == "network"
+    text = advice(case)
+    assert "network is off" in text
+    assert "isolation.network" in text
+    networked = parse_policy("[isolation]\nnetwork = true\n")
+    assert "could not be reached" in advice(case, networked)
+
+
+def test_a_key_error_on_a_dataframe_names_its_columns() -> None:
+    hint = ErrorHint(kind="dataframe-columns", names=["a", "b", "c"], total=3)
+    case = failed("KeyError", "KeyError: 'nope'", hint=hint)
+    assert rule_for(case) == "dataframe-columns"
+    assert "The DataFrame's columns are: a, b, c." in advice(case)
+
+
+def test_a_dataframe_with_more_columns_than_the_hint_holds_says_how_many_more() -> None:
+    hint = ErrorHint(kind="dataframe-columns", names=["c0", "c1"], total=502)
+    text = advice(failed("KeyError", "KeyError: 'x'", hint=hint))
+    assert "c0, c1 (and 500 more)" in text
+
+
+def test_a_plain_key_error_is_an_ordinary_error() -> None:
+    assert rule_for(failed("KeyError", "KeyError: 'x'")) == "python-error"
+
+
+def test_a_subprocess_the_policy_refuses_lists_the_allowed_programs() -> None:
+    hint = ErrorHint(kind="program-refused", names=["curl"], total=1)
+    case = failed("PermissionError", "PermissionError: [Errno 13]: 'curl'", hint=hint)
+    assert rule_for(case) == "program-refused"
+    text = advice(case)
+    assert "'curl' cannot run" in text
+    assert "commands.allow" in text
+    assert "ls, cat, grep" in text
+
+
+def test_an_allowed_program_that_is_missing_is_said_to_be_missing() -> None:
+    hint = ErrorHint(kind="program-refused", names=["grep"], total=1)
+    case = failed("FileNotFoundError", "FileNotFoundError: 'grep'", hint=hint)
+    assert rule_for(case) == "program-refused"
+    assert "allowed but not installed" in advice(case)
+
+
 def test_timeout_says_state_was_kept_and_gives_the_maximum() -> None:
     case = outcome(status="timeout", exc_type="KeyboardInterrupt", limit="wall")
     assert rule_for(case) == "timeout"
@@ -101,6 +165,18 @@ def test_name_error_after_a_restart_says_rerun_setup() -> None:
     case = failed("NameError", "NameError: name 'df' is not defined", restarted=True)
     assert rule_for(case) == "name-after-restart"
     assert "re-run the setup code" in advice(case)
+
+
+def test_a_figure_left_out_of_the_reply_points_at_its_link() -> None:
+    case = outcome(truncated=True, outputs_linked=True)
+    assert rule_for(case) == "picture-linked"
+    assert "metadata.url" in advice(case)
+
+
+def test_a_name_only_ipython_defines_is_not_blamed_on_a_restart() -> None:
+    case = failed("NameError", "NameError: name 'get_ipython' is not defined", restarted=True)
+    assert rule_for(case) == "ipython-name"
+    assert "display(obj)" in advice(case)
 
 
 def test_a_name_error_without_restart_is_an_ordinary_error() -> None:
