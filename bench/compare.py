@@ -7,7 +7,8 @@ its packages, each with its own state directory and its own tree's policy and th
 same benchmark settings, and creates one session on each.  After a warm-up it sends
 blocks of trivial ``/repl`` requests (the round-trip measure's prepared request) to one
 service and then the other, reversing the order every round, so load from elsewhere on
-the machine lands on both alike.  It prints p50 and p99 of each side and the ratio
+the machine lands on both alike.  The rounds are split into two sittings, each with
+both services started afresh, the other one first.  It prints p50 and p99 of each side and the ratio
 current / REF, and writes them to ``compare-REF.json`` in the results directory.
 """
 
@@ -97,24 +98,30 @@ def policy_of(tree: Path) -> Path:
     raise BenchError(f"the tree at {tree} holds none of {[str(p) for p in POLICIES_OF_A_TREE]}")
 
 
-def open_side(label: str, commit: str, server: Server) -> Side:
+@dataclass(frozen=True)
+class Plan:
+    code: str  # the cell every timed request runs
+    rounds: int
+    block: int  # requests per side per round
+    warmup: int  # requests per side before the first round
+
+
+def open_side(label: str, commit: str, server: Server, code: str) -> Side:
     client = CodeSherpa(server.url)
     session_id = client.create_session()
-    reply = client.run_ok(session_id, TRIVIAL)
-    if reply["result"] != "2":
-        raise BenchError(f"{label}: {TRIVIAL} gave {reply['result']!r}")
-    return Side(label, commit, server, client, session_id, client.prepared_run(session_id, TRIVIAL))
+    client.run_ok(session_id, code)
+    return Side(label, commit, server, client, session_id, client.prepared_run(session_id, code))
 
 
-def alternate(sides: list[Side], rounds: int, block: int, warmup: int) -> dict[str, list[float]]:
+def alternate(sides: list[Side], plan: Plan, rounds: int) -> dict[str, list[float]]:
     """Each side's samples (ms): blocks in turn, the order reversed every round."""
     for side in sides:
-        side.block(warmup)
+        side.block(plan.warmup)
     samples: dict[str, list[float]] = {side.label: [] for side in sides}
     for number in range(rounds):
         order = sides if number % 2 == 0 else sides[::-1]
         for side in order:
-            samples[side.label].extend(side.block(block))
+            samples[side.label].extend(side.block(plan.block))
     return samples
 
 
@@ -122,61 +129,93 @@ def _ratio(current: float, before: float) -> float:
     return round(current / before, 3)
 
 
+@dataclass(frozen=True)
+class Tree:
+    """A source tree to serve: its label in the results, its commit, where it lies."""
+
+    label: str
+    commit: str
+    root: Path
+    policy: Path
+    server_name: str  # of its log and state directory
+
+
+def sitting(trees: list[Tree], directory: Path, plan: Plan, rounds: int) -> dict[str, list[float]]:
+    """Both services started in the order given, then `rounds` rounds of blocks."""
+    directory.mkdir()
+    servers: list[Server] = []
+    sides: list[Side] = []
+    try:
+        for tree in trees:
+            servers.append(start_codesherpa(directory, tree.policy, tree.root, tree.server_name))
+        for tree, server in zip(trees, servers, strict=True):
+            sides.append(open_side(tree.label, tree.commit, server, plan.code))
+        return alternate(sides, plan, rounds)
+    finally:
+        for side in sides:
+            side.close()
+        for server in reversed(servers):
+            server.stop()
+
+
 def figures(
-    ref: str, sides: list[Side], samples: dict[str, list[float]], block: int
+    ref: str, trees: list[Tree], samples: dict[str, list[float]], plan: Plan
 ) -> dict[str, Any]:
-    current, before = sides
+    block = plan.block
+    current, before = (tree.label for tree in trees)
     by_round = {
-        side.label: [
-            rounded(percentile(samples[side.label][start : start + block], 50))
-            for start in range(0, len(samples[side.label]), block)
+        label: [
+            rounded(percentile(samples[label][start : start + block], 50))
+            for start in range(0, len(samples[label]), block)
         ]
-        for side in sides
+        for label in (current, before)
     }
-    stats = {side.label: summary(samples[side.label]) for side in sides}
+    stats = {label: summary(samples[label]) for label in (current, before)}
     return {
         "ref": ref,
-        "commits": {side.label: side.commit for side in sides},
-        "request": f"POST /repl {TRIVIAL!r} on one session, as the round-trip measure sends it",
+        "commits": {tree.label: tree.commit for tree in trees},
+        "request": f"POST /repl {plan.code!r} on one session, a prepared request sent again",
         "block": block,
-        "rounds": len(by_round[current.label]),
-        current.label: stats[current.label],
-        before.label: stats[before.label],
+        "rounds": len(by_round[current]),
+        current: stats[current],
+        before: stats[before],
         "p50_by_round_ms": by_round,
-        "ratio_p50": _ratio(stats[current.label]["p50_ms"], stats[before.label]["p50_ms"]),
-        "ratio_p99": _ratio(stats[current.label]["p99_ms"], stats[before.label]["p99_ms"]),
+        "ratio_p50": _ratio(stats[current]["p50_ms"], stats[before]["p50_ms"]),
+        "ratio_p99": _ratio(stats[current]["p99_ms"], stats[before]["p99_ms"]),
         "rounds_current_p50_not_slower": sum(
-            1
-            for now, then in zip(by_round[current.label], by_round[before.label], strict=True)
-            if now <= then
+            1 for now, then in zip(by_round[current], by_round[before], strict=True) if now <= then
         ),
     }
 
 
-def compare(ref: str, rounds: int, block: int, warmup: int, out: Path) -> dict[str, Any]:
+def compare(ref: str, plan: Plan, out: Path, json_name: str) -> dict[str, Any]:
     commit = resolve(ref)
     load_at_start = [round(x, 2) for x in os.getloadavg()]
     began = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="codesherpa-compare-") as tmp_name:
         tmp = Path(tmp_name)
-        tree = tmp / "tree"
-        export_tree(commit, tree)
-        servers: list[Server] = []
-        sides: list[Side] = []
-        try:
-            log(f"starting the current tree's service and {ref}'s ({commit[:12]})")
-            servers.append(start_codesherpa(tmp, BENCH_POLICY, ROOT, "current"))
-            servers.append(start_codesherpa(tmp, policy_of(tree), tree, "ref"))
-            sides.append(open_side("current", current_commit(), servers[0]))
-            sides.append(open_side(ref, commit, servers[1]))
-            log(f"{rounds} rounds of {block} trivial /repl on each, alternating")
-            samples = alternate(sides, rounds, block, warmup)
-        finally:
-            for side in sides:
-                side.close()
-            for server in reversed(servers):
-                server.stop()
-    results = figures(ref, sides, samples, block)
+        exported = tmp / "tree"
+        export_tree(commit, exported)
+        trees = [
+            Tree("current", current_commit(), ROOT, BENCH_POLICY, "current"),
+            Tree(ref, commit, exported, policy_of(exported), "ref"),
+        ]
+        samples: dict[str, list[float]] = {tree.label: [] for tree in trees}
+        # The service started first ran 2 to 4% slower than the other when both were the
+        # same code: each order starts one of two sittings, so neither side gains by it.
+        first_sitting = plan.rounds - plan.rounds // 2
+        sittings = ((trees, first_sitting), (trees[::-1], plan.rounds // 2))
+        for index, (order, sitting_rounds) in enumerate(sittings):
+            if sitting_rounds == 0:
+                continue
+            log(
+                f"started {order[0].label} first, then {order[1].label} ({commit[:12]}): "
+                f"{sitting_rounds} rounds of {plan.block} /repl on each, alternating"
+            )
+            directory = tmp / f"sitting-{index}"
+            for label, taken in sitting(order, directory, plan, sitting_rounds).items():
+                samples[label].extend(taken)
+    results = figures(ref, trees, samples, plan)
     results["meta"] = {
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "duration_s": round(time.monotonic() - began, 1),
@@ -186,7 +225,7 @@ def compare(ref: str, rounds: int, block: int, warmup: int, out: Path) -> dict[s
     }
     out.mkdir(parents=True, exist_ok=True)
     safe_ref = "".join(c if c.isalnum() or c in "-._" else "_" for c in ref)
-    path = out / f"compare-{safe_ref}.json"
+    path = out / (json_name or f"compare-{safe_ref}.json")
     path.write_text(json.dumps(results, indent=2) + "\n")
     results["meta"]["written"] = str(path)
     return results
@@ -218,7 +257,8 @@ def render(results: dict[str, Any]) -> str:
     ]
     meta = results["meta"]
     lines.append(
-        f"\n{results['rounds']} rounds of {results['block']}; current p50 not slower in "
+        f"\n{results['request']}\n"
+        f"{results['rounds']} rounds of {results['block']}; current p50 not slower in "
         f"{results['rounds_current_p50_not_slower']} of them; "
         f"{ref} is {results['commits'][ref][:12]}; "
         f"load average {meta['load_average_at_start']} -> {meta['load_average_at_end']}"
@@ -242,6 +282,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--out", type=Path, default=RESULTS, help=f"default {RESULTS.relative_to(ROOT)}"
     )
+    parser.add_argument(
+        "--code", default=TRIVIAL, help=f"the cell each request runs, default {TRIVIAL!r}"
+    )
+    parser.add_argument(
+        "--json", default="", help="file name of the results, default compare-REF.json"
+    )
     return parser
 
 
@@ -250,7 +296,8 @@ def main(args: argparse.Namespace) -> int:
         print("bench compare: --rounds and --block are at least 1, --warmup at least 0")
         return 2
     try:
-        results = compare(args.ref, args.rounds, args.block, args.warmup, args.out)
+        plan = Plan(args.code, args.rounds, args.block, args.warmup)
+        results = compare(args.ref, plan, args.out, args.json)
     except BenchError as exc:
         print(f"bench compare: {exc}")
         return 2
