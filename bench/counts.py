@@ -18,6 +18,9 @@ class Counts:
     neighbour_requests: int
     hostile_timeout_s: float
     scaling_max: int
+    stream_first_chunks: int  # samples per side
+    stream_rounds: int  # alternating runs of the volume cell
+    stream_mb: int  # what the volume cell prints
 
 
 FULL = Counts(
@@ -32,6 +35,9 @@ FULL = Counts(
     neighbour_requests=800,
     hostile_timeout_s=10.0,
     scaling_max=200,
+    stream_first_chunks=30,
+    stream_rounds=3,
+    stream_mb=20,
 )
 QUICK = Counts(
     round_trips=20,
@@ -45,6 +51,9 @@ QUICK = Counts(
     neighbour_requests=20,
     hostile_timeout_s=3.0,
     scaling_max=4,
+    stream_first_chunks=3,
+    stream_rounds=1,
+    stream_mb=2,
 )
 # Between two session starts, as between two users' first requests: the zygote refills
 # its warm pool after handing out a worker (bench/confinement_cost.py pauses alike).

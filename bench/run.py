@@ -28,6 +28,7 @@ from typing import Any
 import psutil
 
 from bench import compare, jupyter_anchor, report
+from bench.client import BenchError
 from bench.counts import FULL, QUICK
 from bench.log import log
 from bench.memory import measure_idle_memory
@@ -35,9 +36,11 @@ from bench.neighbours import measure_neighbours
 from bench.profile import measure_profile
 from bench.round_trips import measure_bare_worker_floor, measure_round_trips
 from bench.scaling import measure_scaling, plot_scaling
-from bench.servers import ROOT, Server, start_codesherpa, start_empty_endpoint
+from bench.servers import BENCH_POLICY, ROOT, Server, start_codesherpa, start_empty_endpoint
+from bench.sse import EventStreamError
 from bench.starts import measure_starts
 from bench.stats import MB, rounded, uss_bytes
+from bench.streaming import measure_streaming
 from bench.throughput import measure_throughput
 
 RESULTS = ROOT / "bench" / "results"
@@ -130,6 +133,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["throughput"] = measure_throughput(counts, codesherpa.url, empty.url)
             log("a neighbour's round trips: idle, beside a CPU burn, beside a fork bomb")
             results["neighbours"] = measure_neighbours(counts, codesherpa.url)
+            log(
+                f"streaming: first stdout chunk and a {counts.stream_mb} MB print, "
+                "CodeSherpa (SSE) and Jupyter (iopub) in turn"
+            )
+            try:
+                results["streaming"] = measure_streaming(
+                    counts, codesherpa.url, jupyter_env, BENCH_POLICY
+                )
+            except (BenchError, EventStreamError) as exc:
+                # One measure that fails leaves the run with every other figure.
+                log(f"streaming failed: {exc}")
+                results["streaming"] = {"error": str(exc)}
             if not args.no_scaling:
                 log(f"scaling to {counts.scaling_max} sessions")
                 results["scaling"] = measure_scaling(counts, codesherpa.url)
