@@ -151,13 +151,16 @@ def _build(
     budget = max(budget, 0)
     outputs, outputs_cut = rich_outputs.drafts(reply.outputs if kind == "python" else [], link)
     text_size = sum(len(text) for text in fields.values() if isinstance(text, str))
-    outputs_cut = rich_outputs.shed(outputs, text_size, budget, link) or outputs_cut
-    # What cutting text cannot save (the outputs' frames) is not text's to share.
-    texts = {**fields, **rich_outputs.plain_texts(outputs)}
-    frames = sum(output.frame_size() for output in outputs)
-    texts_cut = fit_reply(texts, max(budget - frames, 0))
-    rich_outputs.put_back(outputs, texts)
-    fields = {name: texts[name] for name in fields}
+    if text_size + sum(output.size() for output in outputs) <= budget:
+        texts_cut = False  # everything fits as it is: most replies
+    else:
+        outputs_cut = rich_outputs.shed(outputs, text_size, budget, link) or outputs_cut
+        # What cutting text cannot save (the outputs' frames) is not text's to share.
+        texts = {**fields, **rich_outputs.plain_texts(outputs)}
+        frames = sum(output.frame_size() for output in outputs)
+        texts_cut = fit_reply(texts, max(budget - frames, 0))
+        rich_outputs.put_back(outputs, texts)
+        fields = {name: texts[name] for name in fields}
     files_cut = len(files) < len(reply.files)
     truncated = texts_cut or outputs_cut or reply.truncated or files_cut
     linked = any("url" in output.metadata for output in outputs)

@@ -109,6 +109,8 @@ def _link_saved_file(item: OutputDraft, link: FileLinker) -> None:
 
 
 def _small_metadata(metadata: dict[str, JsonValue]) -> dict[str, JsonValue]:
+    if not metadata:
+        return {}
     try:
         text = json.dumps(metadata, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
