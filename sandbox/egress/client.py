@@ -100,6 +100,10 @@ class EgressClient:
         ours.setblocking(False)
         self._control = ours
 
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib
 import ipaddress
 import json
 import os
@@ -40,6 +41,8 @@ from sandbox.policy.network import Network
 MAX_PENDING_REPORTS = 10_000
 OWN_ADDRESSES_TTL_S = 5.0
 CONTROL_MESSAGE_MAX = 4096
+# getaddrinfo in the loop's thread pool; the IDNA codec for names it encodes.
+LAZY_IMPORTS = ("concurrent.futures.thread", "encodings.idna", "stringprep", "unicodedata")
 
 
 class ProxyStartOrder(BaseModel):
@@ -67,6 +70,13 @@ def own_addresses() -> frozenset[IPAddress]:
             if address.family in (socket.AF_INET, socket.AF_INET6):
                 found.add(ipaddress.ip_address(address.address.split("%")[0]))
     return frozenset(found)
+
+
+def import_what_is_used_later() -> None:
+    """Modules the proxy would import lazily, imported while it may still read them: as
+    its own uid it may not (the interpreter's installation can be private to root)."""
+    for name in LAZY_IMPORTS:
+        importlib.import_module(name)
 
 
 def confine_self(order: ProxyStartOrder) -> None:
@@ -193,6 +203,7 @@ class ProxyProcess:
 
 def main() -> None:
     order = ProxyStartOrder.model_validate_json(sys.stdin.buffer.read())
+    import_what_is_used_later()
     confine_self(order)
 
     async def serve() -> None:

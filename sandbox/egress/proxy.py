@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -39,8 +40,6 @@ Report = Callable[[dict[str, Any]], None]
 
 async def system_resolver(host: str, port: int) -> list[IPAddress]:
     """The host's resolver, off the event loop (getaddrinfo runs in a thread)."""
-    import ipaddress
-
     infos = await asyncio.get_running_loop().getaddrinfo(
         host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
     )
@@ -121,8 +120,9 @@ class EgressProxy:
             finally:
                 budget.release()
         except Exception as exc:  # noqa: BLE001 - one connection must never end the proxy
-            if "started" in facts:  # else its report went already
-                self._emit(facts, verdict="refused", key=None, reason=f"error: {exc}")
+            if "started" in facts:  # else it was answered and reported already
+                failure = Refusal("proxy", f"the proxy failed: {type(exc).__name__}: {exc}")
+                await self._refuse(writer, 502, failure, facts)
         finally:
             writer.close()
             with contextlib.suppress(Exception):
@@ -174,8 +174,6 @@ class EgressProxy:
     ) -> tuple[IPAddress | None, Refusal | None]:
         """Resolve once, check, and return the very address to connect to: a second
         lookup (by the connect) could answer otherwise (DNS rebinding)."""
-        import ipaddress
-
         host, is_ip = normalise_host(head.host)
         if is_ip:
             addresses: list[IPAddress] = [ipaddress.ip_address(head.host)]

@@ -13,6 +13,8 @@ got, and the audit report, beside a control that reaches the allowed server.
 from __future__ import annotations
 
 import asyncio
+import errno
+import os
 import secrets
 import shutil
 import tempfile
@@ -26,6 +28,7 @@ from sandbox.egress.client import EgressReport
 from sandbox.policy import parse_policy
 from tests.api.server import TEST_POLICY
 from tests.loopback_http import LoopbackServer, loopback_server
+from tests.security.harness import probe
 from tests.zygotes import stop_zygote
 
 pytestmark = [pytest.mark.anyio, pytest.mark.attack]
@@ -136,6 +139,18 @@ async def attacker(egress_zygote: ZygoteClient, reports: Reports) -> AsyncIterat
         workspaces.remove(started.workspace)
 
 
+# Raw bytes to the proxy from inside the session; the proxy's status line back.
+RAW = (
+    "import socket\n"
+    "def raw(data):\n"
+    "    with socket.create_connection(('127.0.0.1', 3128), timeout=10) as proxy:\n"
+    "        proxy.sendall(data)\n"
+    "        answer = b''\n"
+    "        while chunk := proxy.recv(65536):\n"
+    "            answer += chunk\n"
+    "    return answer.split(b'\\r\\n')[0].decode()\n"
+)
+
 URLOPEN = (
     "import urllib.request\n"
     "def fetch(url):\n"
@@ -167,6 +182,28 @@ async def test_urllib_reaches_an_allowed_host_through_the_proxy_and_is_audited(
     assert report.bytes_down > 0
 
 
+async def test_httpx_reads_the_proxy_from_the_environment_for_http_and_https(
+    attacker: Attacker, targets: Targets, reports: Reports
+) -> None:
+    """httpx (which honours HTTP_PROXY and HTTPS_PROXY as requests and pip do) reaches an
+    allowed host; for https it asks for a CONNECT tunnel (TLS then fails: the loopback
+    server speaks plain HTTP), so both variables lead to the proxy."""
+    pytest.importorskip("httpx")
+    code = (
+        "import httpx\n"
+        f"plain = httpx.get({targets.allowed.url!r}, timeout=10).text\n"
+        "try:\n"
+        f"    httpx.get('https://127.0.0.2:{targets.allowed.port}/', timeout=10)\n"
+        "except Exception as exc:\n"
+        "    tunnel = type(exc).__name__\n"
+        "(plain, tunnel)"
+    )
+    reply = await attacker.run(code)
+    assert reply.value == repr(("hello from allowed; got 0 bytes", "ConnectError")), reply
+    methods = [(r.method, r.verdict) for r in await reports.of(attacker.name, 2)]
+    assert methods == [("GET", "allowed"), ("CONNECT", "allowed")]
+
+
 async def test_a_port_no_entry_names_is_refused_naming_network_allow(
     attacker: Attacker, targets: Targets, reports: Reports
 ) -> None:
@@ -176,3 +213,217 @@ async def test_a_port_no_entry_names_is_refused_naming_network_allow(
     (report,) = await reports.of(attacker.name, 1)
     assert (report.verdict, report.key) == ("refused", "network.allow")
     assert report.port == targets.unlisted_port.port
+
+
+async def test_a_name_that_resolves_to_a_forbidden_address_is_refused_after_resolution(
+    attacker: Attacker, targets: Targets, reports: Reports
+) -> None:
+    """ "localhost" is listed, but resolves to loopback that allow_private does not cover
+    (the same check a rebinding name meets: the proxy resolves, checks, connects to
+    what it checked; the injected-resolver unit tests cover a changing answer)."""
+    url = f"http://localhost:{targets.loopback.port}/"
+    reply = await attacker.run(URLOPEN + f"fetch({url!r})")
+    assert reply.value == repr("HTTPError: HTTP Error 403: Forbidden by network.allow_private")
+    literal = f"http://127.0.0.1:{targets.loopback.port}/"
+    reply = await attacker.run(URLOPEN + f"fetch({literal!r})")
+    assert reply.value == repr("HTTPError: HTTP Error 403: Forbidden by network.allow_private")
+    assert targets.loopback.seen.connections == 0
+    refused = await reports.of(attacker.name, 2)
+    assert [(r.host, r.verdict, r.key) for r in refused] == [
+        ("localhost", "refused", "network.allow_private"),
+        ("127.0.0.1", "refused", "network.allow_private"),
+    ]
+
+
+async def test_the_services_own_port_is_refused_though_listed_and_covered(
+    attacker: Attacker, targets: Targets, reports: Reports
+) -> None:
+    reply = await attacker.run(URLOPEN + f"fetch({targets.service.url!r})")
+    assert reply.value == repr("HTTPError: HTTP Error 403: Forbidden by network.allow_private")
+    tunnel = f"raw(b'CONNECT 127.0.0.2:{targets.service.port} HTTP/1.1\\r\\n\\r\\n')"
+    reply = await attacker.run(RAW + tunnel)
+    assert reply.value == repr("HTTP/1.1 403 Forbidden by network.allow_private")
+    assert targets.service.seen.connections == 0
+    for report in await reports.of(attacker.name, 2):
+        assert report.verdict == "refused"
+        assert "the service itself" in (report.reason or "")
+
+
+async def test_connect_tunnels_only_to_a_listed_port(
+    attacker: Attacker, targets: Targets, reports: Reports
+) -> None:
+    tunnel = (
+        "import http.client\n"
+        "def through_tunnel(port):\n"
+        "    connection = http.client.HTTPConnection('127.0.0.1', 3128, timeout=10)\n"
+        "    connection.set_tunnel('127.0.0.2', port)\n"
+        "    try:\n"
+        "        connection.request('GET', '/')\n"
+        "        return connection.getresponse().read().decode()\n"
+        "    except OSError as exc:\n"
+        "        return str(exc)\n"
+    )
+    reply = await attacker.run(tunnel + f"through_tunnel({targets.allowed.port})")
+    assert reply.value == repr("hello from allowed; got 0 bytes")  # the control
+    reply = await attacker.run(tunnel + f"through_tunnel({targets.unlisted_port.port})")
+    assert reply.value == repr("Tunnel connection failed: 403 Forbidden by network.allow")
+    assert targets.unlisted_port.seen.connections == 0
+    first, second = await reports.of(attacker.name, 2)
+    assert (first.method, first.verdict, second.method, second.verdict) == (
+        "CONNECT",
+        "allowed",
+        "CONNECT",
+        "refused",
+    )
+
+
+async def test_sockets_that_bypass_the_proxy_are_refused(
+    attacker: Attacker, targets: Targets
+) -> None:
+    before = targets.allowed.seen.connections
+    allowed = ("127.0.0.2", targets.allowed.port)
+    results = await probe(
+        attacker.session,
+        f"""
+        attempt("tcp_to_the_allowed_server", lambda: socket.create_connection({allowed!r}, 2))
+        connect = socket.create_connection
+        attempt("tcp_to_another_loopback_port", lambda: connect(("127.0.0.1", 3129), 2))
+        attempt("tcp6_to_the_proxy_port_elsewhere", lambda: connect(("::1", 3128), 2))
+        attempt("udp_socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_DGRAM))
+        attempt("udp6_socket", lambda: socket.socket(socket.AF_INET6, socket.SOCK_DGRAM))
+        icmp = socket.IPPROTO_ICMP
+        attempt("raw_socket", lambda: socket.socket(socket.AF_INET, socket.SOCK_RAW, icmp))
+        attempt("packet_socket", lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW))
+        attempt("netlink_socket", lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW))
+        def bind_a_port():
+            with socket.socket() as server:
+                server.bind(("127.0.0.1", 8080))
+        attempt("tcp_bind", bind_a_port)
+        def interfaces():
+            with open("/proc/net/dev") as table:
+                return sorted(line.split(":")[0].strip() for line in table if ":" in line)
+        attempt("interfaces", interfaces)
+        """,
+    )
+    refused = {name: result.get("errno") for name, result in results.items()}
+    assert refused == {
+        "tcp_to_the_allowed_server": errno.EACCES,
+        "tcp_to_another_loopback_port": errno.EACCES,
+        # Landlock allows the port whatever the address; nothing listens there.
+        "tcp6_to_the_proxy_port_elsewhere": errno.ECONNREFUSED,
+        "udp_socket": errno.EACCES,
+        "udp6_socket": errno.EACCES,
+        "raw_socket": errno.EACCES,
+        "packet_socket": errno.EAFNOSUPPORT,
+        "netlink_socket": errno.EAFNOSUPPORT,
+        "tcp_bind": errno.EACCES,
+        "interfaces": None,
+    }
+    assert results["interfaces"]["value"] == repr(["lo"])
+    assert targets.allowed.seen.connections == before
+
+
+SMUGGLED = {
+    "two_content_lengths": "POST {url} HTTP/1.1\r\nContent-Length: 0\r\nContent-Length: 41\r\n\r\n",
+    "content_length_and_chunked": (
+        "POST {url} HTTP/1.1\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+    "obs_fold": "GET {url} HTTP/1.1\r\nX-A: 1\r\n Transfer-Encoding: chunked\r\n\r\n",
+    "bare_lf": "GET {url} HTTP/1.1\nX-A: 1\n\n\r\n\r\n",
+    "nul_in_a_header": "GET {url} HTTP/1.1\r\nX-A: a\x00b\r\n\r\n",
+    "head_too_long": "GET {url} HTTP/1.1\r\nX-A: " + "a" * 20000 + "\r\n\r\n",
+    "origin_form_to_the_proxy": "GET / HTTP/1.1\r\nHost: {host}\r\n\r\n",
+}
+
+
+@pytest.mark.parametrize("attack", SMUGGLED, ids=list(SMUGGLED))
+async def test_ambiguous_framing_is_refused_before_anything_reaches_a_server(
+    attacker: Attacker, targets: Targets, reports: Reports, attack: str
+) -> None:
+    host = f"127.0.0.2:{targets.allowed.port}"
+    good = f"GET http://{host}/ HTTP/1.1\r\n\r\n"
+    reply = await attacker.run(RAW + f"raw({good.encode()!r})")
+    assert reply.value == repr("HTTP/1.1 200 OK")  # the control: one request arrives
+    requests = len(targets.allowed.seen.requests)
+    bad = SMUGGLED[attack].format(url=f"http://{host}/", host=host)
+    reply = await attacker.run(RAW + f"raw({bad.encode()!r})")
+    assert reply.value == repr("HTTP/1.1 400 Bad Request by request")
+    assert len(targets.allowed.seen.requests) == requests
+    assert [r.verdict for r in await reports.of(attacker.name, 2)] == ["allowed", "refused"]
+
+
+async def test_a_request_pipelined_after_an_allowed_one_never_reaches_its_target(
+    attacker: Attacker, targets: Targets
+) -> None:
+    """The proxy forwards one request per connection: bytes after the first request's
+    body are never read as a second request (to a host the policy refuses)."""
+    allowed = f"http://127.0.0.2:{targets.allowed.port}/"
+    hidden = f"GET http://127.0.0.1:{targets.loopback.port}/ HTTP/1.1\r\n\r\n"
+    pipelined = f"POST {allowed} HTTP/1.1\r\nContent-Length: 4\r\n\r\nbody{hidden}"
+    reply = await attacker.run(RAW + f"raw({pipelined.encode()!r})")
+    assert reply.value == repr("HTTP/1.1 200 OK")
+    assert targets.allowed.seen.requests[-1] == "POST / HTTP/1.1"
+    assert targets.loopback.seen.connections == 0
+
+
+async def test_each_connection_is_attributed_to_the_session_whose_listener_took_it(
+    egress_zygote: ZygoteClient, attacker: Attacker, targets: Targets, reports: Reports
+) -> None:
+    other = await Session.start(egress_zygote)
+    egress = egress_zygote.egress
+    assert egress is not None
+    assert other.worker is not None
+    egress.attach(other.worker, "tenant-b", "neighbour")
+    try:
+        fetch = URLOPEN + f"fetch({targets.allowed.url!r})"
+        await attacker.run(fetch)
+        await other.run_python(fetch, timeout=15)
+        await attacker.run(fetch)
+        mine = await reports.of(attacker.name, 2)
+        theirs = await reports.of("neighbour", 1)
+    finally:
+        await other.close()
+        workspaces.remove(other.workspace)
+    assert [(r.tenant, r.session) for r in mine] == [("tenant-a", attacker.name)] * 2
+    assert [(r.tenant, r.session) for r in theirs] == [("tenant-b", "neighbour")]
+
+
+async def test_a_restarted_session_keeps_its_way_out_and_its_name(
+    attacker: Attacker, targets: Targets, reports: Reports
+) -> None:
+    await attacker.session.restart()
+    reply = await attacker.run(URLOPEN + f"fetch({targets.allowed.url!r})")
+    assert reply.value == repr("hello from allowed; got 0 bytes")
+    (report,) = await reports.of(attacker.name, 1)
+    assert report.verdict == "allowed"
+
+
+async def test_the_proxy_lets_go_of_a_sessions_listener_when_its_worker_ends(
+    egress_zygote: ZygoteClient,
+) -> None:
+    egress = egress_zygote.egress
+    assert egress is not None
+    assert egress.pid is not None
+
+    def proxy_sockets() -> int:
+        return sum(
+            os.readlink(f"/proc/{egress.pid}/fd/{fd}").startswith("socket:")
+            for fd in os.listdir(f"/proc/{egress.pid}/fd")
+        )
+
+    before = proxy_sockets()
+    session = await Session.start(egress_zygote)
+    assert session.worker is not None
+    egress.attach(session.worker, "tenant-a", "short-lived")
+    for _ in range(100):
+        if proxy_sockets() == before + 1:
+            break
+        await asyncio.sleep(0.02)
+    assert proxy_sockets() == before + 1
+    await session.close()
+    workspaces.remove(session.workspace)
+    for _ in range(100):
+        if proxy_sockets() == before:
+            break
+        await asyncio.sleep(0.02)
+    assert proxy_sockets() == before
