@@ -176,7 +176,11 @@ class ZygoteClient:
         ours.settimeout(SPAWN_TIMEOUT_S)
         self._control = ours
         if self.egress is not None and not self.egress.alive():
-            self.egress.start()
+            try:
+                self.egress.start()
+            except BaseException:
+                self.stop()
+                raise
 
     @property
     def pid(self) -> int | None:

@@ -22,6 +22,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from sandbox.egress.process import ProxyStartOrder, SessionListener
+from sandbox.errors import EgressUnavailable
 from sandbox.handle import WorkerHandle
 from sandbox.policy.network import Network
 from sandbox.uids import UID_RANGE_START
@@ -31,6 +32,7 @@ log = logging.getLogger("codesherpa.egress")
 # Below the workers' uids: no session shares it, so none can signal or trace the proxy.
 PROXY_UID = UID_RANGE_START - 1
 STOP_TIMEOUT_S = 5.0
+START_TIMEOUT_S = 30.0
 REPORT_MAX_BYTES = 8192
 
 
@@ -97,6 +99,17 @@ class EgressClient:
         assert self._process.stdin is not None
         self._process.stdin.write(order.model_dump_json().encode())
         self._process.stdin.close()
+        ours.settimeout(START_TIMEOUT_S)
+        try:
+            layers = json.loads(ours.recv(REPORT_MAX_BYTES))["ready"]
+        except (OSError, ValueError, KeyError, TypeError):
+            ours.close()
+            self.stop()
+            raise EgressUnavailable(
+                "the egress proxy did not start; see its output above"
+            ) from None
+        for layer in layers:
+            log.info("egress proxy: %s", layer)
         ours.setblocking(False)
         self._control = ours
 

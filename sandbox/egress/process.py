@@ -4,6 +4,7 @@ The service execs ``python -P -m sandbox.egress`` with a clean environment and w
 a ``ProxyStartOrder`` on its stdin (the command line and environment name nothing).
 Then, on a SOCK_SEQPACKET control socket:
 
+    proxy → service  {"ready": [its layers]} once confined
     service → proxy  SessionListener (JSON) with the session's listener and its
                      worker's pidfd attached: serve that session until the worker ends
     proxy → service  one JSON report per connection, allowed or refused
@@ -34,6 +35,7 @@ from sandbox.confine.process import (
     prctl,
 )
 from sandbox.egress.budget import SessionBudget
+from sandbox.egress.confinement import apply_landlock, apply_seccomp, prepare_seccomp
 from sandbox.egress.destinations import DestinationPolicy, IPAddress
 from sandbox.egress.proxy import EgressProxy
 from sandbox.policy.network import Network
@@ -81,10 +83,11 @@ def import_what_is_used_later() -> None:
 
 def confine_self(order: ProxyStartOrder) -> None:
     """What of a worker's confinement fits a network proxy: rlimits, no core, not
-    dumpable, no-new-privs, an unprivileged uid, death with the service."""
+    dumpable, no-new-privs, an unprivileged uid, death with the service.  No file-size
+    limit: its stderr (the service's, maybe a file) must take its lines; Landlock keeps
+    it from opening any file for writing."""
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     resource.setrlimit(resource.RLIMIT_NOFILE, (order.open_files, order.open_files))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (0, 0))
     if order.uid is not None and os.geteuid() == 0:
         os.setgroups([])
         os.setresgid(order.uid, order.uid, order.uid)
@@ -204,7 +207,12 @@ class ProxyProcess:
 def main() -> None:
     order = ProxyStartOrder.model_validate_json(sys.stdin.buffer.read())
     import_what_is_used_later()
+    seccomp = prepare_seccomp()
     confine_self(order)
+    # Single-threaded still: both layers hold every thread started from here on.
+    layers = [apply_landlock(), apply_seccomp(seccomp)]
+    # The service waits for this before it hands the proxy any session.
+    socket.socket(fileno=os.dup(order.control_fd)).send(json.dumps({"ready": layers}).encode())
 
     async def serve() -> None:
         await ProxyProcess(order).run()

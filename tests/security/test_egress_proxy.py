@@ -20,11 +20,12 @@ import shutil
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from sandbox import RunReply, Session, WorkerHandle, ZygoteClient, workspaces
-from sandbox.egress.client import EgressReport
+from sandbox.egress.client import PROXY_UID, EgressReport
 from sandbox.policy import parse_policy
 from tests.api.server import TEST_POLICY
 from tests.loopback_http import LoopbackServer, loopback_server
@@ -427,3 +428,23 @@ async def test_the_proxy_lets_go_of_a_sessions_listener_when_its_worker_ends(
             break
         await asyncio.sleep(0.02)
     assert proxy_sockets() == before
+
+
+def test_the_proxy_runs_confined_with_nothing_of_the_service(egress_zygote: ZygoteClient) -> None:
+    egress = egress_zygote.egress
+    assert egress is not None
+    assert egress.pid is not None
+    status = dict(
+        line.split(":", 1) for line in Path(f"/proc/{egress.pid}/status").read_text().splitlines()
+    )
+    assert status["Uid"].split() == [str(PROXY_UID)] * 4
+    assert status["Gid"].split() == [str(PROXY_UID)] * 4
+    assert status["Groups"].strip() == ""
+    assert status["CapEff"].strip() == "0000000000000000"
+    assert status["NoNewPrivs"].strip() == "1"
+    assert status["Seccomp"].strip() == "2"
+    environment = Path(f"/proc/{egress.pid}/environ").read_bytes().split(b"\0")
+    names = sorted(entry.split(b"=")[0].decode() for entry in environment if entry)
+    assert names == ["LANG", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH"]
+    command = Path(f"/proc/{egress.pid}/cmdline").read_bytes().split(b"\0")[1:-1]
+    assert command == [b"-P", b"-m", b"sandbox.egress"]
