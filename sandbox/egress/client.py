@@ -77,8 +77,11 @@ class EgressClient:
         self._control: socket.socket | None = None
         self._reading_on: asyncio.AbstractEventLoop | None = None
         self._sink: ReportSink | None = None
+        self._stopping = False
+        self._restart: asyncio.Task[None] | None = None
 
     def start(self) -> None:
+        self._stopping = False
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         order = ProxyStartOrder(
             network=self.network,
@@ -120,7 +123,13 @@ class EgressClient:
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
+    @property
+    def ready(self) -> bool:
+        """Running and confined: it takes sessions."""
+        return self._control is not None and self.alive()
+
     def stop(self) -> None:
+        self._stopping = True
         if self._reading_on is not None and self._control is not None:
             with contextlib.suppress(Exception):
                 self._reading_on.remove_reader(self._control)
@@ -177,12 +186,40 @@ class EgressClient:
             except OSError:
                 data = b""
             if not data:
-                if self._reading_on is not None:
-                    self._reading_on.remove_reader(self._control)
-                    self._reading_on = None
-                log.error("the egress proxy closed its control socket")
+                self._on_proxy_ended()
                 return
             self._deliver(data)
+
+    def _on_proxy_ended(self) -> None:
+        """On the loop: the proxy went (a crash, a kill).  Sessions it served have lost
+        their way out; a new proxy serves the sessions started from now on."""
+        loop = self._reading_on
+        if loop is None or self._control is None:
+            return
+        loop.remove_reader(self._control)
+        self._reading_on = None
+        self._control.close()
+        self._control = None
+        if self._stopping:
+            return
+        log.error("the egress proxy ended; starting another for new sessions")
+        self._restart = loop.create_task(self._start_again())
+
+    async def _start_again(self) -> None:
+        try:
+            await asyncio.to_thread(self._reap_and_start)
+        except Exception:
+            log.exception("cannot start the egress proxy again: new sessions have no network")
+            return
+        if self._sink is not None:
+            self.report_to(self._sink)
+
+    def _reap_and_start(self) -> None:
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait()
+            self._process = None
+        self.start()
 
     def _deliver(self, data: bytes) -> None:
         try:

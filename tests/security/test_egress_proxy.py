@@ -17,6 +17,7 @@ import errno
 import os
 import secrets
 import shutil
+import signal
 import tempfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -448,3 +449,29 @@ def test_the_proxy_runs_confined_with_nothing_of_the_service(egress_zygote: Zygo
     assert names == ["LANG", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH"]
     command = Path(f"/proc/{egress.pid}/cmdline").read_bytes().split(b"\0")[1:-1]
     assert command == [b"-P", b"-m", b"sandbox.egress"]
+
+
+async def test_a_proxy_that_dies_is_replaced_for_new_sessions(
+    egress_zygote: ZygoteClient, targets: Targets, reports: Reports
+) -> None:
+    egress = egress_zygote.egress
+    assert egress is not None
+    killed = egress.pid
+    assert killed is not None
+    os.kill(killed, signal.SIGKILL)
+    for _ in range(500):
+        if egress.pid not in (None, killed) and egress.ready:
+            break
+        await asyncio.sleep(0.02)
+    assert egress.pid not in (None, killed)
+    session = await Session.start(egress_zygote)
+    try:
+        assert session.worker is not None
+        assert egress.attach(session.worker, "tenant-a", "after-the-crash")
+        outcome = await session.run_python(URLOPEN + f"fetch({targets.allowed.url!r})")
+        assert outcome.reply.value == repr("hello from allowed; got 0 bytes")
+        (report,) = await reports.of("after-the-crash", 1)
+        assert report.verdict == "allowed"
+    finally:
+        await session.close()
+        workspaces.remove(session.workspace)
