@@ -173,3 +173,35 @@ def parse_head(head: bytes) -> RequestHead:
     if method == "CONNECT" and length:
         raise BadRequest("CONNECT with a body is refused")
     return RequestHead(method, host, port, path, headers, length)
+
+
+MAX_RESPONSE_HEAD_BYTES = 64 * 1024
+_CONNECTION_HEADERS = (b"connection:", b"keep-alive:", b"proxy-connection:")
+
+
+class ResponseHeadRewriter:
+    """Marks a forwarded response "Connection: close": the proxy serves one request per
+    connection, and a client that kept the connection for its next request would find
+    it closed under it.  Everything after the head passes through untouched."""
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self.done = False
+
+    def feed(self, data: bytes) -> bytes:
+        """What to send the client for ``data``; BadRequest for a head out of bounds."""
+        if self.done:
+            return data
+        self._buffer += data
+        end = head_complete(self._buffer)
+        if end < 0:
+            if len(self._buffer) > MAX_RESPONSE_HEAD_BYTES:
+                raise BadRequest("the response head is over the proxy's limit")
+            return b""
+        self.done = True
+        head, rest = self._buffer[: end - 4], self._buffer[end:]
+        self._buffer = b""
+        lines = [
+            line for line in head.split(b"\r\n") if not line.lower().startswith(_CONNECTION_HEADERS)
+        ]
+        return b"\r\n".join([*lines, b"Connection: close"]) + b"\r\n\r\n" + rest

@@ -23,6 +23,7 @@ from sandbox.egress.http_head import (
     MAX_HEAD_BYTES,
     BadRequest,
     RequestHead,
+    ResponseHeadRewriter,
     head_complete,
     parse_head,
 )
@@ -211,6 +212,7 @@ class EgressProxy:
             upstream[1].write(early)
         await upstream[1].drain()
         remaining = None if limit is None else limit - len(early)
-        traffic = await relay((reader, writer), upstream, budget, self.network, remaining)
+        rewriter = None if head.is_connect else ResponseHeadRewriter()
+        traffic = await relay((reader, writer), upstream, budget, self.network, remaining, rewriter)
         traffic.up += len(early) + (0 if head.is_connect else len(forwarded))
         return traffic

@@ -8,6 +8,7 @@ import contextlib
 from dataclasses import dataclass
 
 from sandbox.egress.budget import SessionBudget
+from sandbox.egress.http_head import BadRequest, ResponseHeadRewriter
 from sandbox.policy.network import Network
 
 CHUNK = 64 * 1024
@@ -29,6 +30,7 @@ async def _pump(
     traffic: Traffic,
     upward: bool,
     limit: int | None,
+    rewriter: ResponseHeadRewriter | None = None,
 ) -> None:
     """Copy until EOF (or ``limit`` bytes); then half-close the sink."""
     loop = asyncio.get_running_loop()
@@ -56,6 +58,12 @@ async def _pump(
             traffic.down += len(data)
         if remaining is not None:
             remaining -= len(data)
+        if rewriter is not None:
+            try:
+                data = rewriter.feed(data)
+            except BadRequest:
+                traffic.cut = "response head"
+                break
         sink.write(data)
         await sink.drain()
     # A tunnel's half-close is passed on; a forwarded request's body just ends (its
@@ -71,6 +79,7 @@ async def relay(
     budget: SessionBudget,
     limits: Network,
     up_limit: int | None,
+    rewriter: ResponseHeadRewriter | None = None,
 ) -> Traffic:
     """Relay both ways until the destination is done (or a budget ends it).
 
@@ -82,7 +91,7 @@ async def relay(
         _pump(client[0], upstream[1], budget, limits, traffic, True, up_limit)
     )
     down = asyncio.ensure_future(
-        _pump(upstream[0], client[1], budget, limits, traffic, False, None)
+        _pump(upstream[0], client[1], budget, limits, traffic, False, None, rewriter)
     )
     try:
         # The destination's answer decides the end; a cut either way ends both.

@@ -10,7 +10,9 @@ from hypothesis import strategies as st
 from sandbox.egress.http_head import (
     MAX_HEAD_BYTES,
     MAX_HEADERS,
+    MAX_RESPONSE_HEAD_BYTES,
     BadRequest,
+    ResponseHeadRewriter,
     head_complete,
     parse_head,
 )
@@ -147,3 +149,23 @@ def test_well_formed_headers_are_forwarded_as_they_came(headers: list[tuple[str,
     forwarded = parsed.forwarded().decode()
     for line in lines:
         assert f"\r\n{line}\r\n" in forwarded
+
+
+def test_a_forwarded_response_is_marked_connection_close_and_its_body_untouched() -> None:
+    rewriter = ResponseHeadRewriter()
+    response = (
+        b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: keep-alive\r\n"
+        b"Keep-Alive: timeout=5\r\n\r\nbody"
+    )
+    out = b"".join(rewriter.feed(response[i : i + 7]) for i in range(0, len(response), 7))
+    assert out == b"HTTP/1.1 200 OK\r\nContent-Length: 4\r\nConnection: close\r\n\r\nbody"
+    assert rewriter.feed(b"more") == b"more"
+
+
+def test_a_response_head_without_end_is_refused_past_its_bound() -> None:
+    rewriter = ResponseHeadRewriter()
+    line = b"X-A: " + b"a" * 1000 + b"\r\n"
+    for _ in range(MAX_RESPONSE_HEAD_BYTES // len(line)):
+        assert rewriter.feed(line) == b""  # held back until the head ends
+    with pytest.raises(BadRequest):
+        rewriter.feed(line)
