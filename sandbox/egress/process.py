@@ -41,6 +41,7 @@ from sandbox.egress.proxy import EgressProxy
 from sandbox.policy.network import Network
 
 MAX_PENDING_REPORTS = 10_000
+MAX_BUDGETS = 10_000
 OWN_ADDRESSES_TTL_S = 5.0
 CONTROL_MESSAGE_MAX = 4096
 # getaddrinfo in the loop's thread pool; the IDNA codec for names it encodes.
@@ -106,7 +107,10 @@ class ProxyProcess:
         self.dropped = 0
         self._destinations: tuple[float, DestinationPolicy] | None = None
         self.proxy = EgressProxy(order.network, self.destinations, self.report)
-        self.budgets: dict[str, SessionBudget] = {}
+        # A session's budget outlives its workers (a restart must not renew it); kept
+        # for MAX_BUDGETS sessions, those with no worker left going first.
+        self.budgets: dict[tuple[str, str], SessionBudget] = {}
+        self.serving: collections.Counter[tuple[str, str]] = collections.Counter()
         self.sessions: set[asyncio.Future[None]] = set()
         self.done = asyncio.get_running_loop().create_future()
 
@@ -178,9 +182,9 @@ class ProxyProcess:
         loop = asyncio.get_running_loop()
         listener = socket.socket(fileno=listener_fd)
         listener.setblocking(False)
-        budget = self.budgets.setdefault(
-            message.session, SessionBudget(message.tenant, message.session)
-        )
+        key = (message.tenant, message.session)
+        budget = self.budgets.setdefault(key, SessionBudget(message.tenant, message.session))
+        self.serving[key] += 1
         server = await asyncio.start_server(
             lambda reader, writer: self.proxy.handle(reader, writer, budget), sock=listener
         )
@@ -198,6 +202,16 @@ class ProxyProcess:
             os.close(pidfd)
             # The listener holds the session's network namespace: it goes now.
             server.close()
+            self.serving[key] -= 1
+            self._forget_ended_sessions()
+
+    def _forget_ended_sessions(self) -> None:
+        for key in list(self.budgets):
+            if len(self.budgets) <= MAX_BUDGETS:
+                return
+            if self.serving[key] <= 0 and self.budgets[key].open_now == 0:
+                del self.budgets[key]
+                del self.serving[key]
 
     async def run(self) -> None:
         asyncio.get_running_loop().add_reader(self.control, self.on_control)

@@ -56,6 +56,16 @@ def refusal_response(status: int, phrase: str, body: str) -> bytes:
     return head.encode() + data
 
 
+async def close_within(writer: asyncio.StreamWriter, deadline_s: float) -> None:
+    """Close, letting buffered bytes go for ``deadline_s``; then drop them: a peer that
+    never reads must not hold the proxy's descriptors."""
+    writer.close()
+    try:
+        await asyncio.wait_for(writer.wait_closed(), deadline_s)
+    except (OSError, TimeoutError):
+        writer.transport.abort()
+
+
 class EgressProxy:
     def __init__(
         self,
@@ -125,9 +135,7 @@ class EgressProxy:
                 failure = Refusal("proxy", f"the proxy failed: {type(exc).__name__}: {exc}")
                 await self._refuse(writer, 502, failure, facts)
         finally:
-            writer.close()
-            with contextlib.suppress(Exception):
-                await writer.wait_closed()
+            await close_within(writer, WRITE_DEADLINE_S)
 
     async def _serve(
         self,
@@ -166,7 +174,7 @@ class EgressProxy:
         try:
             traffic = await self._exchange(reader, writer, upstream, head, rest, budget)
         finally:
-            upstream[1].close()
+            await close_within(upstream[1], WRITE_DEADLINE_S)
             facts.update(bytes_up=traffic.up, bytes_down=traffic.down, cut=traffic.cut)
             self._emit(facts, verdict="allowed", key=None)
 

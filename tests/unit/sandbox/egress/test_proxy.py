@@ -276,3 +276,36 @@ async def test_a_head_that_never_ends_is_refused_after_its_deadline(
         await settle(proxy.reports, 1)
     assert answer.startswith(b"HTTP/1.1 400 Bad Request by request\r\n")
     assert proxy.budget.open_now == 0
+
+
+async def test_a_session_that_stops_reading_cannot_hold_the_proxy(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A download nobody reads: the connection is cut after idle_timeout_s, its bytes
+    are dropped after the close deadline, and the session's slot is free again."""
+    monkeypatch.setattr(proxy_module, "WRITE_DEADLINE_S", 0.2)
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError):
+            for _ in range(512):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.2", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        network = allowlist(f"127.0.0.2:{port}", idle_timeout_s=0.3)
+        async with rig(network, Resolver()) as proxy:
+            reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.write(f"CONNECT 127.0.0.2:{port} HTTP/1.1\r\n\r\n".encode())
+            await reader.readuntil(b"\r\n\r\n")
+            # ... and read nothing more.
+            await settle(proxy.reports, 1)
+            assert proxy.budget.open_now == 0
+            writer.transport.abort()
+    finally:
+        server.close()
+    (report,) = proxy.reports
+    assert report["cut"] == "network.idle_timeout_s"
+    assert report["bytes_down"] < 512 * 65536
