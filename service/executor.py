@@ -23,6 +23,7 @@ from sandbox import (
     parse_and_check,
 )
 from sandbox.errors import SandboxError
+from sandbox.magics import installs_packages
 from service.audit import AuditLog
 from service.callers import Caller
 from service.errors import SandboxUnavailable, ServiceError, SessionBusy, SessionExpired
@@ -79,6 +80,8 @@ class Executor:
 
     def _denial(self, caller: Caller, record: SessionRecord, command: str) -> RunOutcome | None:
         """The outcome of a command the policy refuses, before anything runs; else None."""
+        if installs_packages(command):
+            return None  # the session's worker checks a pip line against packages.*
         try:
             parse_and_check(command, record.session.policy.commands)
         except CommandDenied as denial:

@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         Commands,
         Isolation,
         Limits,
+        Packages,
         Policy,
         PythonSettings,
         Sessions,
@@ -201,6 +202,22 @@ PYTHON_CHECKS: tuple[Check[PythonSettings], ...] = (
             f"{name!r} is not a module name"
             for name in python.preload
             if not _MODULE_NAME.match(name)
+        ),
+    ),
+)
+
+
+# An index pip reads: a URL with one of these schemes and a location.
+_INDEX_URL = re.compile(r"^(?:https?://[^\s/?#]+|file://)/?[^\s]*$")
+
+PACKAGES_CHECKS: tuple[Check[Packages], ...] = (
+    Check(
+        "index_url",
+        "index_url is empty (the host pip's index) or an http, https or file URL with no spaces.",
+        lambda packages: (
+            [f"{packages.index_url!r} is not an http, https or file URL"]
+            if packages.index_url and not _INDEX_URL.match(packages.index_url)
+            else []
         ),
     ),
 )

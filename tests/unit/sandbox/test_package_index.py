@@ -1,0 +1,92 @@
+"""The index a session's pip installs from when the policy names none: the host's."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from sandbox.package_index import for_sessions, host_index_url, index_host
+from sandbox.policy import Packages, Policy
+
+
+def environment(tmp_path: Path, **variables: str) -> dict[str, str]:
+    """A host whose home and XDG directories are empty temporary ones."""
+    home = tmp_path / "home"
+    home.mkdir(exist_ok=True)
+    return {
+        "HOME": str(home),
+        "XDG_CONFIG_DIRS": str(tmp_path / "xdg"),
+        "XDG_CONFIG_HOME": str(home / ".config"),
+        **variables,
+    }
+
+
+def config(path: Path, text: str) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return str(path)
+
+
+def test_the_file_pip_config_file_names_gives_the_index(tmp_path: Path) -> None:
+    named = config(tmp_path / "pip.conf", "[global]\nindex-url = http://mirror.invalid/simple\n")
+    assert host_index_url(environment(tmp_path, PIP_CONFIG_FILE=named)) == (
+        "http://mirror.invalid/simple"
+    )
+
+
+def test_install_section_wins_over_global_and_the_variable_over_every_file(
+    tmp_path: Path,
+) -> None:
+    named = config(
+        tmp_path / "pip.conf",
+        "[global]\nindex-url = http://global.invalid/simple\n"
+        "[install]\nindex_url = http://install.invalid/simple\n",
+    )
+    env = environment(tmp_path, PIP_CONFIG_FILE=named)
+    assert host_index_url(env) == "http://install.invalid/simple"
+    env["PIP_INDEX_URL"] = "http://variable.invalid/simple"
+    assert host_index_url(env) == "http://variable.invalid/simple"
+
+
+def test_the_users_file_counts_and_the_explicit_file_overrides_it(tmp_path: Path) -> None:
+    env = environment(tmp_path)
+    config(
+        Path(env["XDG_CONFIG_HOME"]) / "pip" / "pip.conf",
+        "[global]\nindex-url = http://user.invalid/s\n",
+    )
+    assert host_index_url(env) == "http://user.invalid/s"
+    named = config(tmp_path / "other.conf", "[global]\nindex-url = http://named.invalid/s\n")
+    assert host_index_url({**env, "PIP_CONFIG_FILE": named}) == "http://named.invalid/s"
+
+
+def test_devnull_skips_every_file_and_pip_s_own_default_is_used(tmp_path: Path) -> None:
+    env = environment(tmp_path, PIP_CONFIG_FILE=os.devnull)
+    config(
+        Path(env["XDG_CONFIG_HOME"]) / "pip" / "pip.conf",
+        "[global]\nindex-url = http://user.invalid/s\n",
+    )
+    default = host_index_url(env)
+    assert default != "http://user.invalid/s"
+    assert default.startswith("https://")  # whatever pip ships, read from pip itself
+
+
+def test_an_unreadable_file_is_skipped(tmp_path: Path) -> None:
+    broken = config(tmp_path / "broken.conf", "index-url with no section\n")
+    assert host_index_url(environment(tmp_path, PIP_CONFIG_FILE=broken)).startswith("https://")
+
+
+def test_workers_get_the_host_index_only_where_the_policy_names_none(tmp_path: Path) -> None:
+    named = config(tmp_path / "pip.conf", "[global]\nindex-url = http://host.invalid/simple\n")
+    env = environment(tmp_path, PIP_CONFIG_FILE=named)
+    on = Policy(packages=Packages(install="index"))
+    assert for_sessions(on, env).packages.index_url == "http://host.invalid/simple"
+    own = Policy(packages=Packages(install="index", index_url="file:///mnt/data/index"))
+    assert for_sessions(own, env) is own
+    off = Policy()
+    assert for_sessions(off, env) is off
+
+
+def test_the_index_host_is_what_the_proxy_lets_installs_reach() -> None:
+    assert index_host("https://mirror.invalid/simple") == ("mirror.invalid", 443)
+    assert index_host("http://10.0.0.5:8080/simple") == ("10.0.0.5", 8080)
+    assert index_host("file:///mnt/data/index") is None
