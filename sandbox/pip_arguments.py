@@ -96,15 +96,16 @@ _NUMBER = re.compile(r"^\d+(\.\d+)?$")
 
 @dataclass
 class InstallArguments:
-    """What pip gets after ``install``, and the requirement files' checked texts."""
+    """What pip gets after its subcommand, and the requirement files' checked texts."""
 
+    subcommand: str = "install"
     arguments: list[str] = field(default_factory=list)
     # name pip reads -> checked text; the installer writes them beside the staging area.
     requirement_files: dict[str, str] = field(default_factory=dict)
 
 
-def install_words(line: str) -> list[str]:
-    """The words after ``install`` of a ``pip install …`` line, quoted as a shell quotes."""
+def pip_words(line: str) -> tuple[str, list[str]]:
+    """A pip line's subcommand and the words after it, quoted as a shell quotes."""
     try:
         tokens = tokenize(line)
     except CommandDenied as denial:
@@ -116,18 +117,52 @@ def install_words(line: str) -> list[str]:
     return subcommand_arguments(words)
 
 
-def subcommand_arguments(words: list[str]) -> list[str]:
-    """The words after ``install`` of ``pip install …`` (or ``python -m pip install …``)."""
+def subcommand_arguments(words: list[str]) -> tuple[str, list[str]]:
+    """``pip install …`` (or ``python -m pip …``) as ("install", the words after it)."""
     if len(words) >= 3 and re.fullmatch(r"python[\d.]*", os.path.basename(words[0])):
         words = words[2:] if words[1] == "-m" else words
     tool = os.path.basename(words[0]) if words else ""
     if not re.fullmatch(r"pip[\d.]*", tool):
         raise PipRefused(tool or "(nothing)", "packages install with pip (`%pip install name`)")
     rest = words[1:]
-    if not rest or rest[0] != "install":
+    if not rest or (rest[0] != "install" and rest[0] not in _INSPECTIONS):
         given = rest[0] if rest else "(no subcommand)"
-        raise PipRefused(f"pip {given}", "a session runs `pip install` only")
-    return rest[1:]
+        raise PipRefused(f"pip {given}", "a session runs `pip install`, `list`, `show`, `freeze`")
+    return rest[0], rest[1:]
+
+
+def check_line(line: str, cwd: str, workspace: str, policy: Packages) -> InstallArguments:
+    """A pip line checked: what pip gets after its subcommand; raises ``PipRefused``."""
+    subcommand, words = pip_words(line)
+    if subcommand == "install":
+        return check_install(words, cwd, workspace, policy)
+    return InstallArguments(subcommand=subcommand, arguments=_inspection(subcommand, words))
+
+
+# pip's read-only subcommands, and the options each may take (None: any value).
+_INSPECTIONS: dict[str, dict[str, tuple[str, ...] | None]] = {
+    "list": {"--not-required": (), "--format": ("columns", "freeze", "json")},
+    "freeze": {"--all": ()},
+    "show": {"-f": (), "--files": (), "-v": (), "--verbose": ()},
+}
+_PROJECT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+def _inspection(subcommand: str, words: list[str]) -> list[str]:
+    allowed = _INSPECTIONS[subcommand]
+    checked: list[str] = []
+    for word in words:
+        if not word.startswith("-"):
+            if subcommand != "show" or not _PROJECT_NAME.match(word):
+                raise PipRefused(word, f"`pip {subcommand}` takes no such argument")
+            checked.append(word)
+            continue
+        name, _, value = word.partition("=")
+        values = allowed.get(name)
+        if values is None or (values and value not in values) or (not values and value):
+            raise PipRefused(name, f"not an option `pip {subcommand}` takes in a session")
+        checked.append(word)
+    return checked
 
 
 def check_install(words: list[str], cwd: str, workspace: str, policy: Packages) -> InstallArguments:

@@ -34,7 +34,7 @@ from urllib.parse import urlsplit
 
 from sandbox.command_runner import CommandResult
 from sandbox.commands import CommandDenied
-from sandbox.pip_arguments import InstallArguments, PipRefused, check_install, install_words
+from sandbox.pip_arguments import InstallArguments, PipRefused, check_line
 from sandbox.policy import Packages
 
 SITE_DIRECTORY = ".packages"
@@ -57,8 +57,8 @@ runpy.run_module("pip", run_name="__main__", alter_sys=True)
 """
 # After a failed install: the likeliest reason a package "has no matching version".
 ONLY_BINARY_NOTE = (
-    b"pip: only binary wheels are installed in this sandbox (policy key packages.only_binary);"
-    b" a package published only as source cannot be installed\n"
+    b"pip: note: only binary wheels are installed here (policy key packages.only_binary):"
+    b" a package published only as source has no version to install\n"
 )
 # pip reads these from the environment; a session's %env must not steer its installs.
 _PIP_VARIABLE = re.compile(r"^PIP_")
@@ -99,11 +99,16 @@ class PackageInstaller:
         self._site = site_directory(workspace)
 
     def check(self, line: str) -> InstallArguments:
-        """A ``pip install …`` line's arguments, checked; raises ``PipRefused``."""
-        return check_install(install_words(line), os.getcwd(), self._workspace, self._policy)
+        """A pip line's arguments, checked; raises ``PipRefused``."""
+        return check_line(line, os.getcwd(), self._workspace, self._policy)
 
     def run(self, checked: InstallArguments, stdout_fd: int, stderr_fd: int) -> int:
         """pip's exit status, its output on the given descriptors."""
+        if checked.subcommand != "install":
+            # list, show, freeze: what the session can import, the site directory included.
+            command = [sys.executable, "-c", _PIP_WITHOUT_HIDDEN_PATHS, checked.subcommand]
+            command += ["--disable-pip-version-check", *checked.arguments]
+            return self._pip(command, self._workspace, stdout_fd, stderr_fd)
         if not self._policy.index_url:
             os.write(stderr_fd, b"pip: no package index is configured (packages.index_url)\n")
             return 1
@@ -152,6 +157,9 @@ class PackageInstaller:
         for name, text in checked.requirement_files.items():
             with open(os.path.join(staging, name), "w", encoding="utf-8") as file:
                 file.write(text)
+        return self._pip(self.command(checked, staging), staging, stdout_fd, stderr_fd)
+
+    def _pip(self, command: list[str], cwd: str, stdout_fd: int, stderr_fd: int) -> int:
         environment = {
             name: value for name, value in os.environ.items() if not _PIP_VARIABLE.match(name)
         }
@@ -161,12 +169,12 @@ class PackageInstaller:
             PYTHONNOUSERSITE="1",
         )
         process = subprocess.Popen(
-            self.command(checked, staging),
+            command,
             stdin=subprocess.DEVNULL,
             stdout=stdout_fd,
             stderr=stderr_fd,
             env=environment,
-            cwd=staging,
+            cwd=cwd,
             close_fds=True,
         )
         try:

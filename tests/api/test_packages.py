@@ -223,3 +223,17 @@ def test_an_install_beyond_the_workspace_quota_fails_and_leaves_nothing(
     # The space is free again: a file of the same size as the failed install's fits.
     refill = run(client, session, f"open('refill', 'wb').write(bytes({12 * MB}))")
     assert refill["status"] == "ok", refill
+
+
+def test_pip_list_and_show_see_the_sessions_packages_and_the_services(
+    client: httpx.Client, session: str
+) -> None:
+    upload_index(client, session, {"shown": [module_wheel("shown", "0.3")]})
+    assert run(client, session, "%pip install -q shown")["status"] == "ok"
+    shown = run(client, session, "%pip show shown")
+    assert "Name: shown" in shown["result"], shown
+    assert "Version: 0.3" in shown["result"]
+    assert "Location: /mnt/data/.packages" in shown["result"], shown
+    listed_packages = run(client, session, "names = !pip list --format=freeze\nnames")
+    assert "shown==0.3" in listed_packages["result"], listed_packages
+    assert "pandas==" in listed_packages["result"]

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from sandbox.pip_arguments import PipRefused, check_install, install_words
+from sandbox.pip_arguments import PipRefused, check_install, check_line
 from sandbox.policy import Packages
 
 INDEX = "https://index.invalid/simple"
@@ -16,7 +16,7 @@ POLICY = Packages(install="index", index_url=INDEX)
 
 
 def check(line: str, workspace: Path, policy: Packages = POLICY) -> list[str]:
-    return check_install(install_words(line), str(workspace), str(workspace), policy).arguments
+    return check_line(line, str(workspace), str(workspace), policy).arguments
 
 
 def refused(line: str, workspace: Path, policy: Packages = POLICY) -> str:
@@ -72,6 +72,11 @@ def test_allowed_options_pass_in_their_long_form(tmp_path: Path) -> None:
         ("pip install -r /etc/requirements.txt", "/etc/requirements.txt"),
         ("pip install y && rm -rf x", "&&"),
         ("pip uninstall y", "pip uninstall"),
+        ("pip download y", "pip download"),
+        ("pip list --outdated", "--outdated"),
+        ("pip list --index-url http://127.0.0.1/simple", "--index-url"),
+        ("pip freeze -r /etc/requirements.txt", "-r"),
+        ("pip show /etc/passwd", "/etc/passwd"),
         ("conda install y", "conda"),
     ],
 )
@@ -79,6 +84,22 @@ def test_what_escapes_the_design_is_refused_naming_the_option(
     line: str, option: str, tmp_path: Path
 ) -> None:
     assert refused(line, tmp_path) == option
+
+
+@pytest.mark.parametrize(
+    ("line", "subcommand", "arguments"),
+    [
+        ("pip list", "list", []),
+        ("pip list --format=json --not-required", "list", ["--format=json", "--not-required"]),
+        ("pip freeze --all", "freeze", ["--all"]),
+        ("pip show -f pandas", "show", ["-f", "pandas"]),
+    ],
+)
+def test_the_read_only_subcommands_run_with_their_harmless_options(
+    line: str, subcommand: str, arguments: list[str], tmp_path: Path
+) -> None:
+    checked = check_line(line, str(tmp_path), str(tmp_path), POLICY)
+    assert (checked.subcommand, checked.arguments) == (subcommand, arguments)
 
 
 def test_the_policys_own_index_may_be_named(tmp_path: Path) -> None:
@@ -109,9 +130,7 @@ def test_a_requirement_file_is_checked_line_by_line_and_pip_gets_the_checked_cop
     (tmp_path / "requirements.txt").write_text(
         "# pinned\npandas==2.0 \\\n    --hash=sha256:abc\nrequests  # inline comment\n"
     )
-    checked = check_install(
-        install_words("pip install -r requirements.txt"), str(tmp_path), str(tmp_path), POLICY
-    )
+    checked = check_line("pip install -r requirements.txt", str(tmp_path), str(tmp_path), POLICY)
     assert checked.arguments == ["--requirement", "requirements-0.txt"]
     assert checked.requirement_files == {
         "requirements-0.txt": "pandas==2.0 --hash=sha256:abc\nrequests\n"
