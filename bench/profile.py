@@ -9,13 +9,20 @@ this module adds up, per process, the samples in which a function is on the stac
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from bench.client import TRIVIAL, CodeSherpa
+from bench.counts import PAUSE_BETWEEN_STARTS_S
 
 _PROCESS_FRAME = re.compile(r"^process (\d+):\"?(.*?)\"?$")
 TOP = 25
@@ -166,3 +173,61 @@ def render(summary: dict[str, Any]) -> str:
             for frame, count in top:
                 lines.append(f"  {100 * count / total:5.1f}%  {frame}")
     return "\n".join(lines) + "\n"
+
+
+# -- under load ---------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def _load(cs_url: str, scenario: str) -> Iterator[list[int]]:
+    """A client looping one scenario until the block ends; yields a count of requests.
+
+    "repl": trivial runs on one session (the hot path); "start": new session, first
+    pandas result, delete (the session start path).
+    """
+    client = CodeSherpa(cs_url)
+    session_id = client.create_session()
+    client.run_ok(session_id, TRIVIAL)
+    request = client.prepared_run(session_id, TRIVIAL)
+    stop = threading.Event()
+    done = [0]
+
+    def loop() -> None:
+        while not stop.is_set():
+            if scenario == "repl":
+                client.timed(request)
+            else:
+                started, _, _ = client.start_to_first_result()
+                client.delete(started)
+                time.sleep(PAUSE_BETWEEN_STARTS_S)
+            done[0] += 1
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        yield done
+    finally:
+        stop.set()
+        thread.join()
+        client.delete(session_id)
+        client.close()
+
+
+def measure_profile(
+    cs_url: str, service_pid: int, out: Path, tmp: Path, seconds: int
+) -> dict[str, Any]:
+    """py-spy on the service and its children: the /repl hot path, then session starts."""
+    summaries: dict[str, Any] = {}
+    for scenario in ("repl", "start"):
+        raw = tmp / f"profile-{scenario}.txt"
+        with _load(cs_url, scenario) as done:
+            before = done[0]
+            record(service_pid, seconds, raw, fmt="raw")
+            requests = done[0] - before
+        summary_ = summarize(raw)
+        summary_["requests_during_recording"] = requests
+        (out / f"profile-{scenario}-top.txt").write_text(render(summary_))
+        summaries[scenario] = summary_
+    with _load(cs_url, "repl"):
+        record(service_pid, seconds, out / "profile-repl.svg", fmt="flamegraph")
+    return summaries

@@ -53,6 +53,20 @@ TARGETS = (
     Target(
         "fork_bomb_neighbour_p99", "neighbour p99 beside a fork bomb <= 2x idle", 2.0, True, True
     ),
+    Target(
+        "stream_first_chunk_vs_jupyter",
+        "streamed first stdout p50 vs Jupyter's first stream message (info)",
+        1.0,
+        True,
+        False,
+    ),
+    Target(
+        "stream_throughput_vs_jupyter",
+        "a big print streamed, MB/s to its end vs Jupyter iopub (info; output cap)",
+        1.0,
+        False,
+        False,
+    ),
 )
 # Every key the JSON's "ratios" holds, for the smoke test and for readers of the JSON.
 METRIC_KEYS = tuple(target.key for target in TARGETS)
@@ -93,6 +107,22 @@ def _measure(results: dict[str, Any], key: str) -> tuple[float | None, str]:
         base = _get(neighbours, idle, "p99_ms")
         return ratio(p99, base), f"{p99} ms vs idle {base} ms"
 
+    def first_chunks() -> tuple[float | None, str]:
+        a = _get(results, "streaming", "codesherpa", "first_chunk", "p50_ms")
+        b = _get(results, "streaming", "jupyter", "first_chunk", "p50_ms")
+        return ratio(a, b), f"{a} ms vs {b} ms"
+
+    def streamed_print() -> tuple[float | None, str]:
+        streaming = _get(results, "streaming") or {}
+        a = _get(streaming, "codesherpa", "throughput")
+        b = _get(streaming, "jupyter", "throughput")
+        if a is None or b is None:
+            return None, "-"
+        return ratio(a["mb_per_s"], b["mb_per_s"]), (
+            f"{a['mb_per_s']} vs {b['mb_per_s']} MB/s of {streaming['cell_mb']} MB; "
+            f"received {a['delivered_bytes'] // 1024} vs {b['delivered_bytes'] // 1024} KiB"
+        )
+
     measures: dict[str, Callable[[], tuple[float | None, str]]] = {
         "session_start_vs_20ms": lambda: (ratio(start, 20.0), f"{start} ms"),
         "session_start_speedup_vs_jupyter": lambda: (
@@ -109,6 +139,8 @@ def _measure(results: dict[str, Any], key: str) -> tuple[float | None, str]:
         "bare_worker_throughput_vs_empty": lambda: rates("bare_worker_rps"),
         "cpu_burn_neighbour_p99": lambda: hostile("cpu_burn", "idle_before_cpu_burn"),
         "fork_bomb_neighbour_p99": lambda: hostile("fork_bomb", "idle_before_fork_bomb"),
+        "stream_first_chunk_vs_jupyter": first_chunks,
+        "stream_throughput_vs_jupyter": streamed_print,
     }
     return measures[key]()
 

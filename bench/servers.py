@@ -84,10 +84,12 @@ def _wait_ready(name: str, process: subprocess.Popen[bytes], url: str, log: Path
     raise RuntimeError(f"{name} did not become ready:\n{log.read_text()}")
 
 
-def _start(name: str, argv: list[str], env: dict[str, str], tmp: Path, port: int) -> Server:
+def _start(
+    name: str, argv: list[str], env: dict[str, str], tmp: Path, port: int, tree: Path = ROOT
+) -> Server:
     log = tmp / f"{name}.log"
     with open(log, "wb") as out:
-        process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
+        process = subprocess.Popen(argv, env=env, cwd=tree, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     _wait_ready(name, process, url, log)
     return Server(name, url, process, log)
@@ -97,18 +99,26 @@ def base_environment() -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8"}
 
 
-def start_codesherpa(tmp: Path, policy: Path = BENCH_POLICY) -> Server:
+def start_codesherpa(
+    tmp: Path, policy: Path = BENCH_POLICY, tree: Path = ROOT, name: str = "codesherpa"
+) -> Server:
+    """The service of the source tree `tree`, its state under `tmp`.
+
+    `python -m service` run from the tree's root imports that tree's packages before the
+    installed ones, and the service starts its zygote from the package it imported.
+    """
     port = free_port()
+    state_dir = tmp / f"{name}-state"
     env = {
         **base_environment(),
-        "CODESHERPA_STATE_DIR": str(tmp / "state"),
+        "CODESHERPA_STATE_DIR": str(state_dir),
         "CODESHERPA_POLICY": str(policy),
         "CODESHERPA_PUBLIC_URL": f"http://127.0.0.1:{port}",
         **BENCH_SETTINGS,
     }
     argv = [sys.executable, "-m", "service", "serve", "--port", str(port)]
-    server = _start("codesherpa", argv, env, tmp, port)
-    server.state_dir = tmp / "state"
+    server = _start(name, argv, env, tmp, port, tree)
+    server.state_dir = state_dir
     return server
 
 

@@ -81,3 +81,10 @@ def tree_uss_bytes(pid: int) -> int:
     """USS of a process and its descendants (a Jupyter kernel is one process, usually)."""
     root = psutil.Process(pid)
     return uss_bytes([root, *root.children(recursive=True)])
+
+
+MB = 2**20
+
+
+def rounded(value: float, digits: int = 3) -> float:
+    return round(value, digits)

@@ -19,7 +19,13 @@ from bench.report import METRIC_KEYS
 ROOT = Path(__file__).resolve().parents[2]
 HOST_PID_NAMESPACE_INODE = 0xEFFFFFFC
 # Ratios that need the Jupyter kernel; without jupyter_client they are null.
-JUPYTER_KEYS = {"session_start_speedup_vs_jupyter", "repl_p50_vs_jupyter", "idle_uss_vs_jupyter"}
+JUPYTER_KEYS = {
+    "session_start_speedup_vs_jupyter",
+    "repl_p50_vs_jupyter",
+    "idle_uss_vs_jupyter",
+    "stream_first_chunk_vs_jupyter",
+    "stream_throughput_vs_jupyter",
+}
 
 pytestmark = [
     pytest.mark.skipif(os.geteuid() != 0, reason="the service runs as root"),
@@ -62,6 +68,9 @@ def test_a_quick_run_writes_every_metric(tmp_path: Path) -> None:
         assert row["target"] in run.stdout
     for section in ("round_trip", "session_start", "idle_memory", "throughput", "neighbours"):
         assert results[section], section
+    # The streamed print reached the client, within the policy's output cap.
+    streamed = results["streaming"]["codesherpa"]["throughput"]
+    assert 0 < streamed["delivered_bytes"] <= 2 * results["streaming"]["output_cap_chars"] + 200
     assert results["neighbours"]["cpu_burn"]["hostile_status"] in ("timeout", "killed")
     assert results["neighbours"]["fork_bomb"]["hostile_status"] in ("timeout", "killed")
     assert results["scaling"]["memory"]
