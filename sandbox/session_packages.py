@@ -187,20 +187,25 @@ class PackageInstaller:
 
     def _move_in(self, staging: str, stderr_fd: int) -> int:
         """Move the staged packages into the site directory; 0, or 1 with a message."""
-        staged = [
-            path
-            for path in glob.glob(
-                os.path.join(glob.escape(staging), "lib*", "python*", "*-packages")
-            )
-            if os.path.isdir(path)
-        ]
+        pattern = os.path.join(glob.escape(staging), "lib*", "python*", "*-packages")
+        staged = [path for path in glob.glob(pattern) if os.path.isdir(path)]
+        moved: list[str] = []
         try:
             for directory in staged:
                 for name in sorted(os.listdir(directory)):
                     self._replace(os.path.join(directory, name), name)
+                    moved.append(name)
         except OSError as exc:
             os.write(stderr_fd, f"pip: moving the installed files in failed: {exc}\n".encode())
             return 1
+        # As in Jupyter: a module imported before keeps its old code until a restart.
+        stale = sorted({name.partition(".")[0] for name in moved} & sys.modules.keys())
+        if stale:
+            note = (
+                f"Note: {', '.join(stale)} was imported before this install; restart the "
+                "session to use the installed version.\n"
+            )
+            os.write(stderr_fd, note.encode())
         return 0
 
     def _replace(self, source: str, name: str) -> None:

@@ -138,8 +138,14 @@ def test_an_upgrade_replaces_the_older_version(client: httpx.Client, session: st
     upload_index(
         client, session, {"twice": [module_wheel("twice", "1.0"), module_wheel("twice", "2.0")]}
     )
+    assert run(client, session, "import twice; twice.VERSION")["result"] == "'1.0'"
     upgraded = run(client, session, "%pip install -U twice")
     assert "Successfully installed twice-2.0" in upgraded["result"], upgraded
+    # As in Jupyter, the module imported before keeps its code until a restart.
+    assert "Note: twice was imported before this install" in upgraded["stderr"]
+    assert run(client, session, "twice.VERSION")["result"] == "'1.0'"
+    assert client.post(f"/sessions/{session}/restart").status_code == 200
+    assert run(client, session, "import twice; twice.VERSION")["result"] == "'2.0'"
     check = run(
         client,
         session,
