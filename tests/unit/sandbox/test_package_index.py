@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import pytest
+
+from sandbox.errors import PolicyError
 from sandbox.package_index import for_sessions, host_index_url, index_host
-from sandbox.policy import Packages, Policy
+from sandbox.policy import Packages, Policy, parse_policy
 
 
 def environment(tmp_path: Path, **variables: str) -> dict[str, str]:
@@ -90,3 +93,28 @@ def test_the_index_host_is_what_the_proxy_lets_installs_reach() -> None:
     assert index_host("https://mirror.invalid/simple") == ("mirror.invalid", 443)
     assert index_host("http://10.0.0.5:8080/simple") == ("10.0.0.5", 8080)
     assert index_host("file:///mnt/data/index") is None
+
+
+@pytest.mark.parametrize(
+    ("text", "key"),
+    [
+        ('[packages]\ninstall = "pip"\n', "packages.install"),
+        (
+            '[packages]\ninstall = "index"\nindex_url = "ftp://mirror.invalid/"\n',
+            "packages.index_url",
+        ),
+        ('[packages]\nindex_url = "http://has space.invalid/"\n', "packages.index_url"),
+        ('[packages]\nonly_binary = "yes"\n', "packages.only_binary"),
+        ('[packages]\nextra_index_url = "http://x.invalid/"\n', "packages.extra_index_url"),
+    ],
+)
+def test_a_wrong_packages_key_is_refused_naming_it(text: str, key: str) -> None:
+    with pytest.raises(PolicyError) as error:
+        parse_policy(text, "p.toml")
+    assert key in str(error.value)
+
+
+def test_a_file_index_and_an_http_one_are_accepted() -> None:
+    for url in ("file:///mnt/data/index", "http://10.0.0.5:8080/simple", "https://m.invalid/s"):
+        policy = parse_policy(f'[packages]\ninstall = "index"\nindex_url = "{url}"\n')
+        assert policy.packages.index_url == url
