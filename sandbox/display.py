@@ -20,6 +20,7 @@ from sandbox import display_hooks, figures
 from sandbox.protocol import RichOutput
 from sandbox.rich_display import (
     PLAIN,
+    PLAIN_TYPES,
     Data,
     Metadata,
     OutputType,
@@ -95,6 +96,17 @@ class Display:
                 if isinstance(metadata, dict):
                     extra.update(metadata)
                 self._publish("display_data", data, extra)
+
+    def plain_result(self, value: object) -> str | None:
+        """A plain value's short repr, which needs no output of its own; else None.
+
+        Most cells end in a number, a string or a small list: the reply carries its text
+        once, as ``value``, and says where its ``execute_result`` goes (``value_at``).
+        """
+        if type(value) not in PLAIN_TYPES:
+            return None
+        text = repr(value)
+        return text if len(text) <= self._limits.text_chars and text.isascii() else None
 
     def show_result(self, value: object) -> str:
         """Show a cell's value as its ``execute_result``; its ``text/plain``, uncut."""

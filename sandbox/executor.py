@@ -43,6 +43,9 @@ class PythonSession:
         # listener as it is produced.
         self.outputs: list[RichOutput] = []
         self.output_listener: Callable[[RichOutput], None] | None = None
+        # Where the run's value goes among ``outputs``, when it needed no output of its
+        # own (``Display.plain_result``); the reply's ``value_at``.
+        self.value_at: int | None = None
         # `!cmd` and `%magic` lines (sandbox/magics.py); the worker gives it commands.
         self.magics = CellMagics()
         self.display = Display(self.emit, limits or DisplayLimits())
@@ -56,6 +59,7 @@ class PythonSession:
     def run(self, source: str) -> CellOutcome:
         self.execution_count += 1
         self.outputs = []
+        self.value_at = None
         self.display.begin_run(self.execution_count)
         try:
             return self._run(source)
@@ -91,9 +95,18 @@ class PythonSession:
             return CellOutcome()
         self.namespace["_"] = value
         try:
-            return CellOutcome(value=self.display.show_result(value))
+            return CellOutcome(value=self._show_value(value))
         except BaseException as exc:  # noqa: BLE001 - a broken __repr__ is the user's error
             return CellOutcome(error=format_user_exception(exc), exc_type=type(exc).__name__)
+
+    def _show_value(self, value: object) -> str:
+        """The value's text; its ``execute_result`` is an output, or is ``value_at``."""
+        if self.output_listener is None:  # a stream shows every output as it comes
+            text = self.display.plain_result(value)
+            if text is not None:
+                self.value_at = len(self.outputs)
+                return text
+        return self.display.show_result(value)
 
     def _compile(
         self, tree: ast.Module | ast.Expression, filename: str, mode: str

@@ -169,6 +169,10 @@ class Hello(_Message):
     fatal: str | None = None  # set when a required layer failed: the worker will not serve
 
 
+# ``value_at`` counts outputs a run made before its value: far fewer than this.
+MAX_VALUE_AT = 1_000_000
+
+
 class RichOutput(_Message):
     """One Jupyter output, in nbformat's shape: ``data`` maps MIME types to text.
 
@@ -237,6 +241,9 @@ class RunReply(_Message):
     files: list[ChangedFile] = Field(default_factory=list)
     # In the order they were produced: display() calls, figures, the cell's value.
     outputs: list[RichOutput] = Field(default_factory=list)
+    # Where in ``outputs`` the cell's value goes when it is plain text only (most values):
+    # an ``execute_result`` whose ``text/plain`` is ``value``, so it is sent once.
+    value_at: int | None = Field(default=None, ge=0, le=MAX_VALUE_AT)
     hint: ErrorHint | None = None
 
 

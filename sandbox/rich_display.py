@@ -45,7 +45,7 @@ MAX_MIME_TYPES = 16
 MAX_MIME_NAME_CHARS = 100
 # Types that can have no _repr_*_ method (their classes take no attributes): shown by
 # their repr alone, without asking for a dozen methods, in every cell that ends in one.
-_PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes, list, tuple, dict, set, range})
+PLAIN_TYPES = frozenset({int, float, complex, bool, str, bytes, list, tuple, dict, set, range})
 # Metadata says how to show data (width, height, a file name), never carries it.
 MAX_METADATA_CHARS = 2_000
 
@@ -55,7 +55,7 @@ def mime_bundle(obj: object) -> tuple[Data, Metadata]:
 
     The repr's exception is the caller's to handle; the other methods' are swallowed.
     """
-    if type(obj) in _PLAIN_TYPES:
+    if type(obj) in PLAIN_TYPES:
         return {PLAIN: repr(obj)}, {}
     data: Data = {}
     metadata: Metadata = {}

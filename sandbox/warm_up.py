@@ -54,6 +54,7 @@ def warm_up(policy: Policy, empty_directory: str) -> None:
                     exc_type=outcome.exc_type,
                     files=workspace.changed_files(before, workspace.snapshot(empty_directory)),
                     outputs=session.outputs,
+                    value_at=session.value_at,
                 )
                 protocol.encode(reply)
     for filename in [name for name in linecache.cache if name.startswith("<cell-")]:

@@ -254,6 +254,7 @@ class Worker:
             hint=notes.hint,
             files=workspace.changed_files(before, workspace.snapshot()),
             outputs=self._session.outputs,
+            value_at=self._session.value_at,
             outputs_cut=self._session.display.cut,
         )
 

@@ -14,6 +14,7 @@ from starlette.types import Message
 
 from sandbox import Policy, RunOutcome
 from sandbox.output import truncate_output
+from sandbox.rich_display import PLAIN
 from service import rich_outputs
 from service.schemas import CommandResponse, FileInfo, ReplResponse
 from service.suggestions import Outcome, suggest
@@ -150,6 +151,9 @@ def _build(
         fields["stderr"] = reply.stderr
     budget = max(budget, 0)
     outputs, outputs_cut = rich_outputs.drafts(reply.outputs if kind == "python" else [], link)
+    if kind == "python" and reply.value_at is not None and reply.value is not None:
+        value = rich_outputs.OutputDraft("execute_result", {PLAIN: reply.value})
+        outputs.insert(min(reply.value_at, len(outputs)), value)
     text_size = sum(len(text) for text in fields.values() if isinstance(text, str))
     if text_size + sum(output.size() for output in outputs) <= budget:
         texts_cut = False  # everything fits as it is: most replies

@@ -72,8 +72,32 @@ def test_display_shows_each_object_in_order_before_the_value(session: PythonSess
         ("display_data", "1"),
         ("display_data", "'two'"),
         ("display_data", "[3]"),
-        ("execute_result", "4"),
     ]
+    # A plain value's execute_result is its text, sent once: the reply says where it goes.
+    assert session.value_at == 3
+
+
+def test_a_value_with_rich_reprs_is_an_output_of_its_own(session: PythonSession) -> None:
+    outcome = session.run(
+        "class Bold:\n"
+        "    def _repr_html_(self): return '<b>x</b>'\n"
+        "    def __repr__(self): return 'x'\n"
+        "display(1)\nBold()"
+    )
+    assert outcome.value == "x"
+    assert session.value_at is None
+    assert [(o.output_type, o.data) for o in session.outputs] == [
+        ("display_data", {"text/plain": "1"}),
+        ("execute_result", {"text/plain": "x", "text/html": "<b>x</b>"}),
+    ]
+
+
+def test_a_streamed_runs_value_is_an_output_as_it_is_produced(session: PythonSession) -> None:
+    streamed: list[str] = []
+    session.output_listener = lambda output: streamed.append(output.data["text/plain"])
+    session.run("7 * 6")
+    assert streamed == ["42"]
+    assert session.value_at is None
 
 
 def test_outputs_are_those_of_the_last_run_only(session: PythonSession) -> None:
@@ -145,12 +169,12 @@ def test_ipython_is_not_imported_by_a_cell_that_does_not_import_it() -> None:
         "from sandbox.executor import PythonSession\n"
         "session = PythonSession()\n"
         "session.run('display(1)\\n2')\n"
-        "print('IPython' in sys.modules, len(session.outputs))\n"
+        "print('IPython' in sys.modules, len(session.outputs), session.value_at)\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True
     )
-    assert done.stdout.split() == ["False", "2"]
+    assert done.stdout.split() == ["False", "1", "1"]
 
 
 def test_a_figure_left_open_is_shown_once_at_the_end_and_saved(session: PythonSession) -> None:

@@ -141,3 +141,15 @@ def test_no_reply_exceeds_the_cap_whatever_the_outputs(
     text, body = _reply(stdout=stdout, stderr=stderr, value=value, outputs=outputs)
     assert len(text) <= CAP
     assert all("text/plain" in output["data"] for output in body["outputs"])
+
+
+def test_a_plain_value_sent_once_by_the_worker_is_its_execute_result_in_place() -> None:
+    shown = _output("display_data", **{"text/plain": "1"})
+    figure = _output("display_data", **{"text/plain": "<Figure>"})
+    _, body = _reply(value="42", value_at=1, outputs=[shown, figure])
+    assert [(o["output_type"], o["data"]["text/plain"]) for o in body["outputs"]] == [
+        ("display_data", "1"),
+        ("execute_result", "42"),
+        ("display_data", "<Figure>"),
+    ]
+    assert body["result"] == "42"
