@@ -30,7 +30,7 @@ from sandbox.command_runner import CommandResult
 from sandbox.commands import CommandDenied, DeniedRule
 from sandbox.magic_timing import time_call, timeit
 from sandbox.pip_arguments import PipRefused
-from sandbox.session_packages import packages_off_message
+from sandbox.session_packages import installs_packages, packages_off_message
 
 
 class UsageError(Exception):
@@ -68,8 +68,6 @@ POLICY_KEYS: dict[str, str] = {
     "shell-operators": "commands.shell_operators",
     "argument": "commands.rules",
 }
-_PACKAGE_TOOLS = re.compile(r"(pip|pip3|pip3\.\d+|conda|mamba|micromamba|uv)")
-_PYTHON = re.compile(r"python[\d.]*")
 # ``$name`` and ``{expression}`` in a ``!`` line take values from the cell, as in IPython.
 _EXPANSION = re.compile(r"\$\$|\{\{|\}\}|\$([A-Za-z_]\w*)|\{([^{}]+)\}")
 
@@ -79,14 +77,6 @@ CommandLine = Callable[[str, int], CommandResult]
 class Installer(Protocol):
     def install_line(self, line: str, stdout_fd: int) -> int:
         """pip's exit status for a pip line, its stdout to ``stdout_fd``; raises PipRefused."""
-
-
-def installs_packages(line: str) -> bool:
-    """Whether a command line is a package tool (``pip``, ``python -m pip``, ``conda``)."""
-    words = line.split()
-    if len(words) >= 3 and _PYTHON.fullmatch(os.path.basename(words[0])) and words[1] == "-m":
-        words = words[2:]
-    return bool(words) and _PACKAGE_TOOLS.fullmatch(os.path.basename(words[0])) is not None
 
 
 def packages_off(line: str) -> PackagesOff:

@@ -60,8 +60,18 @@ ONLY_BINARY_NOTE = (
     b"pip: note: only binary wheels are installed here (policy key packages.only_binary):"
     b" a package published only as source has no version to install\n"
 )
+_PACKAGE_TOOLS = re.compile(r"(pip|pip3|pip3\.\d+|conda|mamba|micromamba|uv)")
+_PYTHON = re.compile(r"python[\d.]*")
 # pip reads these from the environment; a session's %env must not steer its installs.
 _PIP_VARIABLE = re.compile(r"^PIP_")
+
+
+def installs_packages(line: str) -> bool:
+    """Whether a command line is a package tool (``pip``, ``python -m pip``, ``conda``)."""
+    words = line.split()
+    if len(words) >= 3 and _PYTHON.fullmatch(os.path.basename(words[0])) and words[1] == "-m":
+        words = words[2:]
+    return bool(words) and _PACKAGE_TOOLS.fullmatch(os.path.basename(words[0])) is not None
 
 
 def site_directory(workspace: str) -> str:

@@ -33,7 +33,6 @@ from sandbox.display import DisplayLimits
 from sandbox.error_hints import failure_notes
 from sandbox.errors import FrameTooLarge
 from sandbox.executor import CellOutcome, PythonSession
-from sandbox.magics import installs_packages
 from sandbox.output import BoundedBuffer, OutputCapture, truncate_output
 from sandbox.output_stream import OutputStream
 from sandbox.policy import Policy
@@ -259,8 +258,8 @@ class Worker:
         )
 
     def _plan(self, line: str) -> Callable[[], CommandResult]:
-        """What a /command line runs; raises ``CommandDenied`` before anything does."""
-        if installs_packages(line):
+        """What a /command line runs (a pip line installs); raises ``CommandDenied``."""
+        if session_packages.installs_packages(line):
             return session_packages.plan(line, self._packages)
         plan = parse_and_check(line, self._policy.commands)
         return lambda: self._commands.run(plan, 1, 2)

@@ -21,9 +21,9 @@ from sandbox import (
     Session,
     WorkerBusy,
     parse_and_check,
+    session_packages,
 )
 from sandbox.errors import SandboxError
-from sandbox.magics import installs_packages
 from service.audit import AuditLog
 from service.callers import Caller
 from service.errors import SandboxUnavailable, ServiceError, SessionBusy, SessionExpired
@@ -80,7 +80,7 @@ class Executor:
 
     def _denial(self, caller: Caller, record: SessionRecord, command: str) -> RunOutcome | None:
         """The outcome of a command the policy refuses, before anything runs; else None."""
-        if installs_packages(command):
+        if session_packages.installs_packages(command):
             return None  # the session's worker checks a pip line against packages.*
         try:
             parse_and_check(command, record.session.policy.commands)
