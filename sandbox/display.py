@@ -1,9 +1,9 @@
 """``display()`` in every cell, and the cell's value and figures, as Jupyter outputs.
 
 A session's ``Display`` turns what a run shows into outputs, bounded as they are made,
-and hands each to the session's ``emit``.  While a cell runs, ``display`` is a builtin
-(put into the builtins module, as IPython's builtin trap does, and taken out after): a
-cell that deletes or rebinds it loses it for itself, and the next cell has it again.
+and hands each to the session's ``emit``.  ``display`` is a builtin (put into the
+builtins module, as IPython does): a cell that deletes or rebinds it loses it for
+itself, and the next cell has it again.
 ``IPython.display.display`` and ``plt.show()`` lead here too (sandbox/display_hooks.py).
 """
 
@@ -68,11 +68,11 @@ class Display:
         self._figures_shown = 0
         self.cut = False
         display_hooks.install(self)
-        builtins.display = self._builtin  # type: ignore[attr-defined]
-
-    def end_run(self) -> None:
-        if builtins.__dict__.get("display") is self._builtin:
-            del builtins.display  # type: ignore[attr-defined]
+        # Put back only if a cell took it away, and never taken out between runs: each
+        # key added to or removed from the builtins dict voids every function's cached
+        # builtin lookups, which made every later run of the worker slower.
+        if builtins.__dict__.get("display") is not self._builtin:
+            builtins.display = self._builtin  # type: ignore[attr-defined]
 
     # -- what user code calls -----------------------------------------------------------
 

@@ -8,6 +8,7 @@
     ├── WorkerLost             a worker died or its channel closed mid-conversation
     ├── WorkerBusy             a session already runs something and the wait ran out
     ├── ZygoteUnavailable      the zygote cannot hand out workers right now
+    ├── EgressUnavailable      the egress proxy a network allowlist needs did not start
     ├── StateDirectoryInUse    another process owns the state directory
     └── StateDirectoryUnsafe   someone else could change the state directory
 
@@ -59,6 +60,11 @@ class WorkerBusy(SandboxError):
 
 class ZygoteUnavailable(SandboxError):
     """No worker could be obtained from the zygote."""
+
+
+class EgressUnavailable(SandboxError):
+    """The egress proxy did not start: a policy with network.mode = "allowlist" then
+    starts no sandbox (its sessions would have no way out, and say so nowhere)."""
 
 
 class StateDirectoryInUse(SandboxError):

@@ -61,10 +61,7 @@ class PythonSession:
         self.outputs = []
         self.value_at = None
         self.display.begin_run(self.execution_count)
-        try:
-            return self._run(source)
-        finally:
-            self.display.end_run()
+        return self._run(source)
 
     def _run(self, source: str) -> CellOutcome:
         filename = f"<cell-{self.execution_count}>"

@@ -47,6 +47,9 @@ class WorkerHandle:
         self.channel = WorkerChannel(channel, max_frame)
         self.accounting = SessionAccounting(session_key, pid, cgroup_parent)
         self._cleaning: asyncio.Future[None] | None = None  # the one cleanup (see cleanup)
+        # The egress proxy's listener in the worker's network namespace, until the
+        # service hands it to the proxy (network.mode = "allowlist" only).
+        self.egress_listener: socket.socket | None = None
 
     # -- the Popen verbs ---------------------------------------------------------------
 
@@ -108,6 +111,9 @@ class WorkerHandle:
         # A receive still pending ends now, and any later one fails as WorkerLost, even
         # if the worker outlived the wait (its end of the channel is still open then).
         self.channel.close()
+        if self.egress_listener is not None:
+            self.egress_listener.close()
+            self.egress_listener = None
         self.process.release()
         await self.accounting.remove()
 

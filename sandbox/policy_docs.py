@@ -33,6 +33,7 @@ from sandbox.policy import (
     ProgramRule,
     format_number,
 )
+from sandbox.policy.network import NETWORK_CHECKS, NETWORK_POLICY_CHECKS
 
 REGENERATE = "python -m sandbox.policy_docs > docs/POLICY.md"
 
@@ -44,6 +45,7 @@ SECTION_CHECKS: dict[str, Sequence[Check[Any]]] = {
     "isolation": ISOLATION_CHECKS,
     "python": PYTHON_CHECKS,
     "packages": PACKAGES_CHECKS,
+    "network": NETWORK_CHECKS,
 }
 
 
@@ -68,7 +70,7 @@ def _tighter(field: FieldInfo) -> str:
 
 def tighter_when(field: FieldInfo) -> str:
     """Which way of changing the key restricts sessions more, or '' for neither."""
-    words = {"fewer": "fewer entries", "more": "more entries"}
+    words = {"fewer": "fewer entries", "more": "more entries", "off": '"off"'}
     return words.get(_tighter(field), _tighter(field))
 
 
@@ -204,6 +206,7 @@ def render_reference() -> str:
         "## Checks across sections",
         "",
         *_checks(POLICY_CHECKS),
+        *_checks(NETWORK_POLICY_CHECKS),
         "",
         "## Memory the preloaded modules need",
         "",
@@ -253,12 +256,18 @@ def _judge_scalar(tighter: str, before: Any, after: Any) -> Judgement:
         return "tighter" if after < before else "looser"
     if tighter == "false":
         return "tighter" if after is False else "looser"
+    if tighter == "off":
+        return "tighter" if after == "off" else "looser"
     return "changed"
 
 
 def _scalar_note(key: str, after: Any) -> str:
-    if key == "isolation.network":
-        return "NETWORK ON: sessions may open network sockets" if after else "network off"
+    if key == "network.mode":
+        return (
+            "NETWORK ON: sessions reach network.allow through the egress proxy"
+            if after != "off"
+            else "network off"
+        )
     if key == "commands.launchers_allowed" and after:
         return "programs that can run any program may now be allowed"
     return ""

@@ -26,8 +26,7 @@ from sandbox.zygote_client import ZygoteClient
 
 log = logging.getLogger("codesherpa")
 
-# How long a worker whose channel failed has to exit (a crash closes the channel as the
-# process ends) before it is killed.
+# How long a worker whose channel failed has to exit (a crash closes it) before it is killed.
 LOST_WORKER_EXIT_S = 2.0
 # The statuses only the service gives a run; a worker's reply never holds them.
 _SERVICE_STATUSES = ("timeout", "killed")
@@ -50,8 +49,7 @@ class Session:
     def __init__(self, zygote: ZygoteClient, policy: Policy, worker: WorkerHandle) -> None:
         self._zygote = zygote
         self.policy = policy
-        # Computed once: the session's policy never changes, and every run's audit
-        # line names it.
+        # Once: a session's policy never changes, and every run's audit line names it.
         self.policy_digest = policy.digest()
         self.worker: WorkerHandle | None = worker
         self.workspace = worker.workspace
@@ -67,6 +65,8 @@ class Session:
         self._execution_count = 0
         self._lost_namespace = False  # since the last run that succeeded
         self._oom_kills_seen = 0
+        # Told of each worker after the first (the egress proxy gets its listener).
+        self.on_new_worker: Callable[[WorkerHandle], object] | None = None
 
     @classmethod
     async def start(cls, zygote: ZygoteClient) -> Session:
@@ -363,6 +363,8 @@ class Session:
             await worker.cleanup()
             raise WorkerLost("the session was ended")
         self.worker = worker
+        if self.on_new_worker is not None:
+            self.on_new_worker(worker)
         self._oom_kills_seen = 0
         self.restarts += 1
         self._execution_count = 0

@@ -42,6 +42,11 @@ class WorkerProcess:
         self._pidfd: int | None = pidfd
         self._exiting: asyncio.Future[None] | None = None  # see _exit_watch
 
+    @property
+    def pidfd(self) -> int | None:
+        """The pidfd, until released; lent (a copy goes with SCM_RIGHTS), never closed."""
+        return self._pidfd
+
     def poll(self) -> int | None:
         if self.returncode is not None or self._pidfd is None:
             return self.returncode

@@ -35,7 +35,7 @@ import socket
 import sys
 import tempfile
 import traceback
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 
 from sandbox import fork, heap, pool_ledger, protocol, scheduling, warm_up, workspaces
 from sandbox.commands import resolve_program
@@ -51,37 +51,15 @@ from sandbox.confine import (
     unshare_for_worker,
 )
 from sandbox.confine.process import die_with_parent
+from sandbox.egress.address import hand_over_listener, receive_listener
 from sandbox.errors import ConfinementError
 from sandbox.policy import Policy
 from sandbox.preload_guard import toolbox_kept_out
+from sandbox.ready_worker import ReadyWorker
 from sandbox.uids import UidAllocator
 from sandbox.worker import run_worker
 
 CONTROL_MESSAGE_MAX = 64 * 1024
-
-
-@dataclass
-class ReadyWorker:
-    pid: int
-    pidfd: int
-    channel: socket.socket
-    workspace: str
-    uid: int | None
-    session_key: str
-    quota: bool
-
-    def describe(self) -> protocol.WorkerMade:
-        return protocol.WorkerMade(
-            pid=self.pid,
-            workspace=self.workspace,
-            uid=self.uid,
-            session_key=self.session_key,
-            quota=self.quota,
-        )
-
-    def close(self) -> None:
-        self.channel.close()
-        os.close(self.pidfd)
 
 
 class Zygote:
@@ -109,7 +87,7 @@ class Zygote:
             # triggers (the regular expressions it compiles and caches) is shared.
             cgroup.select_version(cgroup_parent)
         if "seccomp" in wanted:
-            seccomp_layer.prepare(policy.isolation.network)
+            seccomp_layer.prepare(policy.network.enabled)
         if "landlock" in wanted:
             landlock_layer.prepare(self._executables)
 
@@ -205,26 +183,33 @@ class Zygote:
             executables=self._executables,
         )
         pid_read, pid_write = os.pipe()
+        listener_here, listener_there = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         intermediate = fork.fork()
         if intermediate == 0:
             service_end.close()
+            listener_here.close()
             os.close(pid_read)
-            _intermediate(spec, pid_write, self._service_pid)
+            _intermediate(spec, pid_write, self._service_pid, listener_there)
         worker_end.close()
+        listener_there.close()
         os.close(pid_write)
         try:
             raw = _read_all(pid_read)
+            listener = receive_listener(listener_here) if raw else None
         finally:
             os.close(pid_read)
+            listener_here.close()
         os.waitpid(intermediate, 0)
         if not raw:
             service_end.close()
+            if listener is not None:
+                listener.close()
             raise RuntimeError("the intermediate process could not fork a worker")
         pid = int(raw)
         # The worker is no child of ours but cannot be reaped before this call: its
         # new parent, the service, waits only on pidfds it was given.
         pidfd = os.pidfd_open(pid)
-        return ReadyWorker(pid, pidfd, service_end, workspace, uid, session_key, bounded)
+        return ReadyWorker(pid, pidfd, service_end, workspace, uid, session_key, bounded, listener)
 
 
 def _read_all(fd: int) -> bytes:
@@ -234,11 +219,15 @@ def _read_all(fd: int) -> bytes:
     return b"".join(chunks)
 
 
-def _intermediate(spec: WorkerSpec, pid_write: int, service_pid: int) -> None:
-    """Enter new namespaces, fork the worker as their init, put it in its cgroup, report
-    its pid, exit."""
+def _intermediate(
+    spec: WorkerSpec, pid_write: int, service_pid: int, listener_to: socket.socket
+) -> None:
+    """Enter new namespaces, make the egress proxy's listener there, fork the worker as
+    their init, put it in its cgroup, report its pid and listener, exit."""
     try:
         unshare_error = unshare_for_worker(spec)
+        hand_over_listener(spec.policy.network.enabled, unshare_error, listener_to)
+        listener_to.close()
         go_read, go_write = os.pipe()
         worker = fork.fork()
         if worker == 0:
@@ -341,7 +330,7 @@ def serve(control: socket.socket, zygote: Zygote) -> None:
             socket.send_fds(
                 control,
                 [ready.describe().model_dump_json().encode()],
-                [ready.channel.fileno(), ready.pidfd],
+                ready.fds(),
             )
         finally:
             ready.close()
@@ -383,7 +372,7 @@ def _warmed_zygote(start: protocol.StartOrder, policy: Policy) -> Zygote:
     fork.locate_numpy_state()
     zygote = Zygote(policy, start.state_dir, start.service_pid, start.cgroup_parent, start.ledger)
     if "environment" in policy.isolation.wanted():
-        environment.prepare()
+        environment.prepare(policy.network.enabled)
     try:
         with tempfile.TemporaryDirectory(dir=start.state_dir, prefix="warm-up-") as empty:
             warm_up.warm_up(policy, empty)

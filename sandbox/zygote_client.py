@@ -19,6 +19,7 @@ import psutil
 from sandbox import package_index, pool_ledger, protocol, state_lock, workspaces
 from sandbox.confine import cgroup
 from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
+from sandbox.egress.client import EgressClient
 from sandbox.errors import (
     ConfinementError,
     ProtocolError,
@@ -88,8 +89,15 @@ _unwanted_cleanups: set[asyncio.Future[None]] = set()
 
 
 class ZygoteClient:
-    def __init__(self, policy: Policy, state_dir: str) -> None:
+    def __init__(self, policy: Policy, state_dir: str, service_ports: tuple[int, ...] = ()) -> None:
         self.policy = policy
+        self.service_ports = service_ports
+        # The only way out of a session when the policy allows any network.
+        self.egress = (
+            EgressClient(policy.network, service_ports, policy.sessions.max_total)
+            if policy.network.enabled
+            else None
+        )
         self.state_dir = state_dir
         self.cgroup_parent = cgroup_parent_for(state_dir)
         self._process: subprocess.Popen[bytes] | None = None
@@ -168,6 +176,12 @@ class ZygoteClient:
             raise ZygoteUnavailable("the zygote did not start; see its output above")
         ours.settimeout(SPAWN_TIMEOUT_S)
         self._control = ours
+        if self.egress is not None and not self.egress.alive():
+            try:
+                self.egress.start()
+            except BaseException:
+                self.stop()
+                raise
 
     @property
     def pid(self) -> int | None:
@@ -206,6 +220,8 @@ class ZygoteClient:
                 # session's workspace is still mounted there.
                 with contextlib.suppress(OSError):
                     workspaces.release_root(self.state_dir)
+        if self.egress is not None:
+            self.egress.stop()
         if self._owns_state_dir:
             self._owns_state_dir = False
             state_lock.release(self.state_dir)
@@ -258,21 +274,21 @@ class ZygoteClient:
                 raise ZygoteUnavailable("the zygote is not running")
             try:
                 self._control.send(_request(protocol.SpawnRequest(workspace=workspace)))
-                data, fds, _flags, _addr = socket.recv_fds(self._control, 65536, 2)
+                data, fds, _flags, _addr = socket.recv_fds(self._control, 65536, 3)
             except OSError as exc:
                 raise ZygoteUnavailable(f"the zygote did not answer: {exc}") from None
             if not data:
                 raise ZygoteUnavailable("the zygote closed its control socket")
             try:
                 made = protocol.decode_zygote_reply(data, protocol.WorkerMade)
-                if len(fds) != 2:
+                if len(fds) not in (2, 3):
                     raise ProtocolError("the zygote's reply came without the worker's fds")
             except ProtocolError as exc:
                 for fd in fds:
                     os.close(fd)
                 raise ZygoteUnavailable(f"the zygote could not make a worker: {exc}") from None
-            channel_fd, pidfd = fds
-            return WorkerHandle(
+            channel_fd, pidfd = fds[:2]
+            handle = WorkerHandle(
                 pid=made.pid,
                 pidfd=pidfd,
                 channel=socket.socket(fileno=channel_fd),
@@ -282,6 +298,9 @@ class ZygoteClient:
                 quota=made.quota,
                 cgroup_parent=self.cgroup_parent,
             )
+            if len(fds) > 2:
+                handle.egress_listener = socket.socket(fileno=fds[2])
+            return handle
 
     def reap_orphans(self) -> int:
         """Reap exited children nothing else will; return how many.

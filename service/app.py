@@ -53,7 +53,7 @@ def create_app(settings: Settings, zygote: ZygoteClient, isolation: dict[str, st
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        registry = SessionRegistry(zygote)
+        registry = SessionRegistry(zygote, on_egress=app.state.audit.record_egress)
         app.state.registry = registry
         app.state.executor = Executor(
             registry, app.state.quotas, app.state.metrics, app.state.audit, app.state.links

@@ -14,6 +14,8 @@ from typing import Any, TextIO
 
 from pydantic_core import to_json
 
+from sandbox.egress.client import EgressReport
+
 
 def open_private_log(path: str) -> TextIO:
     """Append to ``path``, which only its owner can read: created 0600, made so if not.
@@ -89,6 +91,17 @@ class AuditLog:
             "policy": policy,
         }
         self._pending.append((time.time(), fields))
+        self._schedule_write()
+
+    def record_egress(self, report: EgressReport) -> None:
+        """One connection through the egress proxy, allowed or refused."""
+        if self._stream is None:
+            return
+        fields = {"kind": "egress", **report.model_dump()}
+        self._pending.append((time.time(), fields))
+        self._schedule_write()
+
+    def _schedule_write(self) -> None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
@@ -121,6 +134,9 @@ class AuditLog:
         if self._second[0] != second:
             stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second)) + "Z"
             self._second = (second, stamp)
+        if fields["kind"] == "egress":
+            # tenant, session, host, port, address, bytes both ways, verdict, key.
+            return json.dumps({"time": self._second[1], **fields}, separators=(",", ":")) + "\n"
         text: str = fields["text"]
         entry = {
             "time": self._second[1],

@@ -27,6 +27,7 @@ from sandbox import (
 from sandbox.confine import cgroup
 from sandbox.errors import SandboxError, StateDirectoryUnsafe
 from sandbox.policy import ALL_LAYERS, policy_warnings
+from sandbox.policy.review import service_address_refusals
 from sandbox.policy_docs import render_reference, review_changes
 from service import __version__
 from service.connection_guard import guard_connections
@@ -50,8 +51,10 @@ async def _probe_worker(zygote: ZygoteClient) -> dict[str, str]:
         workspaces.remove(handle.workspace)
 
 
-def start_sandbox(policy: Policy, state_dir: str) -> tuple[ZygoteClient, dict[str, str]]:
-    zygote = ZygoteClient(policy, state_dir)
+def start_sandbox(
+    policy: Policy, state_dir: str, service_ports: tuple[int, ...] = ()
+) -> tuple[ZygoteClient, dict[str, str]]:
+    zygote = ZygoteClient(policy, state_dir, service_ports)
     zygote.start()
     try:
         isolation = asyncio.run(_probe_worker(zygote))
@@ -89,7 +92,7 @@ def serve(args: argparse.Namespace) -> int:
     except OSError as exc:
         return _fail(f"cannot use the state directory {settings.state_dir}: {exc.strerror}")
     try:
-        zygote, isolation = start_sandbox(policy, settings.state_dir)
+        zygote, isolation = start_sandbox(policy, settings.state_dir, (args.port,))
     except SandboxError as exc:
         return _fail(f"the sandbox cannot start: {exc}")
     for layer, status in isolation.items():
@@ -128,6 +131,11 @@ def policy_check(args: argparse.Namespace) -> int:
         policy = load_policy(args.file)
     except PolicyError as exc:
         print(exc, file=sys.stderr)
+        return 1
+    refusals = service_address_refusals(policy, args.listen)
+    for refusal in refusals:
+        print(f"{args.file}: {refusal.key}: {refusal.message}", file=sys.stderr)
+    if refusals:
         return 1
     # Warnings go to stderr beside the errors; the exit code says only valid or not.
     warnings = policy_warnings(policy)
@@ -175,8 +183,15 @@ def policy_diff(args: argparse.Namespace) -> int:
     if not changes:
         print("no differences")
         return 0
+    # Network changes first and marked: what a session can reach outside the host.
+    network = [change for change in changes if change.key.startswith("network.")]
+    for change in network:
+        print(f"NETWORK {change}")
+    if network:
+        print()
     for change in changes:
-        print(change)
+        if change not in network:
+            print(change)
     counts = dict.fromkeys(("tighter", "looser", "changed"), 0)
     for change in changes:
         counts[change.judgement] += 1
@@ -251,6 +266,12 @@ def build_parser() -> argparse.ArgumentParser:
         "check", help="validate a policy file; warn about launchers it allows"
     )
     check_parser.add_argument("file")
+    check_parser.add_argument(
+        "--listen",
+        default="127.0.0.1",
+        help="the address the service listens on (serve --host): allow_private must not "
+        "cover it (default 127.0.0.1)",
+    )
     check_parser.set_defaults(handler=policy_check)
     show_parser = policy_commands.add_parser("show", help="the effective policy")
     show_parser.add_argument("--policy")

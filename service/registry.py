@@ -16,7 +16,9 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from sandbox import Session, ZygoteClient, workspaces
+from sandbox.egress.client import ReportSink
 from sandbox.errors import SandboxError
+from sandbox.handle import WorkerHandle
 from service.callers import Caller
 from service.errors import (
     QuotaExceeded,
@@ -56,8 +58,10 @@ def new_session_id() -> str:
 
 
 class SessionRegistry:
-    def __init__(self, zygote: ZygoteClient) -> None:
+    def __init__(self, zygote: ZygoteClient, on_egress: ReportSink | None = None) -> None:
         self.zygote = zygote
+        self._on_egress = on_egress
+        self._hear_egress(zygote)
         self._sessions: dict[str, SessionRecord] = {}
         self._implicit: dict[tuple[Caller, str], str] = {}
         self._expired: OrderedDict[str, Caller] = OrderedDict()
@@ -125,10 +129,30 @@ class SessionRegistry:
                     "the sandbox cannot start a session right now", "Retry in a few seconds."
                 ) from None
             record = SessionRecord(new_session_id(), caller, session, implicit_key)
+            self._give_network(record)
             self._sessions[record.session_id] = record
             if implicit_key is not None:
                 self._implicit[(caller, implicit_key)] = record.session_id
             return record
+
+    def _hear_egress(self, zygote: ZygoteClient) -> None:
+        if zygote.egress is not None and self._on_egress is not None:
+            zygote.egress.report_to(self._on_egress)
+
+    @staticmethod
+    def _give_network(record: SessionRecord) -> None:
+        """Hand the egress proxy the session's listener now and after each restart."""
+        egress = record.session.zygote.egress
+        if egress is None:
+            return
+        tenant, session_id = record.caller.tenant, record.session_id
+
+        def attach(worker: WorkerHandle) -> object:
+            return egress.attach(worker, tenant, session_id)
+
+        record.session.on_new_worker = attach
+        if record.session.worker is not None:
+            attach(record.session.worker)
 
     async def resolve(
         self, caller: Caller, session_id: str | None, implicit_key: str = "default"
@@ -152,6 +176,7 @@ class SessionRegistry:
         """New sessions come from ``zygote``; running ones keep their own until they end."""
         previous = self.zygote
         self.zygote = zygote
+        self._hear_egress(zygote)
         self._retired.append(previous)
         await self._stop_unused_zygotes()
 

@@ -47,9 +47,10 @@ class PolicyReloader:
             except PolicyError as exc:
                 log.error("policy reload refused, keeping %s:\n%s", current.digest(), exc)
                 return ReloadResult(False, current.digest(), str(exc))
+            current_ports = self._registry.zygote.service_ports
             if policy == current:
                 return ReloadResult(False, current.digest(), "the policy did not change")
-            zygote = ZygoteClient(policy, self._state_dir)
+            zygote = ZygoteClient(policy, self._state_dir, current_ports)
             try:
                 # Not a fresh start: the running sessions' workspaces and cgroups stay.
                 await asyncio.to_thread(zygote.start, False)

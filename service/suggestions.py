@@ -78,7 +78,7 @@ def _missing_module_advice(outcome: Outcome, policy: Policy) -> str:
     name = missing_module(outcome)
     usable = [module for module in ALTERNATIVES.get(name or "", ()) if module in preload]
     instead = f"Use {' or '.join(usable)} instead. " if usable else ""
-    network = "" if policy.isolation.network else " and the network is off"
+    network = "" if policy.network.enabled else " and the network is off"
     return (
         f"That module is not installed{network}. {instead}Preinstalled: "
         f"{', '.join(preload) or 'nothing'} and the standard library."
@@ -97,13 +97,54 @@ def _hint_names(outcome: Outcome) -> str:
     return ", ".join(hint.names) + (f" (and {more} more)" if more > 0 else "")
 
 
+def _allowed_hosts(policy: Policy) -> str:
+    return ", ".join(policy.network.allow) or "none"
+
+
 def _network_advice(outcome: Outcome, policy: Policy) -> str:
-    if policy.isolation.network:
-        return "That host could not be reached from the sandbox: check the host name and port."
+    if policy.network.enabled:
+        return (
+            "That host could not be reached from the sandbox: check the host name and port. "
+            "Sessions reach only the hosts the policy's network.allow lists, through the "
+            f"service's proxy (HTTP_PROXY): {_allowed_hosts(policy)}."
+        )
     return (
-        "The network is off in this sandbox (policy key isolation.network), so no host can be "
+        "The network is off in this sandbox (policy key network.mode), so no host can be "
         "reached. Work with files in /mnt/data instead: ask the user to upload the data."
     )
+
+
+# The egress proxy's refusals name their policy key in the reason phrase, which is what
+# clients show ("Tunnel connection failed: 403 Forbidden by network.allow").
+_PROXY_REFUSAL = re.compile(r"Forbidden by (network\.[a-z_]+)")
+
+_EGRESS_ADVICE: dict[str, str] = {
+    "network.allow": (
+        "The sandbox's egress proxy refused that host: sessions may reach only the hosts "
+        "the policy key network.allow lists ({allowed}). Use one of those, or ask the "
+        "operator to add the host to network.allow."
+    ),
+    "network.allow_private": (
+        "The egress proxy refused that address: it is loopback, private, link-local or the "
+        "host's own, which the proxy reaches only where the policy key "
+        "network.allow_private covers it. Use a public address of an allowed host."
+    ),
+}
+
+
+def egress_refusal_key(outcome: Outcome) -> str | None:
+    found = _PROXY_REFUSAL.search(outcome.error or "")
+    return found.group(1) if found else None
+
+
+def _egress_advice(outcome: Outcome, policy: Policy) -> str:
+    key = egress_refusal_key(outcome) or "network.allow"
+    template = _EGRESS_ADVICE.get(
+        key,
+        "This session has used its network budget (policy key {key}): the egress proxy "
+        "refuses further connections. Work with what was downloaded already.",
+    )
+    return template.format(allowed=_allowed_hosts(policy), key=key)
 
 
 def _program_advice(outcome: Outcome, policy: Policy) -> str:
@@ -196,6 +237,7 @@ RULES: tuple[Rule, ...] = (
             "The session was restarted, so earlier variables are gone: re-run the setup code."
         ),
     ),
+    Rule("egress-refused", lambda o: egress_refusal_key(o) is not None, _egress_advice),
     Rule("network", lambda o: _hint_kind(o) == "network", _network_advice),
     Rule(
         "dataframe-columns",
@@ -208,7 +250,7 @@ RULES: tuple[Rule, ...] = (
         lambda o: o.exc_type == "ModuleNotFoundError" and missing_module(o) in NETWORK_MODULES,
         lambda o, p: (
             _missing_module_advice(o, p)
-            if p.isolation.network
+            if p.network.enabled
             else f"'{missing_module(o)}' talks to the network, which is off in this sandbox. "
             "Work with files in /mnt/data instead: ask the user to upload the data."
         ),

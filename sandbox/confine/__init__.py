@@ -47,7 +47,7 @@ def unshare_for_worker(spec: WorkerSpec) -> str | None:
     """Run in the intermediate process, before it forks the worker."""
     if "namespaces" not in spec.policy.isolation.wanted():
         return "not wanted by the policy"
-    return namespaces.unshare_for_worker(spec.policy.isolation.network)
+    return namespaces.unshare_for_worker()
 
 
 def _active(report: dict[str, str], layer: str) -> bool:

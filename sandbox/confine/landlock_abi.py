@@ -23,6 +23,7 @@ SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
 LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RULE_NET_PORT = 2
 
 # The newest ABI whose rights this module knows; a newer kernel works, unknown new rights
 # simply stay unhandled (allowed).
@@ -132,14 +133,19 @@ def abi_version() -> int:
     )
 
 
-def handled_rights(abi: int, network_allowed: bool) -> HandledRights:
+class _NetPortAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
+def handled_rights(abi: int) -> HandledRights:
     fs = FsAccess(0)
     for first_abi, rights in FS_RIGHTS_ADDED_IN_ABI.items():
         if abi >= first_abi:
             fs |= rights
     net = 0
-    if abi >= FIRST_ABI_WITH_NET and not network_allowed:
-        # Handled with no port rule: every TCP bind and connect is refused.
+    if abi >= FIRST_ABI_WITH_NET:
+        # Handled: every TCP bind and connect is refused but to the ports of net rules.
         net = ACCESS_NET_BIND_TCP | ACCESS_NET_CONNECT_TCP
     scopes = SCOPE_ABSTRACT_UNIX_SOCKET | SCOPE_SIGNAL if abi >= FIRST_ABI_WITH_SCOPES else 0
     return HandledRights(fs, net, scopes)
@@ -192,11 +198,29 @@ def _add_path_rule(ruleset_fd: int, rule: PathRule, handled: FsAccess) -> bool:
         os.close(fd)
 
 
-def restrict_self(handled: HandledRights, rules: Iterable[PathRule]) -> int:
-    """Confine the calling thread and its future children; returns how many rules held."""
+def _add_connect_rule(ruleset_fd: int, port: int) -> None:
+    attr = _NetPortAttr(ACCESS_NET_CONNECT_TCP, port)
+    _syscall(
+        SYS_LANDLOCK_ADD_RULE,
+        "landlock_add_rule",
+        ctypes.c_long(ruleset_fd),
+        ctypes.c_long(LANDLOCK_RULE_NET_PORT),
+        ctypes.byref(attr),
+        ctypes.c_uint32(0),
+    )
+
+
+def restrict_self(
+    handled: HandledRights, rules: Iterable[PathRule], connect_ports: Iterable[int] = ()
+) -> int:
+    """Confine the calling thread and its future children; returns how many path rules
+    held.  ``connect_ports``: TCP ports a connect may still reach (where TCP is handled)."""
     ruleset_fd = _create_ruleset(handled)
     try:
         added = sum(_add_path_rule(ruleset_fd, rule, handled.fs) for rule in rules)
+        if handled.net:
+            for port in connect_ports:
+                _add_connect_rule(ruleset_fd, port)
         # Required by restrict_self for an unprivileged caller; also set by the identity
         # layer, repeated so this layer stands alone.
         prctl(PR_SET_NO_NEW_PRIVS, 1)

@@ -9,7 +9,7 @@ The worker (and everything it starts) may:
 * read and write beneath its working directory (the workspace), ``/tmp`` and ``/dev/shm``;
 * execute only the files named one by one: the interpreter, the programs the command
   policy allows, and the ELF loader they need;
-* with the network off, neither bind nor connect TCP sockets (ABI >= 4);
+* no TCP bind, and no TCP connect but, with the egress proxy, to its port (ABI >= 4);
 * never signal a process outside its Landlock domain (the service, the zygote, other
   sessions) nor connect to an abstract unix socket created outside it (ABI >= 6).
 
@@ -80,6 +80,7 @@ from sandbox.confine.landlock_rules import (
     prepare,
     program_rules,
 )
+from sandbox.egress.address import PROXY_PORT
 
 __all__ = [
     "ALL_KNOWN_FS_RIGHTS",
@@ -124,17 +125,19 @@ def _thread_count() -> int:
         return 1  # no /proc to ask; the worker is single-threaded by construction
 
 
-def _describe(abi: int, handled: HandledRights, rules: list[PathRule]) -> str:
+def _describe(
+    abi: int, handled: HandledRights, rules: list[PathRule], ports: tuple[int, ...]
+) -> str:
     programs = sum(rule.why == "allowed program" for rule in rules)
     parts = [
         "read-only system and Python",
         "read-write workspace and tmp",
         f"execute {programs} program(s) and their loader",
     ]
-    if handled.net:
+    if handled.net and ports:
+        parts.append(f"TCP bind denied, connect only to the egress proxy's port {ports[0]}")
+    elif handled.net:
         parts.append("TCP bind/connect denied")
-    elif abi >= FIRST_ABI_WITH_NET:
-        parts.append("TCP allowed by policy")
     else:
         parts.append("TCP not governed (ABI < 4)")
     if handled.scopes:
@@ -175,7 +178,8 @@ def apply(spec: WorkerSpec, private_tmp: bool = True) -> LayerStatus:
         return LayerStatus(
             "landlock", False, f"{threads} threads running; Landlock would confine only one"
         )
-    handled = handled_rights(abi, spec.policy.isolation.network)
+    handled = handled_rights(abi)
     rules = path_rules(spec, workspace, private_tmp)
-    restrict_self(handled, rules)
-    return LayerStatus("landlock", True, _describe(abi, handled, rules))
+    ports = (PROXY_PORT,) if spec.policy.network.enabled else ()
+    restrict_self(handled, rules, ports)
+    return LayerStatus("landlock", True, _describe(abi, handled, rules, ports))

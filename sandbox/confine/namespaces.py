@@ -93,20 +93,19 @@ def mount(
     )
 
 
-def namespace_flags(network: bool) -> int:
-    flags = CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS
-    if not network:
-        flags |= CLONE_NEWNET
-    return flags
+def namespace_flags() -> int:
+    # A network namespace of its own whatever the policy: with the egress proxy its
+    # only interface is loopback, where the proxy's listener is the one thing to reach.
+    return CLONE_NEWPID | CLONE_NEWNS | CLONE_NEWIPC | CLONE_NEWUTS | CLONE_NEWNET
 
 
-def unshare_for_worker(network: bool) -> str | None:
+def unshare_for_worker() -> str | None:
     """In the intermediate process: the next child starts in new namespaces.
 
     Returns None on success, or why the namespaces could not be made.
     """
     try:
-        unshare(namespace_flags(network))
+        unshare(namespace_flags())
     except OSError as exc:
         return str(exc)
     return None
@@ -319,6 +318,8 @@ def apply(spec: WorkerSpec, unshare_error: str | None) -> LayerStatus:
         "pid (worker is init), mount (/proc, private noexec /tmp, /dev/shm and workspace; "
         "only system directories of the host), ipc, uts"
     )
-    if not spec.policy.isolation.network:
+    if spec.policy.network.enabled:
+        detail += ", net (loopback only: the egress proxy's listener)"
+    else:
         detail += ", net (loopback only, down)"
     return LayerStatus("namespaces", True, detail)

@@ -130,7 +130,7 @@ class BuiltFilter:
     unknown: tuple[str, ...]  # may exist, but their numbers are unknown here
 
 
-def build_filter(network: bool) -> BuiltFilter:
+def build_filter(network: bool, refusals: tuple[Refusal, ...] | None = None) -> BuiltFilter:
     """Build the filter in memory without loading it.
 
     Raises OSError if libseccomp is missing or rejects a rule.
@@ -150,7 +150,8 @@ def build_filter(network: bool) -> BuiltFilter:
     absent: dict[str, None] = {}  # ordered sets
     unknown: dict[str, None] = {}
     rule_count = 0
-    for refusal in refusals_for(network):
+    # ``refusals``: another process's rules (the egress proxy's), in place of a worker's.
+    for refusal in refusals if refusals is not None else refusals_for(network):
         resolved = resolve(refusal.syscall)
         if resolved.number is None:
             (absent if resolved.absent else unknown)[refusal.syscall] = None
@@ -209,12 +210,12 @@ class CompiledFilter:
             raise OSError(errno.ESRCH, f"seccomp: thread {result} could not be synchronized")
 
 
-def compile_filter(network: bool) -> CompiledFilter:
+def compile_filter(network: bool, refusals: tuple[Refusal, ...] | None = None) -> CompiledFilter:
     """Build the filter and export its BPF program (libseccomp's own code generator).
 
     Raises OSError if libseccomp is missing, rejects a rule or exports nothing usable.
     """
-    built = build_filter(network)
+    built = build_filter(network, refusals)
     assert pyseccomp_module is not None  # build_filter raised otherwise
     with open(os.memfd_create("seccomp-bpf", os.MFD_CLOEXEC), "w+b", buffering=0) as exported:
         built.handle.export_bpf(exported)

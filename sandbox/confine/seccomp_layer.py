@@ -8,8 +8,10 @@ container without extra capabilities, then adds what this sandbox needs:
 
 * ``clone`` may not create namespaces; ``clone3`` answers ENOSYS, because its flags
   live in memory a filter cannot read and C libraries fall back to ``clone``;
-* with the network off, only AF_UNIX sockets can be created; AF_VSOCK (a path to the
-  hypervisor, not to the network) is refused either way;
+* with the network off, only AF_UNIX sockets can be created; with the egress proxy
+  (``network.mode = "allowlist"``), also TCP stream sockets of AF_INET and AF_INET6,
+  which reach nothing but the proxy's port in the worker's own network namespace
+  (no UDP, raw, packet, netlink or vsock socket either way);
 * TIOCSTI and TIOCLINUX, which push keystrokes into a terminal, are refused;
 * a syscall from another ABI (i386 ``int 0x80``, x32) kills the process.
 
@@ -64,7 +66,7 @@ def prepare(network: bool) -> None:
 
 
 def apply(spec: WorkerSpec) -> LayerStatus:
-    network = spec.policy.isolation.network
+    network = spec.policy.network.enabled
     if pyseccomp_module is None:
         return LayerStatus(LAYER_NAME, False, pyseccomp_error or "libseccomp is missing")
     compiled = _prepared.get(network) or compile_filter(network)
@@ -72,7 +74,7 @@ def apply(spec: WorkerSpec) -> LayerStatus:
     built = compiled.built
     uncovered = set(built.absent) | set(built.unknown)
     denied_count = sum(name not in uncovered for _why, names in DENIED_SYSCALLS for name in names)
-    sockets = "no AF_VSOCK sockets" if network else "AF_UNIX sockets only"
+    sockets = "AF_UNIX and TCP sockets only" if network else "AF_UNIX sockets only"
     detail = (
         f"{denied_count} syscalls refused (Docker's list and more); no namespaces; "
         f"{sockets}; no terminal injection; other ABIs killed"

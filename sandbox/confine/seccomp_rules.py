@@ -12,6 +12,7 @@ from dataclasses import dataclass
 # libseccomp's comparison operators (enum scmp_compare in seccomp.h), spelled out here
 # so the rule tables can be built and read without the library.
 NOT_EQUAL = 1
+EQUAL = 4
 GREATER_THAN = 6
 MASKED_EQUAL = 7
 
@@ -135,6 +136,9 @@ TIOCLINUX = 0x541C
 TERMINAL_INJECTION_IOCTLS = (TIOCSTI, TIOCLINUX)
 
 AF_UNIX = 1
+AF_INET = 2
+AF_INET6 = 10
+IPPROTO_TCP = 6
 AF_VSOCK = 40
 
 # Docker allows personality() only for these values: PER_LINUX (0), PER_LINUX32, UNAME26,
@@ -188,14 +192,24 @@ def personality_refusals() -> tuple[Refusal, ...]:
 
 
 def socket_refusals(network: bool) -> tuple[Refusal, ...]:
-    # The kernel reads the family as an int.  With the network off, anything but exactly
-    # AF_UNIX is refused, high bits included (erring safe); with it on, AF_VSOCK is
-    # matched on the low 32 bits, as the kernel will read it.
-    family = (
-        Comparison(0, MASKED_EQUAL, LOW_32_BITS, AF_VSOCK)
-        if network
-        else Comparison(0, NOT_EQUAL, AF_UNIX)
-    )
-    return tuple(
-        Refusal(syscall, errno.EAFNOSUPPORT, (family,)) for syscall in ("socket", "socketpair")
-    )
+    """With the network off, anything but exactly AF_UNIX; with the egress proxy, also
+    anything but AF_INET and AF_INET6 TCP stream sockets (to reach the proxy's port in
+    the worker's own namespace; Landlock refuses every other port)."""
+    pair = (Refusal("socketpair", errno.EAFNOSUPPORT, (Comparison(0, NOT_EQUAL, AF_UNIX),)),)
+    if not network:
+        # The kernel reads the family as an int: high bits set are refused too (erring safe).
+        return (Refusal("socket", errno.EAFNOSUPPORT, (Comparison(0, NOT_EQUAL, AF_UNIX),)), *pair)
+    # Not one of three families: above AF_INET6 (high bits included, erring safe), 0,
+    # or one of those between AF_INET and AF_INET6.
+    families = [Comparison(0, GREATER_THAN, AF_INET6), Comparison(0, EQUAL, 0)]
+    families += [Comparison(0, EQUAL, family) for family in range(AF_INET + 1, AF_INET6)]
+    refusals = [Refusal("socket", errno.EAFNOSUPPORT, (family,)) for family in families]
+    # An internet socket's type, less its flags, must be SOCK_STREAM (1): bit 0 clear or
+    # any of bits 1-3 set is another type.  Its protocol must be 0 or IPPROTO_TCP (6).
+    not_stream = [masked_equal(1, 1, 0)] + [masked_equal(1, bit, bit) for bit in (2, 4, 8)]
+    not_tcp = [Comparison(2, GREATER_THAN, IPPROTO_TCP)]
+    not_tcp += [Comparison(2, EQUAL, protocol) for protocol in range(1, IPPROTO_TCP)]
+    for family in (AF_INET, AF_INET6):
+        for test in not_stream + not_tcp:
+            refusals.append(Refusal("socket", errno.EACCES, (Comparison(0, EQUAL, family), test)))
+    return (*refusals, *pair)

@@ -6,8 +6,9 @@ the file, the key and the reason, so a broken policy never starts a service.
 
 Reading order: the tables that tune validation (``tables``: units, module footprints;
 launchers are in ``sandbox/launchers.py``), the sections of a policy file
-(``sections``), the cross-key checks each section runs (``checks``), what a valid
-policy grants that a reviewer should know (``review``), and the loader that turns
+(``sections``), the cross-key checks each section runs (``checks``), the ``[network]``
+section and its grammar of hosts (``network``), what a valid policy grants that a
+reviewer should know (``review``), and the loader that turns
 pydantic's errors into ``file: key: reason`` lines (``loading``).
 """
 
@@ -24,6 +25,7 @@ from sandbox.policy.checks import (
     format_number,
 )
 from sandbox.policy.loading import load_policy, parse_policy
+from sandbox.policy.network import Network
 from sandbox.policy.review import PolicyWarning, policy_warnings
 from sandbox.policy.sections import (
     Commands,
@@ -61,6 +63,7 @@ __all__ = [
     "Isolation",
     "LayerName",
     "Limits",
+    "Network",
     "Packages",
     "Policy",
     "PolicyProblems",

@@ -19,8 +19,10 @@ from sandbox.policy.checks import (
     POLICY_CHECKS,
     PYTHON_CHECKS,
     SESSIONS_CHECKS,
+    PolicyProblems,
     enforce,
 )
+from sandbox.policy.network import NETWORK_POLICY_CHECKS, Network
 from sandbox.policy.tables import ALL_LAYERS, KERNEL_NR_OPEN, LayerName, Tighter
 
 
@@ -34,6 +36,12 @@ def _about(*, unit: str | None = None, tighter: Tighter | None = None) -> dict[s
         about["tighter"] = tighter
     return about
 
+
+MIGRATE_ISOLATION_NETWORK = (
+    "this key was replaced by the [network] section: delete it and write "
+    '[network] mode = "off" (it was false), or mode = "allowlist" with the hosts sessions '
+    "may reach in network.allow (it was true: there is no unfiltered network any more)"
+)
 
 # --- The sections of a policy file -------------------------------------------------
 
@@ -216,7 +224,7 @@ class Commands(_Section):
 
 
 class Isolation(_Section):
-    """Which confinement layers must be active, and whether the network is reachable."""
+    """Which confinement layers must be active."""
 
     required: list[LayerName] = Field(
         default_factory=list,
@@ -225,11 +233,6 @@ class Isolation(_Section):
     preferred: list[LayerName] = Field(
         default_factory=lambda: list(ALL_LAYERS),
         description="Layers used when the host has them; a missing one is logged.",
-    )
-    network: bool = Field(
-        False,
-        description="Whether sessions may open network sockets.",
-        json_schema_extra=_about(tighter="false"),
     )
 
     @model_validator(mode="after")
@@ -297,10 +300,21 @@ class Policy(_Section):
     isolation: Isolation = Field(default_factory=Isolation)
     python: PythonSettings = Field(default_factory=PythonSettings)
     packages: Packages = Field(default_factory=Packages)
+    network: Network = Field(default_factory=Network)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_isolation_network(cls, data: object) -> object:
+        # The old key meant "the host's whole network"; nothing maps onto it safely, so
+        # a file that still has it is refused with the way to say what it meant.
+        isolation = data.get("isolation") if isinstance(data, dict) else None
+        if isinstance(isolation, dict) and "network" in isolation:
+            raise PolicyProblems([("isolation.network", MIGRATE_ISOLATION_NETWORK)])
+        return data
 
     @model_validator(mode="after")
     def _coherent(self) -> Policy:
-        enforce(self, POLICY_CHECKS)
+        enforce(self, POLICY_CHECKS + NETWORK_POLICY_CHECKS)
         return self
 
     def digest(self) -> str:

@@ -38,7 +38,7 @@ ALL_LAYERS: tuple[LayerName, ...] = (
 UNIT_SUFFIXES: dict[str, str] = {"_s": "seconds", "_mb": "MiB", "_chars": "characters"}
 
 # How a reviewer reads a change of a key: which way restricts sessions more.
-Tighter = Literal["lower", "false", "fewer", "more"]
+Tighter = Literal["lower", "false", "fewer", "more", "off"]
 
 
 # --- What the preloaded modules cost ---------------------------------------------

@@ -72,8 +72,9 @@ def policy_facts(public_url: str, policy: Policy) -> dict[str, str]:
     """The active policy's numbers and names, for texts that teach a model the limits."""
     limits = policy.limits
     network = (
-        "This server's policy allows network access."
-        if policy.isolation.network
+        "Sessions reach only these hosts, through the service's egress proxy: "
+        f"{', '.join(policy.network.allow) or 'none'}."
+        if policy.network.enabled
         else "The network is off: installing packages or downloading anything fails, so work "
         "with what is installed and with the files in /mnt/data."
     )

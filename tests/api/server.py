@@ -47,12 +47,14 @@ def start_server(
     env: dict[str, str | None] | None = None,
     policy: Path = TEST_POLICY,
     fd_limit: int | None = None,
+    port: int | None = None,
 ) -> Server:
-    """A service on a free port of loopback; a variable set to None in ``env`` is unset.
+    """A service on a free port of loopback (or ``port``, for a policy that names it); a
+    variable set to None in ``env`` is unset.
 
     ``fd_limit`` sets both the soft and the hard RLIMIT_NOFILE of the service.
     """
-    port = free_port()
+    port = port or free_port()
     state_dir = tmp / "state"
     environment = {
         "PATH": os.environ.get("PATH", "/usr/bin:/bin"),

@@ -186,7 +186,7 @@ def test_a_connection_attempt_is_told_the_network_is_off(
         assert reply["status"] == "error"
         assert error in reply["error"]
         assert "network is off" in reply["suggestion"], reply["suggestion"]
-        assert "isolation.network" in reply["suggestion"]
+        assert "network.mode" in reply["suggestion"]
 
 
 def test_a_missing_dataframe_column_suggestion_lists_the_columns(

@@ -172,7 +172,7 @@ def test_the_container_policy_requires_exactly_what_an_unprivileged_container_al
     policy = load_policy(CONTAINER_POLICY)
     assert set(policy.isolation.required) == UNPRIVILEGED_LAYERS
     assert set(policy.isolation.preferred) == PRIVILEGED_LAYERS
-    assert policy.isolation.network is False
+    assert policy.network.mode == "off"
 
 
 # --- Dockerfile -----------------------------------------------------------------------

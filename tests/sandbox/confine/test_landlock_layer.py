@@ -40,7 +40,9 @@ import pytest
 from sandbox.confine import landlock_layer
 from sandbox.confine.base import WorkerSpec
 from sandbox.confine.landlock_layer import FILE_RIGHTS, FsAccess, PathRule
-from sandbox.policy import Policy
+from sandbox.confine.namespaces import CLONE_NEWNET, unshare
+from sandbox.egress.address import PROXY_PORT, open_session_listener
+from sandbox.policy import ALL_LAYERS, Policy
 
 # A regressed layer turns these forks into real attacks on the host: run them (marker
 # `attack`) inside a PID namespace.
@@ -107,7 +109,9 @@ def arena() -> Iterator[Arena]:
 
 
 def make_spec(executables: tuple[str, ...] = (), network: bool = False) -> WorkerSpec:
-    policy = Policy.model_validate({"isolation": {"network": network}})
+    others = [layer for layer in ALL_LAYERS if layer != "namespaces"]
+    egress = {"isolation": {"required": ["namespaces"], "preferred": others}}
+    policy = Policy.model_validate({**egress, "network": {"mode": "allowlist"}} if network else {})
     return WorkerSpec(
         policy=policy,
         workspace=os.getcwd(),
@@ -469,7 +473,7 @@ def test_the_elf_loader_needs_the_execute_right(arena: Arena) -> None:
             for rule in landlock_layer.path_rules(spec, os.getcwd())
             if rule.why != "ELF loader"
         ]
-        handled = landlock_layer.handled_rights(landlock_layer.abi_version(), False)
+        handled = landlock_layer.handled_rights(landlock_layer.abi_version())
         landlock_layer.restrict_self(handled, rules)
 
     def attack() -> Report:
@@ -527,20 +531,53 @@ def test_tcp_to_a_loopback_service(arena: Arena, confined: bool) -> None:
 
 
 @needs_landlock
-def test_tcp_is_left_alone_when_the_policy_allows_network(arena: Arena) -> None:
-    with socket.create_server(("127.0.0.1", 0)) as listener:
-        port = listener.getsockname()[1]
+def test_with_the_egress_proxy_tcp_connects_only_to_the_proxy_port(arena: Arena) -> None:
+    """In a network namespace of its own (as a worker has), the child holds the proxy's
+    listener and another one; confined, it reaches the first only, and binds nothing."""
+    listeners: dict[str, socket.socket] = {}
 
-        def attack() -> Report:
-            def connect() -> None:
-                with socket.create_connection(("127.0.0.1", port), timeout=2):
-                    pass
+    def confine_in_own_namespace() -> None:
+        unshare(CLONE_NEWNET)
+        listeners["proxy"] = open_session_listener()
+        listeners["other"] = socket.create_server(("127.0.0.1", PROXY_PORT + 1))
+        status = landlock_layer.apply(make_spec(network=True))
+        if not status.active:
+            raise RuntimeError(f"layer inactive: {status.detail}")
 
-            return {"connect": attempt(connect)}
+    def connect(port: int) -> Callable[[], None]:
+        def run() -> None:
+            with socket.create_connection(("127.0.0.1", port), timeout=2):
+                pass
 
-        report = in_child(arena.workspace, attack, confined=True, network=True)
-        assert report["connect"]["ok"], report
-        assert not _nothing_arrives(listener)
+        return run
+
+    def bind() -> None:
+        with socket.socket() as server:
+            server.bind(("127.0.0.1", 0))
+
+    def attack() -> Report:
+        report = {
+            "proxy": attempt(connect(PROXY_PORT)),
+            "other": attempt(connect(PROXY_PORT + 1)),
+            "bind": attempt(bind),
+        }
+        report["accepted"] = {name: _accepts(listener) for name, listener in listeners.items()}
+        return report
+
+    report = in_child(arena.workspace, attack, confined=True, confine=confine_in_own_namespace)
+    assert report["proxy"]["ok"], report
+    assert_blocked(report["other"], errno.EACCES)
+    assert_blocked(report["bind"], errno.EACCES)
+    assert report["accepted"] == {"proxy": True, "other": False}
+
+
+def _accepts(listener: socket.socket) -> bool:
+    listener.setblocking(False)
+    try:
+        listener.accept()[0].close()
+    except BlockingIOError:
+        return False
+    return True
 
 
 @BOTH_MODES
@@ -798,7 +835,7 @@ def test_without_landlock_apply_reports_inactive_instead_of_raising(
 
 
 def test_rights_each_abi_handles() -> None:
-    network_off = {abi: landlock_layer.handled_rights(abi, False) for abi in range(1, 9)}
+    network_off = {abi: landlock_layer.handled_rights(abi) for abi in range(1, 9)}
     assert FsAccess.REFER not in network_off[1].fs
     assert FsAccess.REFER in network_off[2].fs
     assert FsAccess.TRUNCATE not in network_off[2].fs
@@ -809,8 +846,6 @@ def test_rights_each_abi_handles() -> None:
     assert network_off[4].net == 0b11
     assert network_off[5].scopes == 0
     assert network_off[6].scopes == 0b11
-    assert landlock_layer.handled_rights(7, True).net == 0
-    assert landlock_layer.handled_rights(7, True).scopes == 0b11
 
 
 def test_flag_values_agree_with_the_landlock_package() -> None:

@@ -33,7 +33,7 @@ import pytest
 
 from sandbox.confine import seccomp_layer
 from sandbox.confine.base import WorkerSpec
-from sandbox.policy import Isolation, Policy
+from sandbox.policy import ALL_LAYERS, Isolation, Network, Policy
 
 _unavailable = seccomp_layer.probe() if platform.machine() == "x86_64" else "not x86-64"
 
@@ -125,9 +125,20 @@ class ChildOutcome:
         return self.payload["report"]
 
 
+def policy_with_network(egress_proxy: bool) -> Policy:
+    """The default policy, with network.mode "allowlist" (egress through the proxy) or "off"."""
+    if not egress_proxy:
+        return Policy()
+    others = [layer for layer in ALL_LAYERS if layer != "namespaces"]
+    return Policy(
+        isolation=Isolation(required=["namespaces"], preferred=others),
+        network=Network(mode="allowlist"),
+    )
+
+
 def worker_spec(network: bool) -> WorkerSpec:
     return WorkerSpec(
-        policy=Policy(isolation=Isolation(network=network)),
+        policy=policy_with_network(network),
         workspace="/nonexistent-workspace",  # the seccomp layer never touches it
         uid=None,
         channel_fd=-1,
@@ -231,7 +242,8 @@ def test_apply_loads_one_filter_and_describes_it(network: bool) -> None:
     assert outcome.report["mode"] == "2"  # SECCOMP_MODE_FILTER
     assert int(outcome.report["filters"]) == seccomp_filter_count() + 1
     assert outcome.payload["layer"].startswith("active: ")
-    assert ("no AF_VSOCK" if network else "AF_UNIX sockets only") in outcome.payload["layer"]
+    sockets = "AF_UNIX and TCP sockets only" if network else "AF_UNIX sockets only"
+    assert sockets in outcome.payload["layer"]
 
 
 def test_every_listed_syscall_is_covered_unless_this_architecture_lacks_it() -> None:
@@ -630,16 +642,43 @@ def test_control_loopback_listeners_are_reached_without_the_filter(
     assert _arrivals(tcp, udp) == {"tcp": True, "udp": True}
 
 
-def test_network_on_allows_inet_but_still_refuses_vsock() -> None:
+# With the egress proxy a session needs a TCP socket to reach the proxy's port in its
+# own namespace (Landlock refuses every other port): that, and nothing else, is allowed.
+EGRESS_MODE_SOCKETS: dict[str, tuple[tuple[int, int, int], int]] = {
+    "inet_stream": ((socket.AF_INET, socket.SOCK_STREAM, 0), 0),
+    "inet_stream_tcp": ((socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP), 0),
+    "inet6_stream": ((socket.AF_INET6, socket.SOCK_STREAM, 0), 0),
+    "inet_stream_flags": ((socket.AF_INET, socket.SOCK_STREAM | socket.SOCK_CLOEXEC, 0), 0),
+    "unix_datagram": ((socket.AF_UNIX, socket.SOCK_DGRAM, 0), 0),
+    "inet_udp": ((socket.AF_INET, socket.SOCK_DGRAM, 0), errno.EACCES),
+    "inet6_udp": ((socket.AF_INET6, socket.SOCK_DGRAM, 0), errno.EACCES),
+    "inet_raw": ((socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP), errno.EACCES),
+    "inet_seqpacket": ((socket.AF_INET, socket.SOCK_SEQPACKET, 0), errno.EACCES),
+    "inet_sctp_stream": ((socket.AF_INET, socket.SOCK_STREAM, 132), errno.EACCES),
+    "inet_mptcp": ((socket.AF_INET, socket.SOCK_STREAM, 262), errno.EACCES),
+    "inet_icmp_protocol": ((socket.AF_INET, socket.SOCK_STREAM, 1), errno.EACCES),
+    "netlink_route": ((socket.AF_NETLINK, socket.SOCK_RAW, 0), errno.EAFNOSUPPORT),
+    "packet": ((socket.AF_PACKET, socket.SOCK_RAW, 0), errno.EAFNOSUPPORT),
+    "vsock": ((socket.AF_VSOCK, socket.SOCK_STREAM, 0), errno.EAFNOSUPPORT),
+    "ax25": ((3, socket.SOCK_STREAM, 0), errno.EAFNOSUPPORT),
+    "unspec": ((0, socket.SOCK_STREAM, 0), errno.EAFNOSUPPORT),
+    "inet_with_high_bits": (
+        (0x1_0000_0000 | socket.AF_INET, socket.SOCK_STREAM, 0),
+        errno.EAFNOSUPPORT,
+    ),
+}
+
+
+def test_egress_proxy_mode_allows_tcp_stream_sockets_only() -> None:
     def attack() -> dict[str, dict[str, int]]:
         return {
-            "inet": raw_syscall(SYS_socket, socket.AF_INET, socket.SOCK_STREAM, 0),
-            "vsock": raw_syscall(SYS_socket, socket.AF_VSOCK, socket.SOCK_STREAM, 0),
+            name: raw_syscall(SYS_socket, *arguments)
+            for name, (arguments, _expected) in EGRESS_MODE_SOCKETS.items()
         }
 
     report = run_in_child(attack, network=True).report
-    assert refused_with(report["inet"]) == 0
-    assert refused_with(report["vsock"]) == errno.EAFNOSUPPORT
+    refused = {name: refused_with(outcome) for name, outcome in report.items()}
+    assert refused == {name: expected for name, (_args, expected) in EGRESS_MODE_SOCKETS.items()}
 
 
 # --- foreign architectures --------------------------------------------------------------

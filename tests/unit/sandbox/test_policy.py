@@ -68,7 +68,7 @@ def test_an_empty_file_is_the_model_defaults() -> None:
     policy = parse_policy("")
     assert policy.limits.memory_mb == 2048
     assert policy.commands.launchers_allowed is False
-    assert policy.isolation.network is False
+    assert policy.network.mode == "off"
 
 
 # --- Unknown keys ------------------------------------------------------------------
@@ -309,9 +309,12 @@ def test_sort_compress_program_warns_but_loads() -> None:
 
 
 def test_network_and_unused_layers_are_warned_about() -> None:
-    policy = parse_policy("[isolation]\nnetwork = true\npreferred = ['process']\n")
+    policy = parse_policy(
+        "[isolation]\nrequired = ['namespaces']\npreferred = ['process']\n"
+        "[network]\nmode = 'allowlist'\nallow = ['pypi.internal.example']\n"
+    )
     keys = {warning.key for warning in policy_warnings(policy)}
-    assert keys == {"isolation", "isolation.network"}
+    assert keys == {"isolation", "network.mode"}
 
 
 # --- Presets ---------------------------------------------------------------------------
@@ -320,7 +323,7 @@ def test_network_and_unused_layers_are_warned_about() -> None:
 def test_default_preset_is_shared_safe() -> None:
     policy = load_policy(POLICIES / "default.toml")
     assert policy.isolation.required == list(ALL_LAYERS)
-    assert policy.isolation.network is False
+    assert policy.network.mode == "off"
     assert policy.commands.launchers_allowed is False
     exposures = launcher_exposures(policy.commands)
     assert {exposure.program for exposure in exposures} == {"awk", "sed"}

@@ -64,11 +64,8 @@ def test_strict_is_nowhere_looser_than_default() -> None:
     assert [str(change) for change in changes if change.judgement == "looser"] == []
 
 
-def test_default_to_dev_flags_network_launchers_and_layers() -> None:
+def test_default_to_dev_flags_launchers_and_layers() -> None:
     lines = review(load_policy(POLICIES / "default.toml"), load_policy(POLICIES / "dev.toml"))
-    assert any(
-        line.startswith("isolation.network: false → true (looser); NETWORK ON") for line in lines
-    )
     assert "isolation layer seccomp: required → preferred (looser)" in lines
     added = next(line for line in lines if line.startswith("commands.allow: added"))
     assert "(looser); launchers, see `policy check`: sh, bash" in added

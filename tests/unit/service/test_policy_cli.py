@@ -137,3 +137,50 @@ def test_docs_prints_the_committed_reference(capsys: pytest.CaptureFixture[str])
     code, out, _ = run(["policy", "docs"], capsys)
     assert code == 0
     assert out == (ROOT / "docs" / "POLICY.md").read_text(encoding="utf-8")
+
+
+EGRESS = (
+    "[isolation]\nrequired = ['namespaces']\npreferred = []\n"
+    "[network]\nmode = 'allowlist'\nallow = ['127.0.0.1:9000']\nallow_private = ['127.0.0.1/32']\n"
+)
+
+
+def test_check_refuses_allow_private_covering_the_services_address(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, EGRESS)
+    code, out, err = run(["policy", "check", path], capsys)
+    assert (code, out) == (1, "")
+    assert f"{path}: network.allow_private: 127.0.0.1/32 covers 127.0.0.1" in err
+    # A service listening elsewhere: the test servers on loopback are not its neighbours.
+    code, out, err = run(["policy", "check", path, "--listen", "10.1.2.3"], capsys)
+    assert code == 0
+    assert out.startswith(f"{path}: ok")
+    assert "covers loopback" in err  # still worth a reviewer's second look
+
+
+def test_check_refuses_allow_everything_without_a_reason(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write(tmp_path, EGRESS.replace("'127.0.0.1:9000'", "'*'"))
+    code, _, err = run(["policy", "check", path, "--listen", "10.1.2.3"], capsys)
+    assert code == 1
+    assert "network.allow: '*' allows every public host" in err
+
+
+def test_diff_puts_network_changes_first_and_marked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = write(tmp_path, "[limits]\nmemory_mb = 1024\n")
+    after_path = tmp_path / "after.toml"
+    after_path.write_text(EGRESS + "[limits]\nmemory_mb = 512\n")
+    code, out, _ = run(["policy", "diff", before, str(after_path)], capsys)
+    assert code == 0
+    lines = out.splitlines()[1:]
+    assert lines[0] == (
+        'NETWORK network.mode: "off" → "allowlist" (looser); '
+        "NETWORK ON: sessions reach network.allow through the egress proxy"
+    )
+    assert lines[1] == "NETWORK network.allow: added 127.0.0.1:9000 (looser)"
+    assert lines[2] == "NETWORK network.allow_private: added 127.0.0.1/32 (looser)"
+    assert "limits.memory_mb: 1024 → 512 (tighter)" in lines[4:]

@@ -98,14 +98,55 @@ def test_a_refused_pip_option_says_where_installs_come_from_and_go() -> None:
         assert "site directory" in text
 
 
+EGRESS_POLICY = parse_policy(
+    "[isolation]\nrequired = ['namespaces']\npreferred = []\n"
+    "[network]\nmode = 'allowlist'\nallow = ['data.example.org', '*.mirror.example']\n"
+)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # urllib, plain http: the proxy's status line.
+        "urllib.error.HTTPError: HTTP Error 403: Forbidden by network.allow",
+        # urllib and requests over CONNECT (https): the tunnel's status line.
+        "URLError: <urlopen error Tunnel connection failed: 403 Forbidden by network.allow>",
+        "ProxyError: ('Unable to connect to proxy', OSError('Tunnel connection failed: "
+        "403 Forbidden by network.allow'))",
+    ],
+)
+def test_a_proxy_refusal_names_network_allow_and_the_allowed_hosts(error: str) -> None:
+    case = failed(error.split(":")[0], error, hint=ErrorHint(kind="network"))
+    assert rule_for(case) == "egress-refused"
+    text = advice(case, EGRESS_POLICY)
+    assert "network.allow" in text
+    assert "data.example.org, *.mirror.example" in text
+
+
+def test_a_proxy_refusal_of_a_private_address_names_allow_private() -> None:
+    case = failed("HTTPError", "HTTP Error 403: Forbidden by network.allow_private")
+    text = advice(case, EGRESS_POLICY)
+    assert "network.allow_private" in text
+    assert "network.allow " not in text
+
+
+def test_a_proxy_refusal_by_a_budget_names_its_key() -> None:
+    case = failed("HTTPError", "HTTP Error 403: Forbidden by network.max_connections")
+    assert "network.max_connections" in advice(case, EGRESS_POLICY)
+
+
 def test_a_failed_connection_says_the_network_is_off_naming_the_key() -> None:
     case = failed("URLError", "URLError: <urlopen error>", hint=ErrorHint(kind="network"))
     assert rule_for(case) == "network"
     text = advice(case)
     assert "network is off" in text
-    assert "isolation.network" in text
-    networked = parse_policy("[isolation]\nnetwork = true\n")
+    assert "network.mode" in text
+    networked = parse_policy(
+        "[isolation]\nrequired = ['namespaces']\npreferred = []\n"
+        "[network]\nmode = 'allowlist'\nallow = ['data.example.org']\n"
+    )
     assert "could not be reached" in advice(case, networked)
+    assert "data.example.org" in advice(case, networked)
 
 
 def test_a_key_error_on_a_dataframe_names_its_columns() -> None:

@@ -1,0 +1,3 @@
+from sandbox.egress.process import main
+
+main()

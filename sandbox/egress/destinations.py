@@ -1,0 +1,142 @@
+"""Which destinations a policy allows: first by the name the client gave, then by the
+address the proxy resolved it to and will connect to.
+
+Two questions, asked in this order, each answered with the policy key that refused:
+
+* ``network.allow``: is ``host:port``, as the client named it, listed?  An IP literal
+  passes only if that literal is listed; ``*`` and ``*.example.org`` match names only.
+* ``network.allow_private``: is the address the proxy resolved one it may reach?
+  Loopback, private, link-local (169.254.169.254 and the other metadata addresses),
+  shared, reserved, multicast, unspecified and the host's own addresses are refused
+  unless a CIDR of ``allow_private`` covers them.  The service's own port on loopback,
+  on the host's addresses or on the address it listens on is refused even then.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from sandbox.policy.network import DEFAULT_PORTS, Network, split_entry
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+ALLOW_KEY = "network.allow"
+ALLOW_PRIVATE_KEY = "network.allow_private"
+
+
+@dataclass(frozen=True)
+class Refusal:
+    key: str  # the policy key that refused, named in the 403 and the audit line
+    reason: str
+
+
+@dataclass(frozen=True)
+class HostRule:
+    host: str  # a lower-case name, "*", "*.domain", or a normalised IP literal
+    ports: tuple[int, ...]
+
+    def matches(self, host: str, port: int, host_is_ip: bool) -> bool:
+        if port not in self.ports:
+            return False
+        if host_is_ip:
+            return host == self.host
+        if self.host == "*":
+            return True
+        if self.host.startswith("*."):
+            return host.endswith(self.host[1:]) and len(host) > len(self.host) - 1
+        return host == self.host
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+
+
+def unwrap(address: IPAddress) -> IPAddress:
+    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64), which is where a
+    connection to it ends up; else the address itself."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return address.ipv4_mapped
+        if address.sixtofour is not None:
+            return address.sixtofour
+        if address in _NAT64:
+            return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
+    return address
+
+
+def _parse_ip(text: str) -> IPAddress | None:
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    return unwrap(address)
+
+
+def normalise_host(host: str) -> tuple[str, bool]:
+    """The host as rules compare it, and whether it is an IP literal."""
+    host = host.strip("[]").lower().rstrip(".")
+    address = _parse_ip(host)
+    return (str(address), True) if address is not None else (host, False)
+
+
+def _rule(entry: str) -> HostRule:
+    host, port = split_entry(entry)
+    ports = (port,) if port is not None else DEFAULT_PORTS
+    normalised, _is_ip = normalise_host(host) if host != "*" else (host, False)
+    return HostRule(normalised, ports)
+
+
+class DestinationPolicy:
+    """The ``[network]`` section compiled for the proxy, with what it learnt of the host."""
+
+    def __init__(
+        self,
+        network: Network,
+        own_addresses: Iterable[IPAddress] = (),
+        service_ports: Iterable[int] = (),
+    ) -> None:
+        self.rules = tuple(_rule(entry) for entry in network.allow)
+        self.private = tuple(ipaddress.ip_network(cidr) for cidr in network.allow_private)
+        self.own_addresses = frozenset(own_addresses)
+        self.service_ports = frozenset(service_ports)
+
+    def check_name(self, host: str, port: int) -> Refusal | None:
+        """``network.allow``: the destination as the client named it."""
+        normalised, is_ip = normalise_host(host)
+        if any(rule.matches(normalised, port, is_ip) for rule in self.rules):
+            return None
+        return Refusal(ALLOW_KEY, f"{host}:{port} is not in network.allow")
+
+    def _is_service(self, address: IPAddress, port: int) -> bool:
+        local = address.is_loopback or address.is_unspecified or address in self.own_addresses
+        return port in self.service_ports and local
+
+    def check_address(self, address: IPAddress, port: int) -> Refusal | None:
+        """``network.allow_private``: the address the proxy would connect to."""
+        address = unwrap(address)
+        if self._is_service(address, port):
+            return Refusal(ALLOW_PRIVATE_KEY, f"{address}:{port} is the service itself")
+        if any(address in network for network in self.private):
+            return None
+        if address.is_multicast or address.is_unspecified:
+            return Refusal(ALLOW_PRIVATE_KEY, f"{address} is not a host address")
+        if not address.is_global or address in self.own_addresses:
+            return Refusal(
+                ALLOW_PRIVATE_KEY,
+                f"{address} is a loopback, private, link-local or own address, and "
+                "network.allow_private does not cover it",
+            )
+        return None
+
+    def pick_address(
+        self, addresses: Iterable[IPAddress], port: int
+    ) -> tuple[IPAddress | None, Refusal | None]:
+        """The first resolved address the policy allows, or the first refusal."""
+        first_refusal: Refusal | None = None
+        for address in addresses:
+            refusal = self.check_address(address, port)
+            if refusal is None:
+                return address, None
+            first_refusal = first_refusal or refusal
+        return None, first_refusal or Refusal(ALLOW_KEY, "the name has no address")
