@@ -114,7 +114,38 @@ def test_a_wrong_packages_key_is_refused_naming_it(text: str, key: str) -> None:
     assert key in str(error.value)
 
 
-def test_a_file_index_and_an_http_one_are_accepted() -> None:
-    for url in ("file:///mnt/data/index", "http://10.0.0.5:8080/simple", "https://m.invalid/s"):
-        policy = parse_policy(f'[packages]\ninstall = "index"\nindex_url = "{url}"\n')
-        assert policy.packages.index_url == url
+def test_a_file_index_needs_no_network() -> None:
+    policy = parse_policy('[packages]\ninstall = "index"\nindex_url = "file:///mnt/data/index"\n')
+    assert policy.packages.index_url == "file:///mnt/data/index"
+
+
+NETWORKED = (
+    "[isolation]\nrequired = ['namespaces']\npreferred = []\n"
+    "[network]\nmode = 'allowlist'\nallow = ['mirror.invalid', '10.0.0.5:8080']\n"
+)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["https://mirror.invalid/simple", "http://mirror.invalid/simple", "http://10.0.0.5:8080/s"],
+)
+def test_an_http_index_the_network_allows_is_accepted(url: str) -> None:
+    policy = parse_policy(NETWORKED + f'[packages]\ninstall = "index"\nindex_url = "{url}"\n')
+    assert policy.packages.index_url == url
+
+
+@pytest.mark.parametrize(
+    ("network", "url", "reason"),
+    [
+        ("", "https://mirror.invalid/simple", 'network.mode is "off"'),
+        (NETWORKED, "https://other.invalid/simple", "other.invalid:443 is not in network.allow"),
+        (NETWORKED, "http://10.0.0.5/simple", "10.0.0.5:80 is not in network.allow"),
+    ],
+)
+def test_an_http_index_out_of_the_networks_reach_is_refused_naming_the_key(
+    network: str, url: str, reason: str
+) -> None:
+    with pytest.raises(PolicyError) as error:
+        parse_policy(network + f'[packages]\ninstall = "index"\nindex_url = "{url}"\n')
+    assert "packages.index_url" in str(error.value)
+    assert reason in str(error.value)
