@@ -16,6 +16,7 @@ host's configuration stay the host's: a session's pip runs with none of it.
 from __future__ import annotations
 
 import configparser
+import logging
 import os
 import sys
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 from sandbox.policy import Policy
 
+log = logging.getLogger("codesherpa.packages")
 # pip normalizes option names so, in files and in PIP_* variables alike.
 _INDEX_KEYS = ("index-url", "index_url")
 
@@ -89,12 +91,23 @@ def _pip_default() -> str:
 
 
 def for_sessions(policy: Policy, environ: Mapping[str, str] | None = None) -> Policy:
-    """``policy`` as the workers get it: an empty ``index_url`` replaced by the host's."""
+    """``policy`` as the workers get it: an empty ``index_url`` replaced by the host's.
+
+    The policy's own check (``packages.index_url``) cannot see the host's index when
+    it loads; what it would have refused is logged here, once per start.
+    """
     packages = policy.packages
     if packages.install == "off" or packages.index_url:
         return policy
-    resolved = packages.model_copy(update={"index_url": host_index_url(environ)})
-    return policy.model_copy(update={"packages": resolved})
+    index_url = host_index_url(environ)
+    resolved = policy.model_copy(
+        update={"packages": packages.model_copy(update={"index_url": index_url})}
+    )
+    try:
+        Policy.model_validate(resolved.model_dump())
+    except ValueError as problem:
+        log.warning("packages: the host pip's index will not be reachable: %s", problem)
+    return resolved
 
 
 def index_host(index_url: str) -> tuple[str, int] | None:

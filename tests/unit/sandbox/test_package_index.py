@@ -89,6 +89,17 @@ def test_workers_get_the_host_index_only_where_the_policy_names_none(tmp_path: P
     assert for_sessions(off, env) is off
 
 
+def test_a_host_index_the_network_does_not_reach_is_logged_at_start(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    named = config(tmp_path / "pip.conf", "[global]\nindex-url = https://host.invalid/simple\n")
+    env = environment(tmp_path, PIP_CONFIG_FILE=named)
+    resolved = for_sessions(Policy(packages=Packages(install="index")), env)
+    assert resolved.packages.index_url == "https://host.invalid/simple"
+    assert "packages.index_url" in caplog.text
+    assert 'network.mode is "off"' in caplog.text
+
+
 def test_the_index_host_is_what_the_proxy_lets_installs_reach() -> None:
     assert index_host("https://mirror.invalid/simple") == ("mirror.invalid", 443)
     assert index_host("http://10.0.0.5:8080/simple") == ("10.0.0.5", 8080)
