@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
-# CodeSherpa image: the service, its zygote, and the data-science stack the policies
-# preload (numpy, pandas, matplotlib).  One service process per container: sessions
+# CodeSherpa image: the service, its zygote, the data-science stack the policies
+# preload (numpy, pandas, matplotlib) and the toolbox sessions import when they need it.  One service process per container: sessions
 # live in its memory.  What holds inside a default container, and what the compose file
 # and the Kubernetes manifests do about the rest: docs/deploy.md, "Inside a container".
 #
@@ -17,8 +17,12 @@ RUN python -m venv /opt/codesherpa
 WORKDIR /src
 # The same versions as every other install, each checked against its hashes; the
 # runtime stage runs the project itself from /app, where service/ finds .well-known/.
-COPY requirements/runtime.lock ./
-RUN /opt/codesherpa/bin/pip install --require-hashes -r runtime.lock \
+# toolbox.lock is runtime.lock's pins plus the `toolbox` extra (scipy, scikit-learn,
+# seaborn, statsmodels, openpyxl, pyarrow, ...): sessions import them, the zygote does
+# not preload them.  `--build-arg LOCK=runtime.lock` builds an image without them.
+ARG LOCK=toolbox.lock
+COPY requirements/runtime.lock requirements/toolbox.lock ./
+RUN /opt/codesherpa/bin/pip install --require-hashes -r "${LOCK}" \
  && /opt/codesherpa/bin/python -m compileall -q /opt/codesherpa
 
 # --- runtime -------------------------------------------------------------------------

@@ -29,6 +29,9 @@ COMPILE := $(BIN)/pip-compile --quiet --generate-hashes --allow-unsafe --strip-e
 lock: install
 	$(COMPILE) --extra dev -o requirements/dev.lock pyproject.toml
 	$(COMPILE) -o requirements/runtime.lock pyproject.toml
+	# The image's lock: the runtime's pins (kept, as the starting file) and the toolbox.
+	cp requirements/runtime.lock requirements/toolbox.lock
+	$(COMPILE) --extra toolbox -o requirements/toolbox.lock pyproject.toml
 
 run: install
 	$(BIN)/codesherpa serve --host 127.0.0.1 --port 8000 --policy $(POLICY)

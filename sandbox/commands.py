@@ -36,8 +36,10 @@ DeniedRule = Literal[
     "allowlist",
     "argument",
     "env-prefix",
-    # A cell's `!pip install` or `%pip install` while the policy has installing off.
+    # A `%pip`, `!pip` or `/command pip` line while the policy has installing off.
     "packages",
+    # A pip line asking for what a session's installs may not do (`--target`, `-e`, ...).
+    "package-option",
 ]
 
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import get_args
 
 from sandbox.commands import DeniedRule
-from sandbox.magics import CommandNotAllowed, PackagesOff, UsageError
+from sandbox.magics import CommandNotAllowed, PackageOptionRefused, PackagesOff, UsageError
 from sandbox.protocol import MAX_HINT_NAME_CHARS, MAX_HINT_NAMES, ErrorHint, escape_surrogates
 
 # What a connection attempt meets without a network: no address family (seccomp
@@ -57,7 +57,7 @@ def _refusal(exc: BaseException) -> FailureNotes | None:
     # Exact types: a subclass is the user's own exception, however it is named.
     if type(exc) is UsageError:
         return FailureNotes(error=_cell_error(exc))
-    if type(exc) not in (CommandNotAllowed, PackagesOff):
+    if type(exc) not in (CommandNotAllowed, PackagesOff, PackageOptionRefused):
         return None
     rule = getattr(exc, "rule", None)
     for known in get_args(DeniedRule):

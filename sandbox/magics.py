@@ -5,8 +5,10 @@ which checks the line against the session's command policy and runs it without a
 shell, its output going to the cell's stdout and stderr.  As in Jupyter, a command
 that exits non-zero does not stop the cell (``_exit_code`` holds its status); a line
 the policy refuses does, raising ``CommandNotAllowed`` before anything runs.
-``!pip``/``%pip`` lines are package installation, which the policy has off
-(``PackagesOff``).  The magics models write are in ``LINE_MAGICS`` and
+``!pip``/``%pip`` lines install packages where the policy has them on
+(``sandbox/session_packages.py``), and are refused naming the policy key where it has
+them off (``PackagesOff``) or the option where a line asks for more than a session's
+installs may do (``PackageOptionRefused``).  The magics models write are in ``LINE_MAGICS`` and
 ``CELL_MAGICS``; any other raises ``UsageError`` naming it, as IPython does.
 """
 
@@ -21,12 +23,14 @@ import sys
 import tempfile
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 from sandbox.cell_magics import HELPER, transform
 from sandbox.command_runner import CommandResult
 from sandbox.commands import CommandDenied, DeniedRule
 from sandbox.magic_timing import time_call, timeit
+from sandbox.pip_arguments import PipRefused
+from sandbox.session_packages import installs_packages, packages_off_message
 
 
 class UsageError(Exception):
@@ -49,8 +53,12 @@ class PackagesOff(PolicyRefusal):
     """``%pip``, ``!pip`` and their kin: installing packages is off."""
 
 
+class PackageOptionRefused(PolicyRefusal):
+    """A pip line that asks for what a session's installs may not do."""
+
+
 # Shown as "UsageError: ...", as a user reads them in Jupyter, not with this module's path.
-for _error in (UsageError, PolicyRefusal, CommandNotAllowed, PackagesOff):
+for _error in (UsageError, PolicyRefusal, CommandNotAllowed, PackagesOff, PackageOptionRefused):
     _error.__module__ = "builtins"
 
 # The policy key behind each command rule a policy can tune; the other rules are the
@@ -60,28 +68,19 @@ POLICY_KEYS: dict[str, str] = {
     "shell-operators": "commands.shell_operators",
     "argument": "commands.rules",
 }
-_PACKAGE_TOOLS = re.compile(r"(pip|pip3|pip3\.\d+|conda|mamba|micromamba|uv)")
-_PYTHON = re.compile(r"python[\d.]*")
 # ``$name`` and ``{expression}`` in a ``!`` line take values from the cell, as in IPython.
 _EXPANSION = re.compile(r"\$\$|\{\{|\}\}|\$([A-Za-z_]\w*)|\{([^{}]+)\}")
 
 CommandLine = Callable[[str, int], CommandResult]
 
 
-def installs_packages(line: str) -> bool:
-    """Whether a command line is a package tool (``pip``, ``python -m pip``, ``conda``)."""
-    words = line.split()
-    if len(words) >= 3 and _PYTHON.fullmatch(os.path.basename(words[0])) and words[1] == "-m":
-        words = words[2:]
-    return bool(words) and _PACKAGE_TOOLS.fullmatch(os.path.basename(words[0])) is not None
+class Installer(Protocol):
+    def install_line(self, line: str, stdout_fd: int) -> int:
+        """pip's exit status for a pip line, its stdout to ``stdout_fd``; raises PipRefused."""
 
 
 def packages_off(line: str) -> PackagesOff:
-    return PackagesOff(
-        "packages",
-        f"`{line}` did nothing: installing packages is off in this sandbox "
-        '(policy key packages.install = "off")',
-    )
+    return PackagesOff("packages", packages_off_message(line))
 
 
 def expand(command: str, frame: FrameType) -> str:
@@ -124,6 +123,8 @@ class CellMagics:
         # Checks a line against the command policy (CommandDenied) and runs it, its
         # stdout to the given descriptor; the worker sets it.
         self.run_command: CommandLine | None = None
+        # Runs pip lines into the session's site directory; None while installs are off.
+        self.installer: Installer | None = None
         # Where `%cd` with no argument goes back to, as IPython's goes home: the
         # directory the session started in, its workspace.
         self.home = os.getcwd()
@@ -178,9 +179,21 @@ class CellMagics:
             output.seek(0)
             return output.read().decode("utf-8", "replace").splitlines()
 
+    def _install(self, line: str, stdout_fd: int) -> int:
+        if self.installer is None:
+            raise packages_off(line)
+        for stream in (sys.stdout, sys.stderr):
+            stream.flush()
+        try:
+            return self.installer.install_line(line, stdout_fd)
+        except PipRefused as refusal:
+            raise PackageOptionRefused(
+                "package-option", f"`{line}` did nothing: {refusal}"
+            ) from None
+
     def _run(self, line: str, stdout_fd: int) -> int | None:
         if installs_packages(line):
-            raise packages_off(line)
+            return self._install(line, stdout_fd)
         if self.run_command is None:
             raise UsageError("`!` commands run only in a sandbox session")
         for stream in (sys.stdout, sys.stderr):
@@ -223,10 +236,10 @@ def _nothing(magics: CellMagics, args: str, frame: FrameType) -> None:
 
 
 def _package_tool(tool: str) -> LineMagic:
-    def refuse(magics: CellMagics, args: str, frame: FrameType) -> None:
-        raise packages_off(f"{tool} {args}".strip())
+    def install(magics: CellMagics, args: str, frame: FrameType) -> None:
+        magics._install(expand(f"{tool} {args}".strip(), frame), 1)
 
-    return refuse
+    return install
 
 
 def _cd(magics: CellMagics, args: str, frame: FrameType) -> None:

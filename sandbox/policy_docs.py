@@ -22,6 +22,7 @@ from sandbox.policy import (
     INTERPRETER_FOOTPRINT_MB,
     ISOLATION_CHECKS,
     LIMITS_CHECKS,
+    PACKAGES_CHECKS,
     POLICY_CHECKS,
     PRELOAD_FOOTPRINT,
     PYTHON_CHECKS,
@@ -43,6 +44,7 @@ SECTION_CHECKS: dict[str, Sequence[Check[Any]]] = {
     "commands": COMMANDS_CHECKS,
     "isolation": ISOLATION_CHECKS,
     "python": PYTHON_CHECKS,
+    "packages": PACKAGES_CHECKS,
     "network": NETWORK_CHECKS,
 }
 

@@ -22,12 +22,12 @@ import os
 import signal
 import socket
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
-from sandbox import protocol, reaper, workspace
-from sandbox.command_runner import CommandRunner
+from sandbox import protocol, reaper, session_packages, workspace
+from sandbox.command_runner import CommandResult, CommandRunner
 from sandbox.commands import CommandDenied, parse_and_check
 from sandbox.display import DisplayLimits
 from sandbox.error_hints import failure_notes
@@ -106,6 +106,8 @@ class Worker:
         self._session.magics.run_command = lambda line, stdout_fd: self._commands.run(
             parse_and_check(line, policy.commands), stdout_fd, 2
         )
+        self._packages = session_packages.for_worker(policy.packages, os.getcwd())
+        self._session.magics.installer = self._packages
         self._keep = policy.limits.output_chars
         self._devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
         self._capture = _new_capture(self._keep)
@@ -255,9 +257,16 @@ class Worker:
             outputs_cut=self._session.display.cut,
         )
 
+    def _plan(self, line: str) -> Callable[[], CommandResult]:
+        """What a /command line runs (a pip line installs); raises ``CommandDenied``."""
+        if session_packages.installs_packages(line):
+            return session_packages.plan(line, self._packages)
+        plan = parse_and_check(line, self._policy.commands)
+        return lambda: self._commands.run(plan, 1, 2)
+
     def _run_command(self, request: protocol.RunCommand) -> protocol.RunReply:
         try:
-            plan = parse_and_check(request.command, self._policy.commands)
+            run = self._plan(request.command)
         except CommandDenied as denial:
             return protocol.RunReply(
                 run_id=request.run_id,
@@ -270,7 +279,7 @@ class Worker:
         with self._captured_output(self._stream(request)) as streams:
             try:
                 _RunState.running = True
-                result = self._commands.run(plan, 1, 2)
+                result = run()
                 _RunState.running = False
             except KeyboardInterrupt:
                 _RunState.running = False

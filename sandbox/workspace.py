@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 
 from sandbox.protocol import ChangedFile, escape_surrogates
+from sandbox.session_packages import SITE_DIRECTORY
 
 # A workspace with more entries than this is sampled, not walked in full, so a run
 # that creates a million files cannot make every later reply slow.
@@ -34,7 +35,8 @@ def snapshot(root: str = ".") -> Snapshot:
             name = prefix + entry.name
             try:
                 if entry.is_dir(follow_symlinks=False):
-                    stack.append((entry.path, name + "/"))
+                    if name != SITE_DIRECTORY:  # installed packages are no run's files
+                        stack.append((entry.path, name + "/"))
                 elif entry.is_file(follow_symlinks=False):
                     info = entry.stat(follow_symlinks=False)
                     seen[name] = (info.st_mtime_ns, info.st_size)

@@ -54,6 +54,7 @@ from sandbox.confine.process import die_with_parent
 from sandbox.egress.address import hand_over_listener, receive_listener
 from sandbox.errors import ConfinementError
 from sandbox.policy import Policy
+from sandbox.preload_guard import toolbox_kept_out
 from sandbox.ready_worker import ReadyWorker
 from sandbox.uids import UidAllocator
 from sandbox.worker import run_worker
@@ -355,9 +356,20 @@ def main() -> None:
     os.environ["HOME"] = start.state_dir
     os.environ["MPLCONFIGDIR"] = os.path.join(start.state_dir, "matplotlib")
     policy = start.policy
+    with toolbox_kept_out(policy.python.preload):
+        zygote = _warmed_zygote(start, policy)
+    # Everything imported so far is shared, read-only, by every worker: keep the
+    # collector from touching (and so copying) those pages in each fork.
+    gc.collect()
+    heap.pack()
+    gc.freeze()
+    serve(socket.socket(fileno=start.control_fd), zygote)
+
+
+def _warmed_zygote(start: protocol.StartOrder, policy: Policy) -> Zygote:
+    """The policy's modules imported, the layers prepared, the session path run once."""
     _preload(policy)
     fork.locate_numpy_state()
-    control = socket.socket(fileno=start.control_fd)
     zygote = Zygote(policy, start.state_dir, start.service_pid, start.cgroup_parent, start.ledger)
     if "environment" in policy.isolation.wanted():
         environment.prepare(policy.network.enabled)
@@ -366,12 +378,7 @@ def main() -> None:
             warm_up.warm_up(policy, empty)
     except Exception:  # noqa: BLE001 - only memory is at stake: the zygote still serves
         traceback.print_exc()
-    # Everything imported so far is shared, read-only, by every worker: keep the
-    # collector from touching (and so copying) those pages in each fork.
-    gc.collect()
-    heap.pack()
-    gc.freeze()
-    serve(control, zygote)
+    return zygote
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psutil
 
-from sandbox import pool_ledger, protocol, state_lock, workspaces
+from sandbox import package_index, pool_ledger, protocol, state_lock, workspaces
 from sandbox.confine import cgroup
 from sandbox.confine.process import PR_SET_CHILD_SUBREAPER, prctl
 from sandbox.egress.client import EgressClient
@@ -152,7 +152,8 @@ class ZygoteClient:
         theirs.close()
         assert self._process.stdin is not None
         start = StartOrder(
-            policy=self.policy,
+            # An empty packages.index_url becomes the host's, read now, in the service.
+            policy=package_index.for_sessions(self.policy),
             control_fd=control_fd,
             state_dir=self.state_dir,
             service_pid=os.getpid(),

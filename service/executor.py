@@ -21,6 +21,7 @@ from sandbox import (
     Session,
     WorkerBusy,
     parse_and_check,
+    session_packages,
 )
 from sandbox.errors import SandboxError
 from service.audit import AuditLog
@@ -79,6 +80,8 @@ class Executor:
 
     def _denial(self, caller: Caller, record: SessionRecord, command: str) -> RunOutcome | None:
         """The outcome of a command the policy refuses, before anything runs; else None."""
+        if session_packages.installs_packages(command):
+            return None  # the session's worker checks a pip line against packages.*
         try:
             parse_and_check(command, record.session.policy.commands)
         except CommandDenied as denial:

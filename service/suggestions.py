@@ -173,6 +173,14 @@ RULES: tuple[Rule, ...] = (
         ),
     ),
     Rule(
+        "package-option",
+        lambda o: o.denied_rule == "package-option",
+        lambda o, p: (
+            "pip installs here only from the policy's index (packages.index_url) into this "
+            "session's own site directory; run the line again without that option."
+        ),
+    ),
+    Rule(
         "cell-command-denied",
         lambda o: o.kind == "python" and o.status == "denied",
         lambda o, p: (

@@ -25,6 +25,8 @@ import os
 import stat
 from dataclasses import dataclass
 
+from sandbox.session_packages import is_site_path
+
 _libc = ctypes.CDLL(None, use_errno=True)
 SYS_OPENAT2 = 437  # x86_64 and aarch64 share the generic number
 RESOLVE_NO_MAGICLINKS = 0x02
@@ -217,6 +219,7 @@ class Workspace:
 
     def listing(self) -> list[WorkspaceFile]:
         """Regular files, recursively, never following a link; at most MAX_LISTED.
+        The site directory of ``pip install`` is left out (its size still counts).
 
         The walk stops after MAX_VISITED entries of any kind, so its cost does not
         depend on what the session made; a tree larger than that is listed in part.
@@ -249,8 +252,9 @@ class Workspace:
     ) -> None:
         try:
             if entry.is_dir(follow_symlinks=False):
-                # A deeper path could not be downloaded: check_relative refuses it.
-                if len(relative) < MAX_PATH_CHARS:
+                # A deeper path could not be downloaded: check_relative refuses it.  The
+                # session's installed packages are its interpreter's, not its files.
+                if len(relative) < MAX_PATH_CHARS and not is_site_path(relative):
                     stack.append(relative)
             elif entry.is_file(follow_symlinks=False):
                 info = entry.stat(follow_symlinks=False)

@@ -6,6 +6,7 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Generic, TypeVar
+from urllib.parse import urlsplit
 
 from pydantic import BaseModel
 
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
         Commands,
         Isolation,
         Limits,
+        Packages,
         Policy,
         PythonSettings,
         Sessions,
@@ -206,6 +208,22 @@ PYTHON_CHECKS: tuple[Check[PythonSettings], ...] = (
 )
 
 
+# An index pip reads: a URL with one of these schemes and a location.
+_INDEX_URL = re.compile(r"^(?:https?://[^\s/?#]+|file://)/?[^\s]*$")
+
+PACKAGES_CHECKS: tuple[Check[Packages], ...] = (
+    Check(
+        "index_url",
+        "index_url is empty (the host pip's index) or an http, https or file URL with no spaces.",
+        lambda packages: (
+            [f"{packages.index_url!r} is not an http, https or file URL"]
+            if packages.index_url and not _INDEX_URL.match(packages.index_url)
+            else []
+        ),
+    ),
+)
+
+
 def _memory_below_preload(policy: Policy) -> Iterator[str]:
     needed = preload_needs_mb(policy.python.preload)
     if policy.limits.memory_mb < needed:
@@ -236,6 +254,26 @@ def _max_timeout_above_lifetime(policy: Policy) -> Iterator[str]:
     )
 
 
+def _index_out_of_reach(policy: Policy) -> Iterator[str]:
+    packages = policy.packages
+    parts = urlsplit(packages.index_url)
+    if packages.install != "index" or parts.scheme not in ("http", "https") or not parts.hostname:
+        return
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        yield f"{packages.index_url!r} has no valid port"
+        return
+    if not policy.network.enabled:
+        yield f'{parts.hostname}:{port} is reached over the network, and network.mode is "off"'
+        return
+    # Imported here: the proxy's matching imports this package.
+    from sandbox.egress.destinations import DestinationPolicy
+
+    if DestinationPolicy(policy.network).check_name(parts.hostname, port) is not None:
+        yield f"{parts.hostname}:{port} is not in network.allow"
+
+
 POLICY_CHECKS: tuple[Check[Policy], ...] = (
     Check(
         "limits.max_timeout_s",
@@ -255,5 +293,11 @@ POLICY_CHECKS: tuple[Check[Policy], ...] = (
         "program: remove it, neutralise it with deny_args, or set launchers_allowed = true "
         "knowingly.",
         _launchers_while_refused,
+    ),
+    Check(
+        "packages.index_url",
+        'an http or https packages.index_url needs network.mode = "allowlist" with its '
+        "host and port in network.allow: pip reaches the index through the egress proxy.",
+        _index_out_of_reach,
     ),
 )

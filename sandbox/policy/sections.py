@@ -15,6 +15,7 @@ from sandbox.policy.checks import (
     COMMANDS_CHECKS,
     ISOLATION_CHECKS,
     LIMITS_CHECKS,
+    PACKAGES_CHECKS,
     POLICY_CHECKS,
     PYTHON_CHECKS,
     SESSIONS_CHECKS,
@@ -258,15 +259,36 @@ class PythonSettings(_Section):
 
 
 class Packages(_Section):
-    """Whether a cell may install packages (`%pip install`, `!pip install`)."""
+    """Whether sessions may install packages (`%pip`, `!pip`, `/command pip install`)."""
 
-    install: Literal["off"] = Field(
+    install: Literal["off", "index"] = Field(
         "off",
         description=(
-            'Only "off" for now: a cell\'s `%pip` or `!pip` line installs nothing, and the '
-            "reply names this key."
+            '"off": a `%pip`, `!pip` or `/command pip` line installs nothing, and the reply '
+            'names this key. "index": pip installs from `index_url` into the session\'s own '
+            "site directory (`.packages` in its workspace), counted in its quota."
         ),
     )
+    index_url: str = Field(
+        "",
+        description=(
+            "The package index pip installs from (a PEP 503 simple index: http, https or "
+            "file URL). Empty: the index the host's pip is configured with, read when the "
+            "service starts. A plain-http index given here is trusted for pip as given."
+        ),
+    )
+    only_binary: bool = Field(
+        True,
+        description=(
+            "Install binary wheels only: no package's build code runs in a session. "
+            "false lets pip build source distributions inside the sandbox."
+        ),
+    )
+
+    @model_validator(mode="after")
+    def _coherent(self) -> Packages:
+        enforce(self, PACKAGES_CHECKS)
+        return self
 
 
 class Policy(_Section):

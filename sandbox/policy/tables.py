@@ -89,3 +89,22 @@ def preload_needs_mb(modules: Iterable[str]) -> int:
     return INTERPRETER_FOOTPRINT_MB + sum(
         PRELOAD_FOOTPRINT[name].mb for name in preload_closure(modules) if name in PRELOAD_FOOTPRINT
     )
+
+
+# The modules of the `toolbox` extra (pyproject.toml), by import name.  The zygote keeps
+# them out while it preloads unless python.preload names them: pandas, for one, imports
+# pyarrow as it imports itself whenever pyarrow is installed.
+TOOLBOX_MODULES = frozenset(
+    {
+        "scipy",
+        "sklearn",
+        "seaborn",
+        "statsmodels",
+        "openpyxl",
+        "xlrd",
+        "pyarrow",
+        "sympy",
+        "networkx",
+        "tabulate",
+    }
+)

@@ -120,6 +120,20 @@ def test_pip_lines_name_packages_install_and_install_nothing(
     assert workspace_names(client, session) == set()
 
 
+def test_command_pip_names_packages_install_while_installs_are_off(
+    client: httpx.Client, session: str
+) -> None:
+    for line in (
+        "pip install codesherpa_absent_pkg",
+        "python -m pip install codesherpa_absent_pkg",
+    ):
+        reply = client.post("/command", json={"command": line, "session_id": session}).json()
+        assert reply["status"] == "denied", reply
+        assert "packages.install" in reply["error"]
+        assert "packages.install" in reply["suggestion"]
+    assert workspace_names(client, session) == set()
+
+
 def test_time_prints_wall_time_and_keeps_the_value(client: httpx.Client, session: str) -> None:
     reply = run(client, session, "%time 1+1")
     assert reply["status"] == "ok", reply

@@ -224,6 +224,25 @@ def test_the_image_runs_one_unprivileged_worker_with_a_liveness_check() -> None:
     assert "libseccomp2" in installed
 
 
+def test_the_image_installs_the_toolbox_from_its_lock_with_hashes() -> None:
+    instructions = dockerfile_instructions()
+    arguments = dict(
+        rest.split("=", 1) for keyword, rest in instructions if keyword == "ARG" and "=" in rest
+    )
+    assert arguments["LOCK"] == "toolbox.lock"
+    installs = [
+        rest for keyword, rest in instructions if keyword == "RUN" and "pip install" in rest
+    ]
+    assert any("--require-hashes" in rest and '"${LOCK}"' in rest for rest in installs)
+    lock = (ROOT / "requirements" / "toolbox.lock").read_text()
+    for name in ("scipy", "scikit-learn", "seaborn", "statsmodels", "openpyxl", "pyarrow"):
+        assert re.search(rf"^{name}==\S+ \\\n\s+--hash=sha256:", lock, re.MULTILINE), name
+    runtime = (ROOT / "requirements" / "runtime.lock").read_text()
+    # The image's versions of what the service itself runs are the runtime lock's.
+    for pin in re.findall(r"^\S+==\S+", runtime, re.MULTILINE):
+        assert re.search(rf"^{re.escape(pin)} ", lock, re.MULTILINE), pin
+
+
 def test_the_image_holds_no_secret() -> None:
     instructions = dockerfile_instructions()
     for keyword, rest in instructions:

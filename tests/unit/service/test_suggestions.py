@@ -89,6 +89,15 @@ def test_pip_in_a_cell_says_installing_is_off_and_what_is_preinstalled() -> None
         assert "numpy, pandas, matplotlib" in text
 
 
+def test_a_refused_pip_option_says_where_installs_come_from_and_go() -> None:
+    for kind in ("python", "command"):
+        case = outcome(kind=kind, status="denied", denied_rule="package-option")
+        assert rule_for(case) == "package-option"
+        text = advice(case)
+        assert "packages.index_url" in text
+        assert "site directory" in text
+
+
 EGRESS_POLICY = parse_policy(
     "[isolation]\nrequired = ['namespaces']\npreferred = []\n"
     "[network]\nmode = 'allowlist'\nallow = ['data.example.org', '*.mirror.example']\n"
