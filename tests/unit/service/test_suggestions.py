@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from pathlib import Path
 
 import pytest
 
 from sandbox.policy import Policy, parse_policy
 from sandbox.protocol import ErrorHint
-from service.suggestions import RULES, Outcome, suggest
+from service.suggestions import RULES, Outcome, quiet, suggest
 
 POLICY = parse_policy(
     """
@@ -306,3 +307,28 @@ def test_every_rule_is_covered_by_a_test_above() -> None:
     source = Path(__file__).read_text(encoding="utf-8")
     untested = [rule.name for rule in RULES if f'== "{rule.name}"' not in source]
     assert untested == []
+
+
+def _every_outcome() -> list[Outcome]:
+    hint = ErrorHint(kind="network", names=[], total=0)
+    grid = itertools.product(
+        ["python", "command"],
+        ["ok", "error", "timeout", "killed", "denied"],
+        [None, "NameError", "MemoryError", "KeyboardInterrupt"],
+        [None, "", "Forbidden by network.allow"],
+        [None, "memory", "wall_time"],
+        [None, "packages", "allowlist"],
+        [False, True],
+        [False, True],
+        [None, 1],
+        [None, hint],
+        [False, True],
+    )
+    return [Outcome(*fields) for fields in grid]
+
+
+def test_no_rule_applies_to_a_run_the_table_is_not_asked_about() -> None:
+    # ``suggest`` skips the table for a quiet run: a rule that would speak there must
+    # make ``quiet`` say so first.
+    spoken = [case for case in _every_outcome() if quiet(case) and rule_for(case) is not None]
+    assert spoken == []
