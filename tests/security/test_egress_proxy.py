@@ -13,12 +13,15 @@ got, and the audit report, beside a control that reaches the allowed server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
+import hashlib
 import os
 import secrets
 import shutil
 import signal
 import tempfile
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,17 +47,45 @@ class Targets:
     unlisted_port: LoopbackServer  # 127.0.0.2, a port no entry names
     loopback: LoopbackServer  # 127.0.0.1: listed as a literal and as "localhost", not covered
     service: LoopbackServer  # 127.0.0.2, listed and covered, but the service's own port
+    index: LoopbackServer  # 127.0.0.2, listed: a package index holding one wheel
+
+
+def build_index(root: Path) -> Path:
+    """A "simple" package index with one pure-Python wheel, tinypkg 0.1."""
+    project = root / "simple" / "tinypkg"
+    project.mkdir(parents=True)
+    wheel = "tinypkg-0.1-py3-none-any.whl"
+    files = {
+        "tinypkg/__init__.py": "X = 1\n",
+        "tinypkg-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 0.1\n",
+        "tinypkg-0.1.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    with zipfile.ZipFile(project / wheel, "w") as archive:
+        record = []
+        for name, text in files.items():
+            archive.writestr(name, text)
+            digest = hashlib.sha256(text.encode()).digest()
+            encoded = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+            record.append(f"{name},sha256={encoded},{len(text)}")
+        record.append("tinypkg-0.1.dist-info/RECORD,,")
+        archive.writestr("tinypkg-0.1.dist-info/RECORD", "\n".join(record) + "\n")
+    (project / "index.html").write_text(f'<a href="{wheel}">{wheel}</a>\n')
+    return root
 
 
 @pytest.fixture(scope="module")
-def targets() -> Iterator[Targets]:
+def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Targets]:
+    index = str(build_index(tmp_path_factory.mktemp("index")))
     with (
         loopback_server("allowed", "127.0.0.2") as allowed,
         loopback_server("unlisted", "127.0.0.2") as unlisted,
         loopback_server("loopback", "127.0.0.1") as loopback,
         loopback_server("service", "127.0.0.2") as service,
+        loopback_server("index", "127.0.0.2", directory=index) as package_index,
     ):
-        yield Targets(allowed, unlisted, loopback, service)
+        yield Targets(allowed, unlisted, loopback, service, package_index)
 
 
 def egress_policy_text(targets: Targets) -> str:
@@ -64,6 +95,7 @@ def egress_policy_text(targets: Targets) -> str:
         f"127.0.0.1:{targets.loopback.port}",
         f"localhost:{targets.loopback.port}",
         f"127.0.0.2:{targets.service.port}",
+        f"127.0.0.2:{targets.index.port}",
     ]
     return base + (
         f'[network]\nmode = "allowlist"\nallow = {allow!r}\nallow_private = ["127.0.0.2/32"]\n'
@@ -204,6 +236,30 @@ async def test_httpx_reads_the_proxy_from_the_environment_for_http_and_https(
     assert reply.value == repr(("hello from allowed; got 0 bytes", "ConnectError")), reply
     methods = sorted((r.method, r.verdict) for r in await reports.of(attacker.name, 2))
     assert methods == [("CONNECT", "allowed"), ("GET", "allowed")]
+
+
+async def test_pip_downloads_from_an_allowed_index_through_the_proxy(
+    attacker: Attacker, targets: Targets, reports: Reports
+) -> None:
+    """pip reads HTTP_PROXY as it is: no option names the proxy."""
+    index = f"http://127.0.0.2:{targets.index.port}/simple/"
+    code = (
+        "import contextlib, io, os\n"
+        "from pip._internal.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    code = main(['download', '--no-deps', '--only-binary=:all:', '-d', 'wheels',\n"
+        f"                 '--index-url', {index!r}, '--trusted-host', '127.0.0.2',\n"
+        "                 '--disable-pip-version-check', '--no-cache-dir', 'tinypkg'])\n"
+        "(code, os.listdir('wheels'))"
+    )
+    reply = await attacker.run(code)
+    assert reply.value == repr((0, ["tinypkg-0.1-py3-none-any.whl"])), reply
+    assert targets.index.seen.requests == [
+        "GET /simple/tinypkg/ HTTP/1.1",
+        "GET /simple/tinypkg/tinypkg-0.1-py3-none-any.whl HTTP/1.1",
+    ]
+    lines = await reports.of(attacker.name, 2)
+    assert [(r.port, r.verdict) for r in lines] == [(targets.index.port, "allowed")] * 2
 
 
 async def test_a_port_no_entry_names_is_refused_naming_network_allow(
