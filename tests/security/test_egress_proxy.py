@@ -506,6 +506,30 @@ def test_the_proxy_runs_confined_with_nothing_of_the_service(egress_zygote: Zygo
     assert command == [b"-P", b"-m", b"sandbox.egress"]
 
 
+async def test_a_zygote_restart_leaves_the_proxy_and_running_sessions_their_way_out(
+    egress_zygote: ZygoteClient, attacker: Attacker, targets: Targets
+) -> None:
+    egress = egress_zygote.egress
+    assert egress is not None
+    proxy = egress.pid
+    zygote = egress_zygote.pid
+    assert zygote is not None
+    os.kill(zygote, signal.SIGKILL)
+    for _ in range(500):
+        if not egress_zygote.alive():
+            break
+        await asyncio.sleep(0.01)
+    newcomer = await Session.start(egress_zygote)  # restarts the zygote
+    try:
+        assert egress_zygote.pid != zygote
+        assert egress.pid == proxy
+        reply = await attacker.run(URLOPEN + f"fetch({targets.allowed.url!r})")
+        assert reply.value == repr("hello from allowed; got 0 bytes")
+    finally:
+        await newcomer.close()
+        workspaces.remove(newcomer.workspace)
+
+
 async def test_a_proxy_that_dies_is_replaced_for_new_sessions(
     egress_zygote: ZygoteClient, targets: Targets, reports: Reports
 ) -> None:
