@@ -68,6 +68,13 @@ def proxy_environment() -> dict[str, str]:
     }
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class EgressClient:
     def __init__(self, network: Network, service_ports: tuple[int, ...], max_sessions: int) -> None:
         self.network = network
@@ -129,13 +136,15 @@ class EgressClient:
         return self._control is not None and self.alive()
 
     def stop(self) -> None:
+        """End the proxy (it exits when its control socket closes) and reap it.  From any
+        thread: the loop that reads the socket releases it itself when it is running."""
         self._stopping = True
-        if self._reading_on is not None and self._control is not None:
-            with contextlib.suppress(Exception):
-                self._reading_on.remove_reader(self._control)
         if self._control is not None:
-            self._control.close()
-            self._control = None
+            with contextlib.suppress(OSError):
+                self._control.shutdown(socket.SHUT_RDWR)
+            loop = self._reading_on
+            if loop is None or not loop.is_running() or _running_loop() is loop:
+                self._release_control()
         if self._process is not None:
             try:
                 self._process.wait(timeout=STOP_TIMEOUT_S)
@@ -196,14 +205,20 @@ class EgressClient:
         loop = self._reading_on
         if loop is None or self._control is None:
             return
-        loop.remove_reader(self._control)
-        self._reading_on = None
-        self._control.close()
-        self._control = None
+        self._release_control()
         if self._stopping:
             return
         log.error("the egress proxy ended; starting another for new sessions")
         self._restart = loop.create_task(self._start_again())
+
+    def _release_control(self) -> None:
+        loop, self._reading_on = self._reading_on, None
+        control, self._control = self._control, None
+        if control is None:
+            return
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(control)
+        control.close()
 
     async def _start_again(self) -> None:
         try:
