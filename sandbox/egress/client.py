@@ -33,7 +33,7 @@ log = logging.getLogger("codesherpa.egress")
 PROXY_UID = UID_RANGE_START - 1
 STOP_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 30.0
-REPORT_MAX_BYTES = 8192
+REPORT_MAX_BYTES = 64 * 1024  # a report's texts are cut to 500 characters each
 
 
 class EgressReport(BaseModel):
@@ -47,13 +47,13 @@ class EgressReport(BaseModel):
     host: str | None = Field(None, max_length=512)
     port: int | None = None
     address: str | None = Field(None, max_length=64)
-    method: str | None = Field(None, max_length=32)
+    method: str | None = Field(None, max_length=512)
     verdict: str = Field(pattern="^(allowed|refused)$")
-    key: str | None = Field(None, max_length=64)
+    key: str | None = Field(None, max_length=512)
     reason: str | None = Field(None, max_length=1024)
     bytes_up: int = 0
     bytes_down: int = 0
-    cut: str | None = Field(None, max_length=64)
+    cut: str | None = Field(None, max_length=512)
     duration_ms: float = 0.0
 
 

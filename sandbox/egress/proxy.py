@@ -34,6 +34,7 @@ HEAD_DEADLINE_S = 10.0  # to send a whole request head
 RESOLVE_DEADLINE_S = 10.0
 CONNECT_DEADLINE_S = 10.0
 WRITE_DEADLINE_S = 5.0  # to take a refusal
+REPORT_TEXT_MAX = 500  # characters of any text in a report (a host, a reason)
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 Report = Callable[[dict[str, Any]], None]
@@ -104,7 +105,13 @@ class EgressProxy:
         started = facts.pop("started", None)
         if started is not None:
             outcome["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
-        self.report({**facts, **outcome})
+        # Bounded, so that every report fits one datagram: a connection a session made
+        # with an outsized name is still audited (cut short), never dropped.
+        report = {
+            name: value[:REPORT_TEXT_MAX] if isinstance(value, str) else value
+            for name, value in {**facts, **outcome}.items()
+        }
+        self.report(report)
 
     async def handle(
         self,

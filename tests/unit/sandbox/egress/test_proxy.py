@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from sandbox.egress import proxy as proxy_module
 from sandbox.egress.budget import SessionBudget
+from sandbox.egress.client import REPORT_MAX_BYTES, EgressReport
 from sandbox.egress.destinations import DestinationPolicy, IPAddress
 from sandbox.egress.proxy import EgressProxy
 from sandbox.policy import Network
@@ -309,3 +311,18 @@ async def test_a_session_that_stops_reading_cannot_hold_the_proxy(
     (report,) = proxy.reports
     assert report["cut"] == "network.idle_timeout_s"
     assert report["bytes_down"] < 512 * 65536
+
+
+async def test_a_request_with_outsized_names_is_still_reported_in_bounds() -> None:
+    async with rig(allowlist("h.example"), Resolver()) as proxy:
+        method = "M" * 5000
+        host = "h" * 5000 + ".example"
+        await proxy.exchange(f"{method} http://{host}/ HTTP/1.1\r\n\r\n".encode())
+        await proxy.exchange(f"CONNECT {'a' * 250}.example:443 HTTP/1.1\r\n\r\n".encode())
+        await settle(proxy.reports, 2)
+    for report in proxy.reports:
+        assert report["verdict"] == "refused"
+        assert all(len(value) <= 500 for value in report.values() if isinstance(value, str))
+        encoded = json.dumps(report).encode()
+        assert len(encoded) <= REPORT_MAX_BYTES
+        assert EgressReport.model_validate_json(encoded).verdict == "refused"
