@@ -164,9 +164,12 @@ class EgressProxy:
         if refusal is not None:
             await self._refuse(writer, 403, refusal, facts)
             return
-        address, refusal = await self._address(head, destinations)
+        address, refusal = await self._address(head, destinations, budget)
         if refusal is not None or address is None:
-            await self._refuse(writer, 403, refusal or Refusal("network.allow", "?"), facts)
+            refusal = refusal or Refusal("destination", "the name has no address")
+            # The policy refused (403), or the name could not be resolved (502).
+            status = 502 if refusal.key == "destination" else 403
+            await self._refuse(writer, status, refusal, facts)
             return
         facts["address"] = str(address)
         try:
@@ -186,7 +189,7 @@ class EgressProxy:
             self._emit(facts, verdict="allowed", key=None)
 
     async def _address(
-        self, head: RequestHead, destinations: DestinationPolicy
+        self, head: RequestHead, destinations: DestinationPolicy, budget: SessionBudget
     ) -> tuple[IPAddress | None, Refusal | None]:
         """Resolve once, check, and return the very address to connect to: a second
         lookup (by the connect) could answer otherwise (DNS rebinding)."""
@@ -195,9 +198,12 @@ class EgressProxy:
             addresses: list[IPAddress] = [ipaddress.ip_address(head.host)]
         else:
             try:
-                addresses = await asyncio.wait_for(
-                    self.resolve(host, head.port), RESOLVE_DEADLINE_S
-                )
+                # A few lookups at once per session: the resolver's threads are shared,
+                # and names that never answer must not hold them all.
+                async with budget.lookups:
+                    addresses = await asyncio.wait_for(
+                        self.resolve(host, head.port), RESOLVE_DEADLINE_S
+                    )
             except (OSError, TimeoutError) as exc:
                 return None, Refusal("destination", f"cannot resolve {head.host}: {exc}")
         return destinations.pick_address(addresses, head.port)

@@ -325,3 +325,29 @@ async def test_a_request_with_outsized_names_is_still_reported_in_bounds() -> No
         encoded = json.dumps(report).encode()
         assert len(encoded) <= REPORT_MAX_BYTES
         assert EgressReport.model_validate_json(encoded).verdict == "refused"
+
+
+async def test_names_that_never_resolve_hold_at_most_two_lookups_of_a_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(proxy_module, "RESOLVE_DEADLINE_S", 0.2)
+    in_flight = {"now": 0, "most": 0}
+
+    async def never_answers(host: str, port: int) -> list[IPAddress]:
+        in_flight["now"] += 1
+        in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            in_flight["now"] -= 1
+        return []
+
+    network = allowlist("*.example", allow_all_reason="unused")
+    async with rig(network, Resolver()) as proxy:
+        proxy.proxy.resolve = never_answers
+        request = b"GET http://slow.example/ HTTP/1.1\r\n\r\n"
+        answers = await asyncio.gather(*(proxy.exchange(request) for _ in range(6)))
+        await settle(proxy.reports, 6)
+    assert in_flight["most"] == 2
+    assert all(answer.startswith(b"HTTP/1.1 502 Bad Gateway by destination") for answer in answers)
+    assert {report["key"] for report in proxy.reports} == {"destination"}
