@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -26,6 +26,9 @@ from sandbox.errors import EgressUnavailable
 from sandbox.handle import WorkerHandle
 from sandbox.policy.network import Network
 from sandbox.uids import UID_RANGE_START
+
+if TYPE_CHECKING:
+    from sandbox.session import Session
 
 log = logging.getLogger("codesherpa.egress")
 
@@ -248,3 +251,17 @@ class EgressClient:
                 self._sink(report)
             except Exception:
                 log.exception("cannot record an egress report")
+
+
+def give_network(session: Session, tenant: str, session_id: str) -> bool:
+    """Hand the egress proxy a session's listener, now and after each restart, in the
+    session's name; False where its policy has no network (or the proxy is down)."""
+    egress = session.zygote.egress
+    if egress is None:
+        return False
+
+    def attach(worker: WorkerHandle) -> bool:
+        return egress.attach(worker, tenant, session_id)
+
+    session.on_new_worker = attach
+    return session.worker is not None and attach(session.worker)

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import pytest
 
-from sandbox import RunReply, Session, WorkerHandle, ZygoteClient, workspaces
-from sandbox.egress.client import PROXY_UID, EgressReport
+from sandbox import RunReply, Session, ZygoteClient, workspaces
+from sandbox.egress.client import PROXY_UID, EgressReport, give_network
 from sandbox.policy import parse_policy
 from tests.api.server import TEST_POLICY
 from tests.loopback_http import LoopbackServer, loopback_server
@@ -156,16 +156,8 @@ class Attacker:
 @pytest.fixture
 async def attacker(egress_zygote: ZygoteClient, reports: Reports) -> AsyncIterator[Attacker]:
     started = await Session.start(egress_zygote)
-    egress = egress_zygote.egress
-    assert egress is not None
     name = f"attacker-{secrets.token_hex(4)}"
-
-    def attach(worker: WorkerHandle) -> object:
-        return egress.attach(worker, "tenant-a", name)
-
-    started.on_new_worker = attach
-    assert started.worker is not None
-    attach(started.worker)
+    assert give_network(started, "tenant-a", name)
     try:
         yield Attacker(started, name)
     finally:
