@@ -89,6 +89,7 @@ class EgressClient:
         self._sink: ReportSink | None = None
         self._stopping = False
         self._restart: asyncio.Task[None] | None = None
+        self.layers: list[str] = []  # how the running proxy confined itself
 
     def start(self) -> None:
         self._stopping = False
@@ -121,7 +122,8 @@ class EgressClient:
             raise EgressUnavailable(
                 "the egress proxy did not start; see its output above"
             ) from None
-        for layer in layers:
+        self.layers = [str(layer) for layer in layers]
+        for layer in self.layers:
             log.info("egress proxy: %s", layer)
         ours.setblocking(False)
         self._control = ours
