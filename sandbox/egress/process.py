@@ -145,6 +145,15 @@ class ProxyProcess:
                 self.pending.clear()
                 return
             self.pending.popleft()
+        if self.dropped:
+            # The audit log misses these lines: the operator must hear of it somewhere.
+            print(
+                f"codesherpa egress proxy: {self.dropped} connection reports dropped "
+                "(the service did not read them); the audit log misses them",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.dropped = 0
 
     def _flush_when_writable(self) -> None:
         asyncio.get_running_loop().remove_writer(self.control)
