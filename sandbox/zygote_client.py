@@ -190,8 +190,10 @@ class ZygoteClient:
     def alive(self) -> bool:
         return self._process is not None and self._process.poll() is None
 
-    def stop(self) -> None:
-        """End the ready workers and reap them, close the control socket, reap the zygote."""
+    def stop(self, keep_egress: bool = False) -> None:
+        """End the ready workers and reap them, close the control socket, reap the zygote;
+        stop the egress proxy too, unless ``keep_egress`` (a zygote restart: the running
+        sessions keep their way out)."""
         if self._control is not None:
             if self.alive():
                 self._reap_drained_pool()
@@ -220,7 +222,7 @@ class ZygoteClient:
                 # session's workspace is still mounted there.
                 with contextlib.suppress(OSError):
                     workspaces.release_root(self.state_dir)
-        if self.egress is not None:
+        if self.egress is not None and not keep_egress:
             self.egress.stop()
         if self._owns_state_dir:
             self._owns_state_dir = False
@@ -249,7 +251,7 @@ class ZygoteClient:
                 return False
             # Held across the restart, so the directory never goes without an owner.
             with state_lock.claimed(self.state_dir):
-                self.stop()
+                self.stop(keep_egress=True)
                 self.start(clean_leftovers=False)
             self.restarts += 1
             return True

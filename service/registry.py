@@ -16,9 +16,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from sandbox import Session, ZygoteClient, workspaces
-from sandbox.egress.client import ReportSink
+from sandbox.egress.client import ReportSink, give_network
 from sandbox.errors import SandboxError
-from sandbox.handle import WorkerHandle
 from service.callers import Caller
 from service.errors import (
     QuotaExceeded,
@@ -129,7 +128,7 @@ class SessionRegistry:
                     "the sandbox cannot start a session right now", "Retry in a few seconds."
                 ) from None
             record = SessionRecord(new_session_id(), caller, session, implicit_key)
-            self._give_network(record)
+            give_network(session, caller.tenant, record.session_id)
             self._sessions[record.session_id] = record
             if implicit_key is not None:
                 self._implicit[(caller, implicit_key)] = record.session_id
@@ -138,21 +137,6 @@ class SessionRegistry:
     def _hear_egress(self, zygote: ZygoteClient) -> None:
         if zygote.egress is not None and self._on_egress is not None:
             zygote.egress.report_to(self._on_egress)
-
-    @staticmethod
-    def _give_network(record: SessionRecord) -> None:
-        """Hand the egress proxy the session's listener now and after each restart."""
-        egress = record.session.zygote.egress
-        if egress is None:
-            return
-        tenant, session_id = record.caller.tenant, record.session_id
-
-        def attach(worker: WorkerHandle) -> object:
-            return egress.attach(worker, tenant, session_id)
-
-        record.session.on_new_worker = attach
-        if record.session.worker is not None:
-            attach(record.session.worker)
 
     async def resolve(
         self, caller: Caller, session_id: str | None, implicit_key: str = "default"

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+from dataclasses import dataclass, field
 
 from sandbox.egress.destinations import Refusal
 from sandbox.policy.network import Network
+
+# Name lookups one session may have in flight; the proxy's resolver has RESOLVER_THREADS.
+LOOKUPS_AT_ONCE = 2
+RESOLVER_THREADS = 32
 
 
 @dataclass
@@ -17,6 +22,9 @@ class SessionBudget:
     opened: int = 0
     open_now: int = 0
     bytes_moved: int = 0
+    lookups: asyncio.Semaphore = field(
+        default_factory=lambda: asyncio.Semaphore(LOOKUPS_AT_ONCE), repr=False
+    )
 
     def admit(self, limits: Network) -> Refusal | None:
         """Count a new connection in, or say which budget refuses it."""

@@ -17,7 +17,7 @@ import socket
 import subprocess
 import sys
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,13 +27,16 @@ from sandbox.handle import WorkerHandle
 from sandbox.policy.network import Network
 from sandbox.uids import UID_RANGE_START
 
+if TYPE_CHECKING:
+    from sandbox.session import Session
+
 log = logging.getLogger("codesherpa.egress")
 
 # Below the workers' uids: no session shares it, so none can signal or trace the proxy.
 PROXY_UID = UID_RANGE_START - 1
 STOP_TIMEOUT_S = 5.0
 START_TIMEOUT_S = 30.0
-REPORT_MAX_BYTES = 8192
+REPORT_MAX_BYTES = 64 * 1024  # a report's texts are cut to 500 characters each
 
 
 class EgressReport(BaseModel):
@@ -47,13 +50,13 @@ class EgressReport(BaseModel):
     host: str | None = Field(None, max_length=512)
     port: int | None = None
     address: str | None = Field(None, max_length=64)
-    method: str | None = Field(None, max_length=32)
+    method: str | None = Field(None, max_length=512)
     verdict: str = Field(pattern="^(allowed|refused)$")
-    key: str | None = Field(None, max_length=64)
+    key: str | None = Field(None, max_length=512)
     reason: str | None = Field(None, max_length=1024)
     bytes_up: int = 0
     bytes_down: int = 0
-    cut: str | None = Field(None, max_length=64)
+    cut: str | None = Field(None, max_length=512)
     duration_ms: float = 0.0
 
 
@@ -68,6 +71,13 @@ def proxy_environment() -> dict[str, str]:
     }
 
 
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
 class EgressClient:
     def __init__(self, network: Network, service_ports: tuple[int, ...], max_sessions: int) -> None:
         self.network = network
@@ -79,6 +89,7 @@ class EgressClient:
         self._sink: ReportSink | None = None
         self._stopping = False
         self._restart: asyncio.Task[None] | None = None
+        self.layers: list[str] = []  # how the running proxy confined itself
 
     def start(self) -> None:
         self._stopping = False
@@ -111,7 +122,8 @@ class EgressClient:
             raise EgressUnavailable(
                 "the egress proxy did not start; see its output above"
             ) from None
-        for layer in layers:
+        self.layers = [str(layer) for layer in layers]
+        for layer in self.layers:
             log.info("egress proxy: %s", layer)
         ours.setblocking(False)
         self._control = ours
@@ -129,13 +141,15 @@ class EgressClient:
         return self._control is not None and self.alive()
 
     def stop(self) -> None:
+        """End the proxy (it exits when its control socket closes) and reap it.  From any
+        thread: the loop that reads the socket releases it itself when it is running."""
         self._stopping = True
-        if self._reading_on is not None and self._control is not None:
-            with contextlib.suppress(Exception):
-                self._reading_on.remove_reader(self._control)
         if self._control is not None:
-            self._control.close()
-            self._control = None
+            with contextlib.suppress(OSError):
+                self._control.shutdown(socket.SHUT_RDWR)
+            loop = self._reading_on
+            if loop is None or not loop.is_running() or _running_loop() is loop:
+                self._release_control()
         if self._process is not None:
             try:
                 self._process.wait(timeout=STOP_TIMEOUT_S)
@@ -196,14 +210,20 @@ class EgressClient:
         loop = self._reading_on
         if loop is None or self._control is None:
             return
-        loop.remove_reader(self._control)
-        self._reading_on = None
-        self._control.close()
-        self._control = None
+        self._release_control()
         if self._stopping:
             return
         log.error("the egress proxy ended; starting another for new sessions")
         self._restart = loop.create_task(self._start_again())
+
+    def _release_control(self) -> None:
+        loop, self._reading_on = self._reading_on, None
+        control, self._control = self._control, None
+        if control is None:
+            return
+        if loop is not None and not loop.is_closed():
+            loop.remove_reader(control)
+        control.close()
 
     async def _start_again(self) -> None:
         try:
@@ -233,3 +253,17 @@ class EgressClient:
                 self._sink(report)
             except Exception:
                 log.exception("cannot record an egress report")
+
+
+def give_network(session: Session, tenant: str, session_id: str) -> bool:
+    """Hand the egress proxy a session's listener, now and after each restart, in the
+    session's name; False where its policy has no network (or the proxy is down)."""
+    egress = session.zygote.egress
+    if egress is None:
+        return False
+
+    def attach(worker: WorkerHandle) -> bool:
+        return egress.attach(worker, tenant, session_id)
+
+    session.on_new_worker = attach
+    return session.worker is not None and attach(session.worker)

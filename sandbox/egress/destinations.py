@@ -139,4 +139,4 @@ class DestinationPolicy:
             if refusal is None:
                 return address, None
             first_refusal = first_refusal or refusal
-        return None, first_refusal or Refusal(ALLOW_KEY, "the name has no address")
+        return None, first_refusal or Refusal("destination", "the name has no address")

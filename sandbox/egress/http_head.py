@@ -17,6 +17,7 @@ from dataclasses import dataclass
 MAX_HEAD_BYTES = 16 * 1024
 MAX_HEADERS = 100
 MAX_BODY_BYTES = 64 * 1024 * 1024
+MAX_HOST_CHARS = 255  # a DNS name has at most 253; brackets of an IPv6 literal
 
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _VALUE = re.compile(rb"[\x21-\x7e]([\x20-\x7e\t]*[\x21-\x7e])?|")
@@ -96,8 +97,8 @@ def _authority(text: str) -> tuple[str, int | None]:
     else:
         host, _, rest = text.partition(":")
         rest = ":" + rest if _ else ""
-    if not _HOST.fullmatch(host):
-        raise BadRequest(f"{text!r} is not host[:port]")
+    if not _HOST.fullmatch(host) or len(host) > MAX_HOST_CHARS:
+        raise BadRequest(f"{text[:80]!r} is not host[:port]")
     if not rest:
         return host.strip("[]"), None
     port = rest[1:]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import importlib
 import ipaddress
 import json
@@ -34,7 +35,7 @@ from sandbox.confine.process import (
     PR_SET_PDEATHSIG,
     prctl,
 )
-from sandbox.egress.budget import SessionBudget
+from sandbox.egress.budget import RESOLVER_THREADS, SessionBudget
 from sandbox.egress.confinement import apply_landlock, apply_seccomp, prepare_seccomp
 from sandbox.egress.destinations import DestinationPolicy, IPAddress
 from sandbox.egress.proxy import EgressProxy
@@ -144,6 +145,15 @@ class ProxyProcess:
                 self.pending.clear()
                 return
             self.pending.popleft()
+        if self.dropped:
+            # The audit log misses these lines: the operator must hear of it somewhere.
+            print(
+                f"codesherpa egress proxy: {self.dropped} connection reports dropped "
+                "(the service did not read them); the audit log misses them",
+                file=sys.stderr,
+                flush=True,
+            )
+            self.dropped = 0
 
     def _flush_when_writable(self) -> None:
         asyncio.get_running_loop().remove_writer(self.control)
@@ -229,6 +239,8 @@ def main() -> None:
     socket.socket(fileno=os.dup(order.control_fd)).send(json.dumps({"ready": layers}).encode())
 
     async def serve() -> None:
+        executor = concurrent.futures.ThreadPoolExecutor(RESOLVER_THREADS, "resolver")
+        asyncio.get_running_loop().set_default_executor(executor)
         await ProxyProcess(order).run()
 
     asyncio.run(serve())

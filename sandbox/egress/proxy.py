@@ -34,6 +34,7 @@ HEAD_DEADLINE_S = 10.0  # to send a whole request head
 RESOLVE_DEADLINE_S = 10.0
 CONNECT_DEADLINE_S = 10.0
 WRITE_DEADLINE_S = 5.0  # to take a refusal
+REPORT_TEXT_MAX = 500  # characters of any text in a report (a host, a reason)
 
 Resolver = Callable[[str, int], Awaitable[list[IPAddress]]]
 Report = Callable[[dict[str, Any]], None]
@@ -104,7 +105,13 @@ class EgressProxy:
         started = facts.pop("started", None)
         if started is not None:
             outcome["duration_ms"] = round((time.monotonic() - started) * 1000, 3)
-        self.report({**facts, **outcome})
+        # Bounded, so that every report fits one datagram: a connection a session made
+        # with an outsized name is still audited (cut short), never dropped.
+        report = {
+            name: value[:REPORT_TEXT_MAX] if isinstance(value, str) else value
+            for name, value in {**facts, **outcome}.items()
+        }
+        self.report(report)
 
     async def handle(
         self,
@@ -157,9 +164,12 @@ class EgressProxy:
         if refusal is not None:
             await self._refuse(writer, 403, refusal, facts)
             return
-        address, refusal = await self._address(head, destinations)
+        address, refusal = await self._address(head, destinations, budget)
         if refusal is not None or address is None:
-            await self._refuse(writer, 403, refusal or Refusal("network.allow", "?"), facts)
+            refusal = refusal or Refusal("destination", "the name has no address")
+            # The policy refused (403), or the name could not be resolved (502).
+            status = 502 if refusal.key == "destination" else 403
+            await self._refuse(writer, status, refusal, facts)
             return
         facts["address"] = str(address)
         try:
@@ -179,7 +189,7 @@ class EgressProxy:
             self._emit(facts, verdict="allowed", key=None)
 
     async def _address(
-        self, head: RequestHead, destinations: DestinationPolicy
+        self, head: RequestHead, destinations: DestinationPolicy, budget: SessionBudget
     ) -> tuple[IPAddress | None, Refusal | None]:
         """Resolve once, check, and return the very address to connect to: a second
         lookup (by the connect) could answer otherwise (DNS rebinding)."""
@@ -188,9 +198,12 @@ class EgressProxy:
             addresses: list[IPAddress] = [ipaddress.ip_address(head.host)]
         else:
             try:
-                addresses = await asyncio.wait_for(
-                    self.resolve(host, head.port), RESOLVE_DEADLINE_S
-                )
+                # A few lookups at once per session: the resolver's threads are shared,
+                # and names that never answer must not hold them all.
+                async with budget.lookups:
+                    addresses = await asyncio.wait_for(
+                        self.resolve(host, head.port), RESOLVE_DEADLINE_S
+                    )
             except (OSError, TimeoutError) as exc:
                 return None, Refusal("destination", f"cannot resolve {head.host}: {exc}")
         return destinations.pick_address(addresses, head.port)

@@ -35,11 +35,15 @@ async def readyz(
     """
     registry = request.app.state.registry
     zygote = registry.zygote
-    ready = zygote.alive()
+    egress = zygote.egress
+    # Without its proxy, a policy that allows network would start sessions with none.
+    ready = zygote.alive() and (egress is None or egress.ready)
     body: dict[str, object] = {"ready": ready}
     if is_admin(request, authorization):
+        if egress is not None:
+            body["egress"] = {"ready": egress.ready, "pid": egress.pid, "layers": egress.layers}
         body |= {
-            "zygote": {"alive": ready, "pid": zygote.pid},
+            "zygote": {"alive": zygote.alive(), "pid": zygote.pid},
             "sessions": len(registry),
             "policy": {"path": request.app.state.policy_path, "hash": zygote.policy.digest()},
             "isolation": request.app.state.isolation,

@@ -13,6 +13,7 @@ import httpx
 import pytest
 
 from tests.api.server import (
+    ADMIN,
     TEST_POLICY,
     Server,
     audit_entries,
@@ -136,3 +137,14 @@ def test_the_service_itself_is_refused_though_listed_and_covered(
     assert line["session"] == reply["session_id"]
     assert line["verdict"] == "refused"
     assert "the service itself" in line["reason"]
+
+
+def test_readyz_shows_the_proxy_and_how_it_is_confined(egress: Egress) -> None:
+    with egress.server.client() as http:
+        detail = http.get("/readyz", headers=ADMIN).json()
+    assert detail["ready"] is True
+    assert detail["egress"]["ready"] is True
+    assert isinstance(detail["egress"]["pid"], int)
+    layers = " ".join(detail["egress"]["layers"])
+    assert "landlock ABI" in layers
+    assert "seccomp: the worker's denylist" in layers

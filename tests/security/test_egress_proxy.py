@@ -13,20 +13,23 @@ got, and the audit report, beside a control that reaches the allowed server.
 from __future__ import annotations
 
 import asyncio
+import base64
 import errno
+import hashlib
 import os
 import secrets
 import shutil
 import signal
 import tempfile
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from sandbox import RunReply, Session, WorkerHandle, ZygoteClient, workspaces
-from sandbox.egress.client import PROXY_UID, EgressReport
+from sandbox import RunReply, Session, ZygoteClient, workspaces
+from sandbox.egress.client import PROXY_UID, EgressReport, give_network
 from sandbox.policy import parse_policy
 from tests.api.server import TEST_POLICY
 from tests.loopback_http import LoopbackServer, loopback_server
@@ -44,17 +47,45 @@ class Targets:
     unlisted_port: LoopbackServer  # 127.0.0.2, a port no entry names
     loopback: LoopbackServer  # 127.0.0.1: listed as a literal and as "localhost", not covered
     service: LoopbackServer  # 127.0.0.2, listed and covered, but the service's own port
+    index: LoopbackServer  # 127.0.0.2, listed: a package index holding one wheel
+
+
+def build_index(root: Path) -> Path:
+    """A "simple" package index with one pure-Python wheel, tinypkg 0.1."""
+    project = root / "simple" / "tinypkg"
+    project.mkdir(parents=True)
+    wheel = "tinypkg-0.1-py3-none-any.whl"
+    files = {
+        "tinypkg/__init__.py": "X = 1\n",
+        "tinypkg-0.1.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 0.1\n",
+        "tinypkg-0.1.dist-info/WHEEL": (
+            "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+        ),
+    }
+    with zipfile.ZipFile(project / wheel, "w") as archive:
+        record = []
+        for name, text in files.items():
+            archive.writestr(name, text)
+            digest = hashlib.sha256(text.encode()).digest()
+            encoded = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+            record.append(f"{name},sha256={encoded},{len(text)}")
+        record.append("tinypkg-0.1.dist-info/RECORD,,")
+        archive.writestr("tinypkg-0.1.dist-info/RECORD", "\n".join(record) + "\n")
+    (project / "index.html").write_text(f'<a href="{wheel}">{wheel}</a>\n')
+    return root
 
 
 @pytest.fixture(scope="module")
-def targets() -> Iterator[Targets]:
+def targets(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Targets]:
+    index = str(build_index(tmp_path_factory.mktemp("index")))
     with (
         loopback_server("allowed", "127.0.0.2") as allowed,
         loopback_server("unlisted", "127.0.0.2") as unlisted,
         loopback_server("loopback", "127.0.0.1") as loopback,
         loopback_server("service", "127.0.0.2") as service,
+        loopback_server("index", "127.0.0.2", directory=index) as package_index,
     ):
-        yield Targets(allowed, unlisted, loopback, service)
+        yield Targets(allowed, unlisted, loopback, service, package_index)
 
 
 def egress_policy_text(targets: Targets) -> str:
@@ -64,6 +95,7 @@ def egress_policy_text(targets: Targets) -> str:
         f"127.0.0.1:{targets.loopback.port}",
         f"localhost:{targets.loopback.port}",
         f"127.0.0.2:{targets.service.port}",
+        f"127.0.0.2:{targets.index.port}",
     ]
     return base + (
         f'[network]\nmode = "allowlist"\nallow = {allow!r}\nallow_private = ["127.0.0.2/32"]\n'
@@ -124,16 +156,8 @@ class Attacker:
 @pytest.fixture
 async def attacker(egress_zygote: ZygoteClient, reports: Reports) -> AsyncIterator[Attacker]:
     started = await Session.start(egress_zygote)
-    egress = egress_zygote.egress
-    assert egress is not None
     name = f"attacker-{secrets.token_hex(4)}"
-
-    def attach(worker: WorkerHandle) -> object:
-        return egress.attach(worker, "tenant-a", name)
-
-    started.on_new_worker = attach
-    assert started.worker is not None
-    attach(started.worker)
+    assert give_network(started, "tenant-a", name)
     try:
         yield Attacker(started, name)
     finally:
@@ -204,6 +228,30 @@ async def test_httpx_reads_the_proxy_from_the_environment_for_http_and_https(
     assert reply.value == repr(("hello from allowed; got 0 bytes", "ConnectError")), reply
     methods = sorted((r.method, r.verdict) for r in await reports.of(attacker.name, 2))
     assert methods == [("CONNECT", "allowed"), ("GET", "allowed")]
+
+
+async def test_pip_downloads_from_an_allowed_index_through_the_proxy(
+    attacker: Attacker, targets: Targets, reports: Reports
+) -> None:
+    """pip reads HTTP_PROXY as it is: no option names the proxy."""
+    index = f"http://127.0.0.2:{targets.index.port}/simple/"
+    code = (
+        "import contextlib, io, os\n"
+        "from pip._internal.cli.main import main\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    code = main(['download', '--no-deps', '--only-binary=:all:', '-d', 'wheels',\n"
+        f"                 '--index-url', {index!r}, '--trusted-host', '127.0.0.2',\n"
+        "                 '--disable-pip-version-check', '--no-cache-dir', 'tinypkg'])\n"
+        "(code, os.listdir('wheels'))"
+    )
+    reply = await attacker.run(code)
+    assert reply.value == repr((0, ["tinypkg-0.1-py3-none-any.whl"])), reply
+    assert targets.index.seen.requests == [
+        "GET /simple/tinypkg/ HTTP/1.1",
+        "GET /simple/tinypkg/tinypkg-0.1-py3-none-any.whl HTTP/1.1",
+    ]
+    lines = await reports.of(attacker.name, 2)
+    assert [(r.port, r.verdict) for r in lines] == [(targets.index.port, "allowed")] * 2
 
 
 async def test_a_port_no_entry_names_is_refused_naming_network_allow(
@@ -448,6 +496,30 @@ def test_the_proxy_runs_confined_with_nothing_of_the_service(egress_zygote: Zygo
     assert names == ["LANG", "PATH", "PYTHONDONTWRITEBYTECODE", "PYTHONPATH"]
     command = Path(f"/proc/{egress.pid}/cmdline").read_bytes().split(b"\0")[1:-1]
     assert command == [b"-P", b"-m", b"sandbox.egress"]
+
+
+async def test_a_zygote_restart_leaves_the_proxy_and_running_sessions_their_way_out(
+    egress_zygote: ZygoteClient, attacker: Attacker, targets: Targets
+) -> None:
+    egress = egress_zygote.egress
+    assert egress is not None
+    proxy = egress.pid
+    zygote = egress_zygote.pid
+    assert zygote is not None
+    os.kill(zygote, signal.SIGKILL)
+    for _ in range(500):
+        if not egress_zygote.alive():
+            break
+        await asyncio.sleep(0.01)
+    newcomer = await Session.start(egress_zygote)  # restarts the zygote
+    try:
+        assert egress_zygote.pid != zygote
+        assert egress.pid == proxy
+        reply = await attacker.run(URLOPEN + f"fetch({targets.allowed.url!r})")
+        assert reply.value == repr("hello from allowed; got 0 bytes")
+    finally:
+        await newcomer.close()
+        workspaces.remove(newcomer.workspace)
 
 
 async def test_a_proxy_that_dies_is_replaced_for_new_sessions(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,7 @@ import pytest
 
 from sandbox.egress import proxy as proxy_module
 from sandbox.egress.budget import SessionBudget
+from sandbox.egress.client import REPORT_MAX_BYTES, EgressReport
 from sandbox.egress.destinations import DestinationPolicy, IPAddress
 from sandbox.egress.proxy import EgressProxy
 from sandbox.policy import Network
@@ -309,3 +311,43 @@ async def test_a_session_that_stops_reading_cannot_hold_the_proxy(
     (report,) = proxy.reports
     assert report["cut"] == "network.idle_timeout_s"
     assert report["bytes_down"] < 512 * 65536
+
+
+async def test_a_request_with_outsized_names_is_still_reported_in_bounds() -> None:
+    async with rig(allowlist("h.example"), Resolver()) as proxy:
+        method = "M" * 12000  # a token, so the head parses: refused by the allowlist
+        await proxy.exchange(f"{method} http://other.example/ HTTP/1.1\r\n\r\n".encode())
+        await proxy.exchange(f"CONNECT {'a' * 250}.example:443 HTTP/1.1\r\n\r\n".encode())
+        await settle(proxy.reports, 2)
+    for report in proxy.reports:
+        assert report["verdict"] == "refused"
+        assert all(len(value) <= 500 for value in report.values() if isinstance(value, str))
+        encoded = json.dumps(report).encode()
+        assert len(encoded) <= REPORT_MAX_BYTES
+        assert EgressReport.model_validate_json(encoded).verdict == "refused"
+
+
+async def test_names_that_never_resolve_hold_at_most_two_lookups_of_a_session(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(proxy_module, "RESOLVE_DEADLINE_S", 0.2)
+    in_flight = {"now": 0, "most": 0}
+
+    async def never_answers(host: str, port: int) -> list[IPAddress]:
+        in_flight["now"] += 1
+        in_flight["most"] = max(in_flight["most"], in_flight["now"])
+        try:
+            await asyncio.sleep(3600)
+        finally:
+            in_flight["now"] -= 1
+        return []
+
+    network = allowlist("*.example", allow_all_reason="unused")
+    async with rig(network, Resolver()) as proxy:
+        proxy.proxy.resolve = never_answers
+        request = b"GET http://slow.example/ HTTP/1.1\r\n\r\n"
+        answers = await asyncio.gather(*(proxy.exchange(request) for _ in range(6)))
+        await settle(proxy.reports, 6)
+    assert in_flight["most"] == 2
+    assert all(answer.startswith(b"HTTP/1.1 502 Bad Gateway by destination") for answer in answers)
+    assert {report["key"] for report in proxy.reports} == {"destination"}
