@@ -191,7 +191,9 @@ class OutputChunk(_Message):
     kind: Literal["output"] = "output"
     run_id: int
     name: Literal["stdout", "stderr"]
-    text: str
+    # Never empty: a worker's empty chunks would cost the service a frame each and count
+    # nothing against the run's caps.
+    text: str = Field(min_length=1)
 
 
 class DisplayOutput(_Message):

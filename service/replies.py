@@ -167,7 +167,7 @@ def _build(
         fields = {name: texts[name] for name in fields}
     files_cut = len(files) < len(reply.files)
     truncated = texts_cut or outputs_cut or reply.truncated or files_cut
-    linked = any("url" in output.metadata for output in outputs)
+    linked = any(rich_outputs.URL_KEY in output.metadata for output in outputs)
     suggestion = suggest(_outcome_for_rules(outcome, kind, truncated, linked), policy)
     common = {
         **fields,

@@ -25,6 +25,7 @@ from service.schemas import Output
 FileLinker = Callable[[str], str | None]
 # A figure's file name, as the worker writes it in the metadata.
 FILENAME_KEY = "filename"
+URL_KEY = "url"
 MAX_FILENAME_CHARS = 4096
 
 
@@ -102,10 +103,10 @@ def shed(items: list[OutputDraft], other_text: int, budget: int, link: FileLinke
 
 def _link_saved_file(item: OutputDraft, link: FileLinker) -> None:
     name = item.metadata.get(FILENAME_KEY)
-    if isinstance(name, str) and len(name) <= MAX_FILENAME_CHARS and "url" not in item.metadata:
+    if isinstance(name, str) and len(name) <= MAX_FILENAME_CHARS and URL_KEY not in item.metadata:
         url = link(name)
         if url is not None:
-            item.metadata["url"] = url
+            item.metadata[URL_KEY] = url
 
 
 def _small_metadata(metadata: dict[str, JsonValue]) -> dict[str, JsonValue]:
@@ -115,7 +116,11 @@ def _small_metadata(metadata: dict[str, JsonValue]) -> dict[str, JsonValue]:
         text = json.dumps(metadata, ensure_ascii=False)
     except (TypeError, ValueError, RecursionError):
         return {}
-    return dict(metadata) if len(text) <= MAX_METADATA_CHARS else {}
+    if len(text) > MAX_METADATA_CHARS:
+        return {}
+    # ``url`` is the service's own signed link to a saved file: one a session wrote
+    # would be shown to the client as the service's.
+    return {key: value for key, value in metadata.items() if key != URL_KEY}
 
 
 def plain_texts(items: list[OutputDraft]) -> dict[str, object]:

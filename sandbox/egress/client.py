@@ -88,7 +88,7 @@ class EgressClient:
         self._reading_on: asyncio.AbstractEventLoop | None = None
         self._sink: ReportSink | None = None
         self._stopping = False
-        self._restart: asyncio.Task[None] | None = None
+        self._restart: asyncio.Future[None] | None = None
         self.layers: list[str] = []  # how the running proxy confined itself
 
     def start(self) -> None:
@@ -214,7 +214,13 @@ class EgressClient:
         if self._stopping:
             return
         log.error("the egress proxy ended; starting another for new sessions")
-        self._restart = loop.create_task(self._start_again())
+        # A thread's future, not a task: a loop that closes before it ends leaves no
+        # coroutine behind never awaited.
+        try:
+            self._restart = loop.run_in_executor(None, self._reap_and_start)
+        except RuntimeError:  # the loop's executor is shut down: the service is ending
+            return
+        self._restart.add_done_callback(self._started_again)
 
     def _release_control(self) -> None:
         loop, self._reading_on = self._reading_on, None
@@ -225,13 +231,16 @@ class EgressClient:
             loop.remove_reader(control)
         control.close()
 
-    async def _start_again(self) -> None:
-        try:
-            await asyncio.to_thread(self._reap_and_start)
-        except Exception:
-            log.exception("cannot start the egress proxy again: new sessions have no network")
+    def _started_again(self, started: asyncio.Future[None]) -> None:
+        if started.cancelled():
             return
-        if self._sink is not None:
+        failure = started.exception()
+        if failure is not None:
+            log.error(
+                "cannot start the egress proxy again: new sessions have no network: %s", failure
+            )
+            return
+        if self._sink is not None and not self._stopping:
             self.report_to(self._sink)
 
     def _reap_and_start(self) -> None:

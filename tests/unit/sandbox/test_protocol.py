@@ -122,7 +122,7 @@ streamed = st.one_of(
         protocol.OutputChunk,
         run_id=st.integers(min_value=0, max_value=2**31),
         name=st.sampled_from(["stdout", "stderr"]),
-        text=st.text(max_size=200),
+        text=st.text(min_size=1, max_size=200),
     ),
     st.builds(
         protocol.DisplayOutput,
@@ -155,6 +155,7 @@ def test_streamed_frames_and_replies_round_trip_in_order(
         b'{"kind": "output", "run_id": "one", "name": "stdout", "text": "x"}',
         b'{"kind": "output", "run_id": 1, "name": "stdout", "text": "x", "extra": 1}',
         b'{"kind": "output", "run_id": 1, "name": "stdout"}',
+        b'{"kind": "output", "run_id": 1, "name": "stdout", "text": ""}',
         b'{"kind": "display", "run_id": 1, "output": {"output_type": "stream", "data": {}}}',
         b'{"kind": "display", "run_id": 1, "output": {"output_type": "display_data",'
         b' "data": {"text/plain": 1}}}',

@@ -153,3 +153,15 @@ def test_a_plain_value_sent_once_by_the_worker_is_its_execute_result_in_place() 
         ("display_data", "<Figure>"),
     ]
     assert body["result"] == "42"
+
+
+def test_a_link_a_session_writes_in_metadata_is_not_passed_on_as_the_services() -> None:
+    forged = RichOutput(
+        output_type="display_data",
+        data={"text/plain": "x"},
+        metadata={"url": "https://elsewhere.example/f.png", "filename": "f.png", "width": 3},
+    )
+    _, body = _reply(outputs=[forged])
+    (output,) = body["outputs"]
+    # The file it names is linked by the service, signed; the session's link is gone.
+    assert output["metadata"] == {"filename": "f.png", "width": 3, "url": _link("f.png")}
