@@ -37,9 +37,9 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     summary="Run Python in a stateful session",
     description=(
         "Runs Python in your session's persistent namespace (Jupyter semantics: the value of "
-        "the last expression is shown). Files live in the working directory /mnt/data. "
-        "Figures come back in `files` with links to show the user. Network is off. Read "
-        "`suggestion` when `error` is set."
+        "the last expression is shown; display() works). Files live in /mnt/data. Figures "
+        "come back in `outputs` and `files`, with links to show the user. `!cmd` runs an "
+        "allowed command. Read `suggestion` if `error` is set."
     ),
     response_model=ReplResponse,
     responses=_ERRORS,
