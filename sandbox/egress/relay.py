@@ -94,9 +94,12 @@ async def relay(
         _pump(upstream[0], client[1], budget, limits, traffic, False, None, rewriter)
     )
     try:
-        # The destination's answer decides the end; a cut either way ends both.
+        # The destination's answer decides the end; a cut either way ends both.  Only
+        # the tasks still running are waited on: a finished one (a request without a
+        # body, a tunnel the session half-closed) would wake the loop at once, forever.
+        pending: set[asyncio.Future[None]] = {up, down}
         while not down.done():
-            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if traffic.cut is not None or (up.done() and up.exception() is not None):
                 break
     except (OSError, asyncio.IncompleteReadError):

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -351,3 +352,29 @@ async def test_names_that_never_resolve_hold_at_most_two_lookups_of_a_session(
     assert in_flight["most"] == 2
     assert all(answer.startswith(b"HTTP/1.1 502 Bad Gateway by destination") for answer in answers)
     assert {report["key"] for report in proxy.reports} == {"destination"}
+
+
+async def test_a_slow_answer_to_a_bodyless_request_does_not_spin_the_proxy() -> None:
+    """The request's side is done at once (no body); the answer takes a second.  The
+    proxy waits for it: its CPU time stays far below the wall time."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            writer.write(b"x")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.2", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with rig(allowlist(f"127.0.0.2:{port}"), Resolver()) as proxy:
+            cpu = time.process_time()
+            answer = await proxy.exchange(f"GET http://127.0.0.2:{port}/ HTTP/1.1\r\n\r\n".encode())
+            cpu = time.process_time() - cpu
+    finally:
+        server.close()
+    assert answer.endswith(b"xxxxxxxxxx")
+    assert cpu < 0.2
