@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import threading
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -107,18 +108,19 @@ async def rig(
     reports: list[dict[str, Any]] = []
     policy = DestinationPolicy(network, (), service_ports)
     proxy = EgressProxy(network, lambda: policy, reports.append, resolver)
-    budget = SessionBudget("tenant-a", "session-a")
+    current = Rig(proxy, SessionBudget("tenant-a", "session-a"), reports, 0)
     handlers: set[asyncio.Task[Any]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         handlers.add(task)
-        await proxy.handle(reader, writer, budget)
+        await proxy.handle(reader, writer, current.budget)  # a test may swap the session
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    current.port = server.sockets[0].getsockname()[1]
     try:
-        yield Rig(proxy, budget, reports, server.sockets[0].getsockname()[1])
+        yield current
     finally:
         server.close()
         for task in handlers:
@@ -378,3 +380,44 @@ async def test_a_slow_answer_to_a_bodyless_request_does_not_spin_the_proxy() -> 
         server.close()
     assert answer.endswith(b"xxxxxxxxxx")
     assert cpu < 0.2
+
+
+async def test_lookups_past_their_deadline_hold_their_threads_and_bound_new_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resolver whose threads block: the deadline answers the session (502), but the
+    threads stay taken, so the session's slots stay taken too.  Its next lookup is
+    refused at once, without a thread; and once the proxy has LOOKUPS_STUCK_MAX stuck
+    lookups, another session's are refused too, though it has a slot left."""
+    monkeypatch.setattr(proxy_module, "RESOLVE_DEADLINE_S", 0.2)
+    monkeypatch.setattr(proxy_module, "LOOKUPS_STUCK_MAX", 3)
+    release = threading.Event()
+    threads = {"started": 0}
+
+    async def blocks(host: str, port: int) -> list[IPAddress]:
+        threads["started"] += 1
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        return [ipaddress.ip_address("127.0.0.2")]
+
+    network = allowlist("*.example", allow_all_reason="unused")
+    request = b"GET http://slow.example/ HTTP/1.1\r\n\r\n"
+    try:
+        async with rig(network, Resolver()) as proxy:
+            proxy.proxy.resolve = blocks
+            first = await asyncio.gather(*(proxy.exchange(request) for _ in range(2)))
+            started = time.monotonic()
+            again = await proxy.exchange(request)
+            waited = time.monotonic() - started
+            assert threads["started"] == 2  # the third lookup took no thread
+            assert waited < 0.15
+            proxy.budget = SessionBudget("tenant-a", "session-b")
+            await proxy.exchange(request)
+            other = await proxy.exchange(request)  # 3 stuck in the proxy: refused
+            assert threads["started"] == 3
+            await settle(proxy.reports, 5)
+    finally:
+        release.set()
+    for answer in [*first, again, other]:
+        assert answer.startswith(b"HTTP/1.1 502 Bad Gateway by destination")
+    assert "all stuck" in proxy.reports[2]["reason"]
+    assert "proxy's name lookups are stuck" in proxy.reports[4]["reason"]
