@@ -50,17 +50,33 @@ class HostRule:
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated; :: and ::1 aside
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT
+# Not host addresses to reach, though ipaddress (3.11) calls them global: the forms
+# above, site-local, local-use NAT64 (which the proxy cannot unwrap), documentation and
+# SRv6 SIDs; and all of the IETF's 192.0.0.0/24 (3.11 misses 192.0.0.8 and others).
+# Refused unless allow_private covers them, as is anything is_reserved.
+_NOT_HOSTS = (
+    ipaddress.ip_network("192.0.0.0/24"),
+    _IPV4_COMPATIBLE,
+    _IPV4_TRANSLATED,
+    ipaddress.ip_network("fec0::/10"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+    ipaddress.ip_network("3fff::/20"),
+    ipaddress.ip_network("5f00::/16"),
+)
 
 
 def unwrap(address: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64), which is where a
-    connection to it ends up; else the address itself."""
+    """The IPv4 address an IPv6 one carries (mapped, compatible, translated, 6to4,
+    NAT64), which is where a connection to it ends up; else the address itself."""
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return address.ipv4_mapped
         if address.sixtofour is not None:
             return address.sixtofour
-        if address in _NAT64:
+        compatible = address in _IPV4_COMPATIBLE and int(address) > 1
+        if compatible or address in _IPV4_TRANSLATED or address in _NAT64:
             return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
     return address
 
@@ -114,13 +130,21 @@ class DestinationPolicy:
 
     def check_address(self, address: IPAddress, port: int) -> Refusal | None:
         """``network.allow_private``: the address the proxy would connect to."""
-        address = unwrap(address)
+        given, address = address, unwrap(address)
         if self._is_service(address, port):
             return Refusal(ALLOW_PRIVATE_KEY, f"{address}:{port} is the service itself")
-        if any(address in network for network in self.private):
+        if any(address in network or given in network for network in self.private):
             return None
         if address.is_multicast or address.is_unspecified:
             return Refusal(ALLOW_PRIVATE_KEY, f"{address} is not a host address")
+        if address.is_reserved or any(
+            given in network or address in network for network in _NOT_HOSTS
+        ):
+            return Refusal(
+                ALLOW_PRIVATE_KEY,
+                f"{given} is a reserved or deprecated address, and network.allow_private "
+                "does not cover it",
+            )
         if not address.is_global or address in self.own_addresses:
             return Refusal(
                 ALLOW_PRIVATE_KEY,
