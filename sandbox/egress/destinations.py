@@ -5,6 +5,8 @@ Two questions, asked in this order, each answered with the policy key that refus
 
 * ``network.allow``: is ``host:port``, as the client named it, listed?  An IP literal
   passes only if that literal is listed; ``*`` and ``*.example.org`` match names only.
+  An IPv4 address in a form other than a.b.c.d (``16909060``, ``0177.0.0.1``), which
+  the resolver would turn into an address without asking DNS, never passes.
 * ``network.allow_private``: is the address the proxy resolved one it may reach?
   Loopback, private, link-local (169.254.169.254 and the other metadata addresses),
   shared, reserved, multicast, unspecified and the host's own addresses are refused
@@ -15,6 +17,8 @@ Two questions, asked in this order, each answered with the policy key that refus
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -81,19 +85,34 @@ def unwrap(address: IPAddress) -> IPAddress:
     return address
 
 
-def _parse_ip(text: str) -> IPAddress | None:
+def ip_literal(host: str) -> IPAddress | None:
+    """The address a host names as an IP literal (brackets and a final dot aside)."""
     try:
-        address = ipaddress.ip_address(text)
+        return ipaddress.ip_address(host.strip("[]").rstrip("."))
     except ValueError:
         return None
-    return unwrap(address)
 
 
 def normalise_host(host: str) -> tuple[str, bool]:
     """The host as rules compare it, and whether it is an IP literal."""
-    host = host.strip("[]").lower().rstrip(".")
-    address = _parse_ip(host)
-    return (str(address), True) if address is not None else (host, False)
+    address = ip_literal(host)
+    if address is not None:
+        return str(unwrap(address)), True
+    return host.strip("[]").lower().rstrip("."), False
+
+
+_NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
+
+
+def is_numeric_form(host: str) -> bool:
+    """Whether a host that is not an IP literal to ``ipaddress`` is one to the resolver
+    (``16909060``, ``0x7f.1``, ``0177.0.0.1``, ``1.2.3``: inet_aton's forms), or
+    ends in a numeric label, which no name does."""
+    try:
+        socket.inet_aton(host)
+    except (OSError, ValueError):
+        return _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]) is not None
+    return True
 
 
 def _rule(entry: str) -> HostRule:
@@ -120,6 +139,12 @@ class DestinationPolicy:
     def check_name(self, host: str, port: int) -> Refusal | None:
         """``network.allow``: the destination as the client named it."""
         normalised, is_ip = normalise_host(host)
+        if not is_ip and is_numeric_form(normalised):
+            return Refusal(
+                ALLOW_KEY,
+                f"{host} is an IPv4 address in a form other than a.b.c.d; network.allow "
+                "matches IP literals only as listed, in that form",
+            )
         if any(rule.matches(normalised, port, is_ip) for rule in self.rules):
             return None
         return Refusal(ALLOW_KEY, f"{host}:{port} is not in network.allow")

@@ -23,7 +23,13 @@ from sandbox.egress.budget import (
     RESOLVER_THREADS,
     SessionBudget,
 )
-from sandbox.egress.destinations import DestinationPolicy, IPAddress, Refusal, normalise_host
+from sandbox.egress.destinations import (
+    DestinationPolicy,
+    IPAddress,
+    Refusal,
+    ip_literal,
+    normalise_host,
+)
 from sandbox.egress.http_head import (
     MAX_HEAD_BYTES,
     BadRequest,
@@ -200,9 +206,10 @@ class EgressProxy:
     ) -> tuple[IPAddress | None, Refusal | None]:
         """Resolve once, check, and return the very address to connect to: a second
         lookup (by the connect) could answer otherwise (DNS rebinding)."""
-        host, is_ip = normalise_host(head.host)
-        if is_ip:
-            addresses: list[IPAddress] = [ipaddress.ip_address(head.host)]
+        host, _is_ip = normalise_host(head.host)
+        literal = ip_literal(head.host)
+        if literal is not None:
+            addresses: list[IPAddress] = [literal]
         else:
             try:
                 addresses = await self._lookup(host, head.port, budget)

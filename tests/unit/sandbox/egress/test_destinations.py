@@ -75,12 +75,46 @@ def test_a_listed_destination_passes(entry: str, host: str, port: int) -> None:
         ("data.example.org", "93.184.216.34", 443),  # an address, though the name resolves to it
         ("10.1.2.3", "10.1.2.4", 443),
         ("10.1.2.3", "::ffff:10.1.2.3", 8080),
+        ("*", "127.0.0.1.", 443),  # a literal with a final dot is still a literal
     ],
 )
 def test_anything_else_is_refused_naming_network_allow(entry: str, host: str, port: int) -> None:
     refusal = destinations([entry]).check_name(host, port)
     assert refusal is not None
     assert refusal.key == ALLOW_KEY
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "16909060",  # 1.2.3.4, as the resolver (inet_aton) reads it
+        "0x01020304",
+        "1.2.3",
+        "1.2.772",
+        "0177.0.0.1",  # 127.0.0.1, octal
+        "127.1",
+        "0x7f.0.0.1",
+        "127.000.000.001",
+        "4294967296",  # no name ends in a numeric label
+        "1.2.3.4.5",
+        "16909060.",
+    ],
+)
+def test_an_ipv4_address_in_another_form_is_refused_even_by_star(host: str) -> None:
+    policy = destinations(["*", "1.2.3.4", "127.0.0.1", "*:8080"])
+    refusal = policy.check_name(host, 443)
+    assert refusal is not None
+    assert refusal.key == ALLOW_KEY
+    assert "a.b.c.d" in refusal.reason
+
+
+@pytest.mark.parametrize("host", ["1password.example", "123.example", "a1.b2.c3", "0x.example"])
+def test_names_with_numeric_labels_inside_are_names(host: str) -> None:
+    assert destinations(["*"]).check_name(host, 443) is None
+
+
+def test_a_listed_literal_with_a_final_dot_passes() -> None:
+    assert destinations(["127.0.0.1"]).check_name("127.0.0.1.", 443) is None
 
 
 @given(st.from_regex(r"[a-z0-9-]{1,20}(\.[a-z0-9-]{1,20}){0,3}", fullmatch=True))

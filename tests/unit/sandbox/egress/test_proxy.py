@@ -189,6 +189,34 @@ async def test_a_listed_ip_literal_is_connected_to_without_asking_the_resolver()
     assert target.received.startswith(b"ping")
 
 
+async def test_a_listed_ip_literal_with_a_final_dot_is_connected_to() -> None:
+    async with serving(Destination("127.0.0.2")) as target:
+        resolver = Resolver(["127.0.0.1"])
+        async with rig(allowlist(f"127.0.0.2:{target.port}"), resolver) as proxy:
+            answer = await proxy.exchange(
+                f"CONNECT 127.0.0.2.:{target.port} HTTP/1.1\r\n\r\nping".encode(),
+                read_until_close=False,
+            )
+            refused = await proxy.exchange(
+                f"CONNECT 127.0.0.1.:{target.port} HTTP/1.1\r\n\r\n".encode()
+            )
+    assert answer.startswith(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    assert resolver.calls == 0
+    assert refused.startswith(b"HTTP/1.1 403 Forbidden by network.allow\r\n")
+
+
+async def test_an_ipv4_address_in_another_form_is_refused_without_a_lookup() -> None:
+    async with serving(Destination("127.0.0.2")) as target:
+        resolver = Resolver(["127.0.0.2"])
+        network = allowlist(f"*:{target.port}", allow_all_reason="the test")
+        async with rig(network, resolver) as proxy:
+            answer = await proxy.exchange(
+                f"CONNECT 2130706434:{target.port} HTTP/1.1\r\n\r\n".encode()
+            )
+    assert answer.startswith(b"HTTP/1.1 403 Forbidden by network.allow\r\n")
+    assert (resolver.calls, target.connections) == (0, 0)
+
+
 async def test_the_services_own_port_is_refused_though_listed_and_covered() -> None:
     async with serving(Destination("127.0.0.2")) as service:
         network = allowlist(f"127.0.0.2:{service.port}")
