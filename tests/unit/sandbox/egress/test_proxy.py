@@ -449,3 +449,37 @@ async def test_lookups_past_their_deadline_hold_their_threads_and_bound_new_ones
         assert answer.startswith(b"HTTP/1.1 502 Bad Gateway by destination")
     assert "all stuck" in proxy.reports[2]["reason"]
     assert "proxy's name lookups are stuck" in proxy.reports[4]["reason"]
+
+
+async def test_an_answer_the_session_never_reads_is_cut_after_idle_timeout_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forwarded request (its side is done once sent) whose answer nobody reads: the
+    proxy's write to the session stalls, and is given up after idle_timeout_s."""
+    monkeypatch.setattr(proxy_module, "WRITE_DEADLINE_S", 0.2)
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(512):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.2", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        network = allowlist(f"127.0.0.2:{port}", idle_timeout_s=0.3)
+        async with rig(network, Resolver()) as proxy:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.transport.pause_reading()  # ... and reads nothing
+            writer.write(f"GET http://127.0.0.2:{port}/ HTTP/1.1\r\n\r\n".encode())
+            await settle(proxy.reports, 1)
+            assert proxy.budget.open_now == 0
+            writer.transport.abort()
+    finally:
+        server.close()
+    (report,) = proxy.reports
+    assert report["cut"] == "network.idle_timeout_s"
+    assert report["bytes_down"] < 512 * 65536
