@@ -433,11 +433,8 @@ async def test_lookups_past_their_deadline_hold_their_threads_and_bound_new_ones
         async with rig(network, Resolver()) as proxy:
             proxy.proxy.resolve = blocks
             first = await asyncio.gather(*(proxy.exchange(request) for _ in range(2)))
-            started = time.monotonic()
             again = await proxy.exchange(request)
-            waited = time.monotonic() - started
             assert threads["started"] == 2  # the third lookup took no thread
-            assert waited < 0.15
             proxy.budget = SessionBudget("tenant-a", "session-b")
             await proxy.exchange(request)
             other = await proxy.exchange(request)  # 3 stuck in the proxy: refused
