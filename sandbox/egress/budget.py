@@ -9,8 +9,12 @@ from sandbox.egress.destinations import Refusal
 from sandbox.policy.network import Network
 
 # Name lookups one session may have in flight; the proxy's resolver has RESOLVER_THREADS.
+# A lookup holds its slot until its thread returns, past its deadline too.
 LOOKUPS_AT_ONCE = 2
 RESOLVER_THREADS = 32
+# Lookups past their deadline (their threads still blocked) the whole proxy tolerates
+# before it refuses new ones: the other threads stay for names that do answer.
+LOOKUPS_STUCK_MAX = RESOLVER_THREADS // 2
 
 
 @dataclass
@@ -25,6 +29,7 @@ class SessionBudget:
     lookups: asyncio.Semaphore = field(
         default_factory=lambda: asyncio.Semaphore(LOOKUPS_AT_ONCE), repr=False
     )
+    lookups_stuck: int = 0  # of those, past their deadline
 
     def admit(self, limits: Network) -> Refusal | None:
         """Count a new connection in, or say which budget refuses it."""

@@ -5,6 +5,8 @@ Two questions, asked in this order, each answered with the policy key that refus
 
 * ``network.allow``: is ``host:port``, as the client named it, listed?  An IP literal
   passes only if that literal is listed; ``*`` and ``*.example.org`` match names only.
+  An IPv4 address in a form other than a.b.c.d (``16909060``, ``0177.0.0.1``), which
+  the resolver would turn into an address without asking DNS, never passes.
 * ``network.allow_private``: is the address the proxy resolved one it may reach?
   Loopback, private, link-local (169.254.169.254 and the other metadata addresses),
   shared, reserved, multicast, unspecified and the host's own addresses are refused
@@ -15,6 +17,8 @@ Two questions, asked in this order, each answered with the policy key that refus
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -50,34 +54,65 @@ class HostRule:
 
 
 _NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated; :: and ::1 aside
+_IPV4_TRANSLATED = ipaddress.ip_network("::ffff:0:0:0/96")  # SIIT
+# Not host addresses to reach, though ipaddress (3.11) calls them global: the forms
+# above, site-local, local-use NAT64 (which the proxy cannot unwrap), documentation and
+# SRv6 SIDs; and all of the IETF's 192.0.0.0/24 (3.11 misses 192.0.0.8 and others).
+# Refused unless allow_private covers them, as is anything is_reserved.
+_NOT_HOSTS = (
+    ipaddress.ip_network("192.0.0.0/24"),
+    _IPV4_COMPATIBLE,
+    _IPV4_TRANSLATED,
+    ipaddress.ip_network("fec0::/10"),
+    ipaddress.ip_network("64:ff9b:1::/48"),
+    ipaddress.ip_network("3fff::/20"),
+    ipaddress.ip_network("5f00::/16"),
+)
 
 
 def unwrap(address: IPAddress) -> IPAddress:
-    """The IPv4 address an IPv6 one carries (mapped, 6to4, NAT64), which is where a
-    connection to it ends up; else the address itself."""
+    """The IPv4 address an IPv6 one carries (mapped, compatible, translated, 6to4,
+    NAT64), which is where a connection to it ends up; else the address itself."""
     if isinstance(address, ipaddress.IPv6Address):
         if address.ipv4_mapped is not None:
             return address.ipv4_mapped
         if address.sixtofour is not None:
             return address.sixtofour
-        if address in _NAT64:
+        compatible = address in _IPV4_COMPATIBLE and int(address) > 1
+        if compatible or address in _IPV4_TRANSLATED or address in _NAT64:
             return ipaddress.IPv4Address(int(address) & 0xFFFF_FFFF)
     return address
 
 
-def _parse_ip(text: str) -> IPAddress | None:
+def ip_literal(host: str) -> IPAddress | None:
+    """The address a host names as an IP literal (brackets and a final dot aside)."""
     try:
-        address = ipaddress.ip_address(text)
+        return ipaddress.ip_address(host.strip("[]").rstrip("."))
     except ValueError:
         return None
-    return unwrap(address)
 
 
 def normalise_host(host: str) -> tuple[str, bool]:
     """The host as rules compare it, and whether it is an IP literal."""
-    host = host.strip("[]").lower().rstrip(".")
-    address = _parse_ip(host)
-    return (str(address), True) if address is not None else (host, False)
+    address = ip_literal(host)
+    if address is not None:
+        return str(unwrap(address)), True
+    return host.strip("[]").lower().rstrip("."), False
+
+
+_NUMERIC_LABEL = re.compile(r"0x[0-9a-f]*|[0-9]+")
+
+
+def is_numeric_form(host: str) -> bool:
+    """Whether a host that is not an IP literal to ``ipaddress`` is one to the resolver
+    (``16909060``, ``0x7f.1``, ``0177.0.0.1``, ``1.2.3``: inet_aton's forms), or
+    ends in a numeric label, which no name does."""
+    try:
+        socket.inet_aton(host)
+    except (OSError, ValueError):
+        return _NUMERIC_LABEL.fullmatch(host.rsplit(".", 1)[-1]) is not None
+    return True
 
 
 def _rule(entry: str) -> HostRule:
@@ -104,6 +139,12 @@ class DestinationPolicy:
     def check_name(self, host: str, port: int) -> Refusal | None:
         """``network.allow``: the destination as the client named it."""
         normalised, is_ip = normalise_host(host)
+        if not is_ip and is_numeric_form(normalised):
+            return Refusal(
+                ALLOW_KEY,
+                f"{host} is an IPv4 address in a form other than a.b.c.d; network.allow "
+                "matches IP literals only as listed, in that form",
+            )
         if any(rule.matches(normalised, port, is_ip) for rule in self.rules):
             return None
         return Refusal(ALLOW_KEY, f"{host}:{port} is not in network.allow")
@@ -114,13 +155,21 @@ class DestinationPolicy:
 
     def check_address(self, address: IPAddress, port: int) -> Refusal | None:
         """``network.allow_private``: the address the proxy would connect to."""
-        address = unwrap(address)
+        given, address = address, unwrap(address)
         if self._is_service(address, port):
             return Refusal(ALLOW_PRIVATE_KEY, f"{address}:{port} is the service itself")
-        if any(address in network for network in self.private):
+        if any(address in network or given in network for network in self.private):
             return None
         if address.is_multicast or address.is_unspecified:
             return Refusal(ALLOW_PRIVATE_KEY, f"{address} is not a host address")
+        if address.is_reserved or any(
+            given in network or address in network for network in _NOT_HOSTS
+        ):
+            return Refusal(
+                ALLOW_PRIVATE_KEY,
+                f"{given} is a reserved or deprecated address, and network.allow_private "
+                "does not cover it",
+            )
         if not address.is_global or address in self.own_addresses:
             return Refusal(
                 ALLOW_PRIVATE_KEY,

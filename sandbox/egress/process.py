@@ -141,15 +141,20 @@ class ProxyProcess:
             except BlockingIOError:
                 loop.add_writer(self.control, self._flush_when_writable)
                 return
-            except OSError:
+            except OSError as exc:
+                # The service is gone or its socket broken: these are lost too, counted.
+                self.dropped += len(self.pending)
                 self.pending.clear()
-                return
+                why = f"the control socket failed: {exc}"
+                break
             self.pending.popleft()
+        else:
+            why = "the service did not read them"
         if self.dropped:
             # The audit log misses these lines: the operator must hear of it somewhere.
             print(
                 f"codesherpa egress proxy: {self.dropped} connection reports dropped "
-                "(the service did not read them); the audit log misses them",
+                f"({why}); the audit log misses them",
                 file=sys.stderr,
                 flush=True,
             )

@@ -17,8 +17,19 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from sandbox.egress.budget import SessionBudget
-from sandbox.egress.destinations import DestinationPolicy, IPAddress, Refusal, normalise_host
+from sandbox.egress.budget import (
+    LOOKUPS_AT_ONCE,
+    LOOKUPS_STUCK_MAX,
+    RESOLVER_THREADS,
+    SessionBudget,
+)
+from sandbox.egress.destinations import (
+    DestinationPolicy,
+    IPAddress,
+    Refusal,
+    ip_literal,
+    normalise_host,
+)
 from sandbox.egress.http_head import (
     MAX_HEAD_BYTES,
     BadRequest,
@@ -79,6 +90,8 @@ class EgressProxy:
         self.destinations = destinations  # fresh: the host's own addresses may change
         self.report = report
         self.resolve = resolve
+        self.lookup_threads = asyncio.Semaphore(RESOLVER_THREADS)
+        self.lookups_stuck = 0  # lookups past their deadline whose threads are still out
 
     async def _read_head(self, reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         buffer = b""
@@ -193,20 +206,61 @@ class EgressProxy:
     ) -> tuple[IPAddress | None, Refusal | None]:
         """Resolve once, check, and return the very address to connect to: a second
         lookup (by the connect) could answer otherwise (DNS rebinding)."""
-        host, is_ip = normalise_host(head.host)
-        if is_ip:
-            addresses: list[IPAddress] = [ipaddress.ip_address(head.host)]
+        host, _is_ip = normalise_host(head.host)
+        literal = ip_literal(head.host)
+        if literal is not None:
+            addresses: list[IPAddress] = [literal]
         else:
             try:
-                # A few lookups at once per session: the resolver's threads are shared,
-                # and names that never answer must not hold them all.
-                async with budget.lookups:
-                    addresses = await asyncio.wait_for(
-                        self.resolve(host, head.port), RESOLVE_DEADLINE_S
-                    )
+                addresses = await self._lookup(host, head.port, budget)
             except (OSError, TimeoutError) as exc:
-                return None, Refusal("destination", f"cannot resolve {head.host}: {exc}")
+                reason = str(exc) or f"no answer in {RESOLVE_DEADLINE_S:g} s"
+                return None, Refusal("destination", f"cannot resolve {head.host}: {reason}")
         return destinations.pick_address(addresses, head.port)
+
+    async def _lookup(self, host: str, port: int, budget: SessionBudget) -> list[IPAddress]:
+        """Resolve in one of the resolver's threads, shared by all sessions.
+
+        The deadline ends the wait, not the thread (getaddrinfo cannot be stopped): the
+        session's slot and the thread's are held until the lookup itself returns, so a
+        session's names that never answer hold at most LOOKUPS_AT_ONCE threads, and
+        once those are all stuck its new lookups are refused at once.
+        """
+        if budget.lookups_stuck >= LOOKUPS_AT_ONCE:
+            raise OSError("this session's name lookups are all stuck")
+        if self.lookups_stuck >= LOOKUPS_STUCK_MAX:
+            raise OSError("the proxy's name lookups are stuck; try again later")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESOLVE_DEADLINE_S
+        async with asyncio.timeout_at(deadline):
+            await budget.lookups.acquire()
+            try:
+                await self.lookup_threads.acquire()
+            except BaseException:
+                budget.lookups.release()
+                raise
+        stuck = False
+
+        def returned(task: asyncio.Future[list[IPAddress]]) -> None:
+            budget.lookups.release()
+            self.lookup_threads.release()
+            if stuck:
+                budget.lookups_stuck -= 1
+                self.lookups_stuck -= 1
+            if not task.cancelled():
+                task.exception()  # retrieved: nobody may be waiting for it any more
+
+        lookup = asyncio.ensure_future(self.resolve(host, port))
+        lookup.add_done_callback(returned)
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await asyncio.shield(lookup)
+        except TimeoutError:
+            if not lookup.done():
+                stuck = True
+                budget.lookups_stuck += 1
+                self.lookups_stuck += 1
+            raise
 
     async def _exchange(
         self,

@@ -22,6 +22,21 @@ class Traffic:
     last_active: float = 0.0  # the loop's time of the last byte either way
 
 
+async def _drained(sink: asyncio.StreamWriter, limits: Network, traffic: Traffic) -> bool:
+    """Wait for the sink to take what it was given, as long as the connection is not
+    idle: a peer that never reads must not pin the connection (and the other one)."""
+    loop = asyncio.get_running_loop()
+    while True:
+        try:
+            await asyncio.wait_for(sink.drain(), limits.idle_timeout_s)
+        except TimeoutError:
+            if loop.time() - traffic.last_active < limits.idle_timeout_s:
+                continue
+            traffic.cut = traffic.cut or "network.idle_timeout_s"
+            return False
+        return True
+
+
 async def _pump(
     source: asyncio.StreamReader,
     sink: asyncio.StreamWriter,
@@ -65,7 +80,8 @@ async def _pump(
                 traffic.cut = "response head"
                 break
         sink.write(data)
-        await sink.drain()
+        if not await _drained(sink, limits, traffic):
+            break
     # A tunnel's half-close is passed on; a forwarded request's body just ends (its
     # connection closes once the answer has come).
     if limit is None and sink.can_write_eof() and traffic.cut is None:
@@ -94,9 +110,12 @@ async def relay(
         _pump(upstream[0], client[1], budget, limits, traffic, False, None, rewriter)
     )
     try:
-        # The destination's answer decides the end; a cut either way ends both.
+        # The destination's answer decides the end; a cut either way ends both.  Only
+        # the tasks still running are waited on: a finished one (a request without a
+        # body, a tunnel the session half-closed) would wake the loop at once, forever.
+        pending: set[asyncio.Future[None]] = {up, down}
         while not down.done():
-            await asyncio.wait({up, down}, return_when=asyncio.FIRST_COMPLETED)
+            _done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
             if traffic.cut is not None or (up.done() and up.exception() is not None):
                 break
     except (OSError, asyncio.IncompleteReadError):

@@ -7,6 +7,8 @@ import asyncio
 import contextlib
 import ipaddress
 import json
+import threading
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -106,18 +108,19 @@ async def rig(
     reports: list[dict[str, Any]] = []
     policy = DestinationPolicy(network, (), service_ports)
     proxy = EgressProxy(network, lambda: policy, reports.append, resolver)
-    budget = SessionBudget("tenant-a", "session-a")
+    current = Rig(proxy, SessionBudget("tenant-a", "session-a"), reports, 0)
     handlers: set[asyncio.Task[Any]] = set()
 
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
         handlers.add(task)
-        await proxy.handle(reader, writer, budget)
+        await proxy.handle(reader, writer, current.budget)  # a test may swap the session
 
     server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    current.port = server.sockets[0].getsockname()[1]
     try:
-        yield Rig(proxy, budget, reports, server.sockets[0].getsockname()[1])
+        yield current
     finally:
         server.close()
         for task in handlers:
@@ -184,6 +187,34 @@ async def test_a_listed_ip_literal_is_connected_to_without_asking_the_resolver()
     assert answer.startswith(b"HTTP/1.1 200 Connection established\r\n\r\n")
     assert resolver.calls == 0
     assert target.received.startswith(b"ping")
+
+
+async def test_a_listed_ip_literal_with_a_final_dot_is_connected_to() -> None:
+    async with serving(Destination("127.0.0.2")) as target:
+        resolver = Resolver(["127.0.0.1"])
+        async with rig(allowlist(f"127.0.0.2:{target.port}"), resolver) as proxy:
+            answer = await proxy.exchange(
+                f"CONNECT 127.0.0.2.:{target.port} HTTP/1.1\r\n\r\nping".encode(),
+                read_until_close=False,
+            )
+            refused = await proxy.exchange(
+                f"CONNECT 127.0.0.1.:{target.port} HTTP/1.1\r\n\r\n".encode()
+            )
+    assert answer.startswith(b"HTTP/1.1 200 Connection established\r\n\r\n")
+    assert resolver.calls == 0
+    assert refused.startswith(b"HTTP/1.1 403 Forbidden by network.allow\r\n")
+
+
+async def test_an_ipv4_address_in_another_form_is_refused_without_a_lookup() -> None:
+    async with serving(Destination("127.0.0.2")) as target:
+        resolver = Resolver(["127.0.0.2"])
+        network = allowlist(f"*:{target.port}", allow_all_reason="the test")
+        async with rig(network, resolver) as proxy:
+            answer = await proxy.exchange(
+                f"CONNECT 2130706434:{target.port} HTTP/1.1\r\n\r\n".encode()
+            )
+    assert answer.startswith(b"HTTP/1.1 403 Forbidden by network.allow\r\n")
+    assert (resolver.calls, target.connections) == (0, 0)
 
 
 async def test_the_services_own_port_is_refused_though_listed_and_covered() -> None:
@@ -351,3 +382,101 @@ async def test_names_that_never_resolve_hold_at_most_two_lookups_of_a_session(
     assert in_flight["most"] == 2
     assert all(answer.startswith(b"HTTP/1.1 502 Bad Gateway by destination") for answer in answers)
     assert {report["key"] for report in proxy.reports} == {"destination"}
+
+
+async def test_a_slow_answer_to_a_bodyless_request_does_not_spin_the_proxy() -> None:
+    """The request's side is done at once (no body); the answer takes a second.  The
+    proxy waits for it: its CPU time stays far below the wall time."""
+
+    async def slow(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n")
+        for _ in range(10):
+            await asyncio.sleep(0.1)
+            writer.write(b"x")
+            await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(slow, "127.0.0.2", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with rig(allowlist(f"127.0.0.2:{port}"), Resolver()) as proxy:
+            cpu = time.process_time()
+            answer = await proxy.exchange(f"GET http://127.0.0.2:{port}/ HTTP/1.1\r\n\r\n".encode())
+            cpu = time.process_time() - cpu
+    finally:
+        server.close()
+    assert answer.endswith(b"xxxxxxxxxx")
+    assert cpu < 0.2
+
+
+async def test_lookups_past_their_deadline_hold_their_threads_and_bound_new_ones(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A resolver whose threads block: the deadline answers the session (502), but the
+    threads stay taken, so the session's slots stay taken too.  Its next lookup is
+    refused at once, without a thread; and once the proxy has LOOKUPS_STUCK_MAX stuck
+    lookups, another session's are refused too, though it has a slot left."""
+    monkeypatch.setattr(proxy_module, "RESOLVE_DEADLINE_S", 0.2)
+    monkeypatch.setattr(proxy_module, "LOOKUPS_STUCK_MAX", 3)
+    release = threading.Event()
+    threads = {"started": 0}
+
+    async def blocks(host: str, port: int) -> list[IPAddress]:
+        threads["started"] += 1
+        await asyncio.get_running_loop().run_in_executor(None, release.wait, 10)
+        return [ipaddress.ip_address("127.0.0.2")]
+
+    network = allowlist("*.example", allow_all_reason="unused")
+    request = b"GET http://slow.example/ HTTP/1.1\r\n\r\n"
+    try:
+        async with rig(network, Resolver()) as proxy:
+            proxy.proxy.resolve = blocks
+            first = await asyncio.gather(*(proxy.exchange(request) for _ in range(2)))
+            again = await proxy.exchange(request)
+            assert threads["started"] == 2  # the third lookup took no thread
+            proxy.budget = SessionBudget("tenant-a", "session-b")
+            await proxy.exchange(request)
+            other = await proxy.exchange(request)  # 3 stuck in the proxy: refused
+            assert threads["started"] == 3
+            await settle(proxy.reports, 5)
+    finally:
+        release.set()
+    for answer in [*first, again, other]:
+        assert answer.startswith(b"HTTP/1.1 502 Bad Gateway by destination")
+    assert "all stuck" in proxy.reports[2]["reason"]
+    assert "proxy's name lookups are stuck" in proxy.reports[4]["reason"]
+
+
+async def test_an_answer_the_session_never_reads_is_cut_after_idle_timeout_s(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A forwarded request (its side is done once sent) whose answer nobody reads: the
+    proxy's write to the session stalls, and is given up after idle_timeout_s."""
+    monkeypatch.setattr(proxy_module, "WRITE_DEADLINE_S", 0.2)
+
+    async def flood(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        with contextlib.suppress(OSError):
+            for _ in range(512):
+                writer.write(b"x" * 65536)
+                await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(flood, "127.0.0.2", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        network = allowlist(f"127.0.0.2:{port}", idle_timeout_s=0.3)
+        async with rig(network, Resolver()) as proxy:
+            _reader, writer = await asyncio.open_connection("127.0.0.1", proxy.port)
+            writer.transport.pause_reading()  # ... and reads nothing
+            writer.write(f"GET http://127.0.0.2:{port}/ HTTP/1.1\r\n\r\n".encode())
+            await settle(proxy.reports, 1)
+            assert proxy.budget.open_now == 0
+            writer.transport.abort()
+    finally:
+        server.close()
+    (report,) = proxy.reports
+    assert report["cut"] == "network.idle_timeout_s"
+    assert report["bytes_down"] < 512 * 65536
