@@ -21,7 +21,6 @@ import os
 import sys
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from pydantic import ValidationError
 
@@ -137,11 +136,3 @@ def _reason(item: Any) -> str:
             ".".join(filter(None, (where, key))) + f": {reason}" for key, reason in found.problems
         )
     return f"{where}: {item.get('msg', '')}"  # pydantic's msg, unlike its str(), has no input
-
-
-def index_host(index_url: str) -> tuple[str, int] | None:
-    """The host and port an http(s) index is reached at (the proxy lets installs reach it)."""
-    parts = urlsplit(index_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from sandbox.errors import PolicyError
-from sandbox.package_index import for_sessions, host_index_url, index_host
+from sandbox.package_index import for_sessions, host_index_url
 from sandbox.policy import Packages, Policy, parse_policy
 
 
@@ -156,12 +156,6 @@ def test_other_index_url_problems_do_not_echo_credentials(url: str) -> None:
         parse_policy(text, "p.toml")
     assert "packages.index_url" in str(error.value)
     assert "s3cret" not in str(error.value)
-
-
-def test_the_index_host_is_what_the_proxy_lets_installs_reach() -> None:
-    assert index_host("https://mirror.invalid/simple") == ("mirror.invalid", 443)
-    assert index_host("http://10.0.0.5:8080/simple") == ("10.0.0.5", 8080)
-    assert index_host("file:///mnt/data/index") is None
 
 
 @pytest.mark.parametrize(
