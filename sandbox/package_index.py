@@ -20,9 +20,13 @@ import logging
 import os
 import sys
 from collections.abc import Mapping
-from urllib.parse import urlsplit
+from typing import Any
+
+from pydantic import ValidationError
 
 from sandbox.policy import Policy
+from sandbox.policy.checks import PolicyProblems
+from sandbox.policy.urls import has_credentials, redacted, without_credentials
 
 log = logging.getLogger("codesherpa.packages")
 # pip normalizes option names so, in files and in PIP_* variables alike.
@@ -93,26 +97,42 @@ def _pip_default() -> str:
 def for_sessions(policy: Policy, environ: Mapping[str, str] | None = None) -> Policy:
     """``policy`` as the workers get it: an empty ``index_url`` replaced by the host's.
 
-    The policy's own check (``packages.index_url``) cannot see the host's index when
-    it loads; what it would have refused is logged here, once per start.
+    Credentials in the host's URL (userinfo, a query string) never reach a worker:
+    every session could read them (pip's command line, the worker's memory).  They are
+    dropped, and a warning naming the index without them says installs go to it
+    without credentials.  The policy's own check (``packages.index_url``) cannot see
+    the host's index when it loads; what it would have refused is logged here, once
+    per start.
     """
     packages = policy.packages
     if packages.install == "off" or packages.index_url:
         return policy
     index_url = host_index_url(environ)
+    if has_credentials(index_url):
+        log.warning(
+            "packages: the host pip's index %s carries credentials; sessions install from "
+            "%s without them (set packages.index_url to choose another index)",
+            redacted(index_url),
+            without_credentials(index_url) or "no index",
+        )
+        index_url = without_credentials(index_url)
     resolved = policy.model_copy(
         update={"packages": packages.model_copy(update={"index_url": index_url})}
     )
     try:
         Policy.model_validate(resolved.model_dump())
-    except ValueError as problem:
-        log.warning("packages: the host pip's index will not be reachable: %s", problem)
+    except ValidationError as problem:
+        # The checks' own texts (URLs redacted), not pydantic's, which repeat the input.
+        reasons = "; ".join(_reason(item) for item in problem.errors())
+        log.warning("packages: the host pip's index will not be reachable: %s", reasons)
     return resolved
 
 
-def index_host(index_url: str) -> tuple[str, int] | None:
-    """The host and port an http(s) index is reached at (the proxy lets installs reach it)."""
-    parts = urlsplit(index_url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        return None
-    return parts.hostname, parts.port or (443 if parts.scheme == "https" else 80)
+def _reason(item: Any) -> str:
+    where = ".".join(str(part) for part in item.get("loc", ()))
+    found = item.get("ctx", {}).get("error")
+    if isinstance(found, PolicyProblems):
+        return "; ".join(
+            ".".join(filter(None, (where, key))) + f": {reason}" for key, reason in found.problems
+        )
+    return f"{where}: {item.get('msg', '')}"  # pydantic's msg, unlike its str(), has no input

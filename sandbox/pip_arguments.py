@@ -186,7 +186,7 @@ def _check_words(
         word = words[position]
         position += 1
         if not word.startswith("-"):
-            checked.arguments.append(_requirement(word, where))
+            checked.arguments.append(_requirement(word, where, policy))
             continue
         name, attached, value = _split_option(word)
         if name in _ESCAPES:
@@ -256,7 +256,7 @@ def _valued(
     return [f"{option}={value}"]
 
 
-def _requirement(word: str, where: _Where) -> str:
+def _requirement(word: str, where: _Where, policy: Packages) -> str:
     if _VCS.match(word):
         raise PipRefused(word, "VCS URLs are not supported; install from the index")
     if "://" in word or word.startswith("file:"):
@@ -264,7 +264,13 @@ def _requirement(word: str, where: _Where) -> str:
     if "@" in word:
         raise PipRefused(word, "direct references (`name @ url`) are not supported")
     if "/" in word or word.startswith((".", "~")) or word.lower().endswith(_ARCHIVE):
-        return _inside(word, where, word)
+        path = _inside(word, where, word)
+        # pip builds a local source archive or directory whatever --only-binary says.
+        if policy.only_binary and not (path.lower().endswith(".whl") and not os.path.isdir(path)):
+            raise PipRefused(
+                word, "only a wheel (.whl) installs from a path (policy key packages.only_binary)"
+            )
+        return path
     return word
 
 

@@ -13,10 +13,12 @@ files in it are not run (a worker starting up runs no user code).
 
 pip runs as a child of the worker, under the same confinement and the run's wall
 clock, with ``--prefix`` pointed at a staging directory inside the site directory
-and the site directory on its ``PYTHONPATH``: a requirement the service's packages
-or earlier installs already satisfy is not fetched again.  Only when pip succeeds
-does the staged tree move in, entry by entry, by rename on the same file system; a
-failure (a full quota, an interrupt, a refused download) leaves nothing half-installed.
+and the site directory on its ``sys.path``, after the interpreter's own directories
+as in the session: a requirement the service's packages or earlier installs already
+satisfy is not fetched again, and nothing installed replaces a module pip imports.
+Only when pip succeeds does the staged tree move in, entry by entry, by rename on the
+same file system; a failure (a full quota, an interrupt, a refused download) leaves
+nothing half-installed.
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ from sandbox.policy import Packages
 
 SITE_DIRECTORY = ".packages"
 _STAGING_PREFIX = ".incoming-"
+# pip runs isolated (``-I``: no PYTHONPATH, no working directory on sys.path) and this
+# puts the site directory *after* the interpreter's own directories, as in the session:
+# a module installed there (``pip``, ``json``) never replaces what pip itself imports.
 # pip lists every directory on sys.path for installed packages and gives up at one it
 # may not read (a development checkout the interpreter's .pth names, hidden from the
 # session by Landlock): such directories are of no use to the session anyway.
-_PIP_WITHOUT_HIDDEN_PATHS = """
+_PIP_BOOTSTRAP = """
 import os, runpy, sys
 def hidden(path):
     try:
@@ -53,6 +58,7 @@ def hidden(path):
         pass
     return False
 sys.path[:] = [path for path in sys.path if not (path and hidden(path))]
+sys.path.append(os.environ.pop("CODESHERPA_SITE"))
 runpy.run_module("pip", run_name="__main__", alter_sys=True)
 """
 # After a failed install: the likeliest reason a package "has no matching version".
@@ -116,7 +122,7 @@ class PackageInstaller:
         """pip's exit status, its output on the given descriptors."""
         if checked.subcommand != "install":
             # list, show, freeze: what the session can import, the site directory included.
-            command = [sys.executable, "-c", _PIP_WITHOUT_HIDDEN_PATHS, checked.subcommand]
+            command = [sys.executable, "-I", "-c", _PIP_BOOTSTRAP, checked.subcommand]
             command += ["--disable-pip-version-check", *checked.arguments]
             return self._pip(command, self._workspace, stdout_fd, stderr_fd)
         if not self._policy.index_url:
@@ -142,8 +148,9 @@ class PackageInstaller:
     def command(self, checked: InstallArguments, staging: str) -> list[str]:
         command = [
             sys.executable,
+            "-I",
             "-c",
-            _PIP_WITHOUT_HIDDEN_PATHS,
+            _PIP_BOOTSTRAP,
             "install",
             "--prefix",
             staging,
@@ -175,7 +182,7 @@ class PackageInstaller:
         }
         environment.update(
             PIP_CONFIG_FILE=os.devnull,  # none of the host's pip configuration
-            PYTHONPATH=self._site,
+            CODESHERPA_SITE=self._site,  # appended to sys.path by _PIP_BOOTSTRAP
             PYTHONNOUSERSITE="1",
         )
         process = subprocess.Popen(

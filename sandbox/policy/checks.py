@@ -19,6 +19,7 @@ from sandbox.policy.tables import (
     preload_closure,
     preload_needs_mb,
 )
+from sandbox.policy.urls import has_credentials, redacted
 
 if TYPE_CHECKING:
     # The sections run these checks, so they import this module, not the reverse.
@@ -211,15 +212,23 @@ PYTHON_CHECKS: tuple[Check[PythonSettings], ...] = (
 # An index pip reads: a URL with one of these schemes and a location.
 _INDEX_URL = re.compile(r"^(?:https?://[^\s/?#]+|file://)/?[^\s]*$")
 
+
+def _index_url_problems(packages: Packages) -> Iterator[str]:
+    url = packages.index_url
+    if url and not _INDEX_URL.match(url):
+        yield f"{redacted(url)!r} is not an http, https or file URL"
+    elif has_credentials(url):
+        # The policy reaches every session (and pip's command line there): no secrets in it.
+        yield f"{redacted(url)!r} carries credentials (user:password@ or a query string)"
+
+
 PACKAGES_CHECKS: tuple[Check[Packages], ...] = (
     Check(
         "index_url",
-        "index_url is empty (the host pip's index) or an http, https or file URL with no spaces.",
-        lambda packages: (
-            [f"{packages.index_url!r} is not an http, https or file URL"]
-            if packages.index_url and not _INDEX_URL.match(packages.index_url)
-            else []
-        ),
+        "index_url is empty (the host pip's index) or an http, https or file URL with no "
+        "spaces, and no credentials: no user:password@ and no query string, as every "
+        "session could read them.",
+        _index_url_problems,
     ),
 )
 
@@ -262,7 +271,7 @@ def _index_out_of_reach(policy: Policy) -> Iterator[str]:
     try:
         port = parts.port or (443 if parts.scheme == "https" else 80)
     except ValueError:
-        yield f"{packages.index_url!r} has no valid port"
+        yield f"{redacted(packages.index_url)!r} has no valid port"
         return
     if not policy.network.enabled:
         yield f'{parts.hostname}:{port} is reached over the network, and network.mode is "off"'

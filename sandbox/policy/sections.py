@@ -274,7 +274,9 @@ class Packages(_Section):
         description=(
             "The package index pip installs from (a PEP 503 simple index: http, https or "
             "file URL). Empty: the index the host's pip is configured with, read when the "
-            "service starts. A plain-http index given here is trusted for pip as given."
+            "service starts; credentials in the host's URL (user:password@, a query "
+            "string) are dropped, with a warning in the log, and never reach a session. "
+            "A plain-http index given here is trusted for pip as given."
         ),
     )
     only_binary: bool = Field(

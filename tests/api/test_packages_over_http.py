@@ -16,13 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from sandbox.policy import Policy
 from tests.api.server import TEST_POLICY, Server, audit_entries, start_server, stop_server
 from tests.package_index import module_wheel, sdist, simple_index, wheel
-
-pytestmark = pytest.mark.skipif(
-    "network" not in Policy.model_fields, reason="needs the egress proxy ([network] allowlist)"
-)
 
 HOST = "127.0.0.2"  # private, so only allow_private lets the proxy reach it
 MB = 1 << 20

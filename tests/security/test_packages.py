@@ -152,3 +152,33 @@ async def test_another_session_sees_neither_the_package_nor_its_directory(
             "except OSError:\n    print('refused')\n",
         )
         assert said.splitlines()[-3:] == ["absent", "False", "refused"], said
+
+
+@pytest.mark.parametrize(
+    "planted",
+    [
+        ".packages/runpy.py",
+        ".packages/pip/__init__.py",
+        ".packages/pip/__main__.py",
+        ".packages/json.py",
+        "json.py",  # the workspace is pip's working directory for list
+    ],
+)
+async def test_a_module_in_the_workspace_does_not_replace_what_pip_runs_on(
+    zygote: ZygoteClient, planted: str
+) -> None:
+    """A wheel (or the session) shipping runpy or pip does not take over later pip runs."""
+    async with open_session(zygote) as session:
+        trap = "open('/mnt/data/pip_hijacked', 'w').close()\n"
+        await python(
+            session,
+            "import os\n"
+            f"path = os.path.join('/mnt/data', {planted!r})\n"
+            "os.makedirs(os.path.dirname(path), exist_ok=True)\n"
+            f"open(path, 'w').write({trap!r})\n",
+        )
+        said = await python(session, "%pip list")
+        assert "Package" in said, said  # pip itself ran
+        assert "False" in await python(
+            session, "import os; os.path.exists('/mnt/data/pip_hijacked')"
+        )

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
 import pytest
 
 from sandbox.errors import PolicyError
-from sandbox.package_index import for_sessions, host_index_url, index_host
+from sandbox.package_index import for_sessions, host_index_url
 from sandbox.policy import Packages, Policy, parse_policy
 
 
@@ -100,10 +101,61 @@ def test_a_host_index_the_network_does_not_reach_is_logged_at_start(
     assert 'network.mode is "off"' in caplog.text
 
 
-def test_the_index_host_is_what_the_proxy_lets_installs_reach() -> None:
-    assert index_host("https://mirror.invalid/simple") == ("mirror.invalid", 443)
-    assert index_host("http://10.0.0.5:8080/simple") == ("10.0.0.5", 8080)
-    assert index_host("file:///mnt/data/index") is None
+SECRET_INDEX = "https://user:s3cret@index.example/simple?token=s3cret"
+
+
+def test_credentials_in_the_host_index_never_reach_sessions_nor_the_log(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    named = config(tmp_path / "pip.conf", f"[global]\nindex-url = {SECRET_INDEX}\n")
+    env = environment(tmp_path, PIP_CONFIG_FILE=named)
+    with caplog.at_level(logging.DEBUG):
+        resolved = for_sessions(Policy(packages=Packages(install="index")), env)
+    assert resolved.packages.index_url == "https://index.example/simple"
+    assert "s3cret" not in resolved.model_dump_json()
+    assert "s3cret" not in caplog.text
+    assert all("s3cret" not in str(record.args) for record in caplog.records)
+    assert "index.example" in caplog.text  # the warning names the host
+    assert "credentials" in caplog.text
+
+
+def test_an_unreachable_host_index_is_logged_without_its_credentials(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    env = environment(tmp_path, PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=SECRET_INDEX)
+    with caplog.at_level(logging.DEBUG):
+        for_sessions(Policy(packages=Packages(install="index")), env)
+    assert 'network.mode is "off"' in caplog.text
+    assert "s3cret" not in caplog.text
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "https://user:s3cret@mirror.invalid/simple",
+        "https://s3cret@mirror.invalid/simple",
+        "https://mirror.invalid/simple?token=s3cret",
+        "file://user:s3cret@/mnt/data/index",
+    ],
+)
+def test_a_policy_index_with_credentials_is_refused_without_echoing_them(url: str) -> None:
+    text = NETWORKED + f'[packages]\ninstall = "index"\nindex_url = "{url}"\n'
+    with pytest.raises(PolicyError) as error:
+        parse_policy(text, "p.toml")
+    assert "packages.index_url" in str(error.value)
+    assert "credentials" in str(error.value)
+    assert "s3cret" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "url", ["ftp://user:s3cret@mirror.invalid/", "https://user:s3cret@mirror.invalid:99999/s"]
+)
+def test_other_index_url_problems_do_not_echo_credentials(url: str) -> None:
+    text = NETWORKED + f'[packages]\ninstall = "index"\nindex_url = "{url}"\n'
+    with pytest.raises(PolicyError) as error:
+        parse_policy(text, "p.toml")
+    assert "packages.index_url" in str(error.value)
+    assert "s3cret" not in str(error.value)
 
 
 @pytest.mark.parametrize(

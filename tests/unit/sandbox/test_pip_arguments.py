@@ -175,3 +175,26 @@ def test_whatever_pip_gets_is_a_known_option_or_a_requirement_inside_the_design(
         if argument.startswith("/"):
             assert argument.startswith(workspace + "/") or argument == workspace
         assert "://" not in argument
+
+
+@pytest.mark.parametrize(
+    "requirement", ["./pkg.tar.gz", "pkg.tar.gz", "./srcdir", ".", "dist/pkg.zip", "./a.whl/"]
+)
+def test_with_only_binary_a_local_source_is_refused_naming_the_key(
+    requirement: str, tmp_path: Path
+) -> None:
+    (tmp_path / "srcdir").mkdir()
+    (tmp_path / "a.whl").mkdir()  # a directory, whatever its name
+    with pytest.raises(PipRefused) as caught:
+        check(f"pip install {requirement}", tmp_path)
+    assert caught.value.option == requirement
+    assert "packages.only_binary" in str(caught.value)
+    sources = Packages(install="index", index_url=INDEX, only_binary=False)
+    assert check(f"pip install {requirement}", tmp_path, sources)
+
+
+def test_with_only_binary_a_requirement_file_cannot_name_a_local_source(tmp_path: Path) -> None:
+    (tmp_path / "req.txt").write_text("./pkg.tar.gz\n")
+    with pytest.raises(PipRefused) as caught:
+        check("pip install -r req.txt", tmp_path)
+    assert "packages.only_binary" in str(caught.value)
