@@ -184,7 +184,7 @@ def _build(
             {
                 **common,
                 "execution_count": reply.execution_count,
-                "outputs": [output.output() for output in outputs],
+                "outputs": [output.fields() for output in outputs],
             }
         )
     return CommandResponse.model_validate({**common, "exit_code": reply.exit_code})

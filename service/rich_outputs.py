@@ -20,7 +20,6 @@ from pydantic import JsonValue
 
 from sandbox.protocol import RichOutput
 from sandbox.rich_display import BINARY_MIMES, MAX_METADATA_CHARS, PLAIN, output_size
-from service.schemas import Output
 
 FileLinker = Callable[[str], str | None]
 # A figure's file name, as the worker writes it in the metadata.
@@ -44,10 +43,9 @@ class OutputDraft:
         """Its size without the text of ``text/plain``: what cutting text cannot save."""
         return self.size() - len(self.data.get(PLAIN, ""))
 
-    def output(self) -> Output:
-        return Output.model_validate(
-            {"output_type": self.output_type, "data": self.data, "metadata": self.metadata}
-        )
+    def fields(self) -> dict[str, object]:
+        """The output's fields, for the reply to validate with its own (as an ``Output``)."""
+        return {"output_type": self.output_type, "data": self.data, "metadata": self.metadata}
 
 
 def drafts(outputs: Sequence[RichOutput], link: FileLinker) -> tuple[list[OutputDraft], bool]:
