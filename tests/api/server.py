@@ -117,3 +117,11 @@ def audit_entries(
         if until(entries) or time.monotonic() > deadline:
             return entries
         time.sleep(0.02)
+
+
+def run_cell(client: httpx.Client, session_id: str, code: str | list[str]) -> dict[str, Any]:
+    """POST /repl in a session; the reply, which must be a 200."""
+    response = client.post("/repl", json={"code": code, "session_id": session_id})
+    assert response.status_code == 200, response.text
+    reply: dict[str, Any] = response.json()
+    return reply

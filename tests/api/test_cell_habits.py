@@ -8,31 +8,13 @@ a column that is not there, a program the policy does not allow.
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
-from typing import Any
 
 import httpx
-import pytest
+
+from tests.api.server import run_cell
 
 # tests/policies/test.toml allows these programs and not curl, pip or python.
 TEST_POLICY_ALLOWS = "ls, cat, echo, grep"
-
-
-@pytest.fixture
-def session(client: httpx.Client) -> Iterator[str]:
-    """A session of its own (a workspace to look at), deleted after: the tenant may hold 4."""
-    response = client.post("/sessions")
-    assert response.status_code == 201, response.text
-    session_id = str(response.json()["session_id"])
-    yield session_id
-    client.delete(f"/sessions/{session_id}")
-
-
-def run(client: httpx.Client, session_id: str, code: str | list[str]) -> dict[str, Any]:
-    response = client.post("/repl", json={"code": code, "session_id": session_id})
-    assert response.status_code == 200, response.text
-    reply: dict[str, Any] = response.json()
-    return reply
 
 
 def workspace_names(client: httpx.Client, session_id: str) -> set[str]:
@@ -44,7 +26,7 @@ def workspace_names(client: httpx.Client, session_id: str) -> set[str]:
 def test_a_bang_line_runs_in_the_session_and_prints_in_result(
     client: httpx.Client, session: str
 ) -> None:
-    reply = run(client, session, ["print('first')", "!echo hi", "!echo made > made.txt"])
+    reply = run_cell(client, session, ["print('first')", "!echo hi", "!echo made > made.txt"])
     assert reply["status"] == "ok", reply
     assert reply["result"] == "first\nhi\n"
     assert "made.txt" in workspace_names(client, session)
@@ -54,7 +36,7 @@ def test_a_bang_line_runs_in_the_session_and_prints_in_result(
 
 
 def test_an_assigned_bang_line_holds_the_output_lines(client: httpx.Client, session: str) -> None:
-    reply = run(client, session, ["!echo one > a.txt", "files = !ls", "files"])
+    reply = run_cell(client, session, ["!echo one > a.txt", "files = !ls", "files"])
     assert reply["status"] == "ok", reply
     assert reply["result"] == "['a.txt']"
 
@@ -66,7 +48,7 @@ def test_a_bang_command_stops_at_the_timeout_and_the_namespace_stays(
         "/repl", json={"code": "x = 5\n!sleep 30", "session_id": session, "timeout": 1}
     )
     assert response.json()["status"] == "timeout", response.text
-    processes = run(
+    processes = run_cell(
         client,
         session,
         [
@@ -76,13 +58,13 @@ def test_a_bang_command_stops_at_the_timeout_and_the_namespace_stays(
         ],
     )
     assert processes["result"] == "['python']"  # the sleep is gone
-    assert run(client, session, "x")["result"] == "5"
+    assert run_cell(client, session, "x")["result"] == "5"
 
 
 def test_a_failing_command_shows_its_output_and_the_cell_goes_on(
     client: httpx.Client, session: str
 ) -> None:
-    reply = run(client, session, ["!ls no-such-file", "print('after', _exit_code)"])
+    reply = run_cell(client, session, ["!ls no-such-file", "print('after', _exit_code)"])
     assert reply["status"] == "ok", reply
     assert reply["result"] == "after 2\n"
     assert "no-such-file" in reply["stderr"]
@@ -91,7 +73,7 @@ def test_a_failing_command_shows_its_output_and_the_cell_goes_on(
 def test_a_refused_bang_line_names_commands_allow_and_runs_nothing(
     client: httpx.Client, session: str
 ) -> None:
-    reply = run(client, session, ["before = 1", "!touch flag && curl x", "after = 1"])
+    reply = run_cell(client, session, ["before = 1", "!touch flag && curl x", "after = 1"])
     assert reply["status"] == "denied", reply
     assert "SyntaxError" not in reply["error"]
     assert "commands.allow" in reply["error"]
@@ -100,7 +82,7 @@ def test_a_refused_bang_line_names_commands_allow_and_runs_nothing(
     assert TEST_POLICY_ALLOWS in reply["suggestion"]
     # Refused before anything ran: touch, although allowed, made no file.
     assert "flag" not in workspace_names(client, session)
-    state = run(client, session, "(before, 'after' in globals())")
+    state = run_cell(client, session, "(before, 'after' in globals())")
     assert state["result"] == "(1, False)"
 
 
@@ -108,13 +90,13 @@ def test_pip_lines_name_packages_install_and_install_nothing(
     client: httpx.Client, session: str
 ) -> None:
     for line in ("%pip install codesherpa_absent_pkg", "!pip install codesherpa_absent_pkg"):
-        reply = run(client, session, line)
+        reply = run_cell(client, session, line)
         assert reply["status"] == "denied", reply
         assert "SyntaxError" not in reply["error"]
         assert "packages.install" in reply["error"]
         assert "packages.install" in reply["suggestion"]
         assert reply["files"] == []
-    missing = run(client, session, "import codesherpa_absent_pkg")
+    missing = run_cell(client, session, "import codesherpa_absent_pkg")
     assert missing["status"] == "error"
     assert "ModuleNotFoundError" in missing["error"]
     assert workspace_names(client, session) == set()
@@ -135,7 +117,7 @@ def test_command_pip_names_packages_install_while_installs_are_off(
 
 
 def test_time_prints_wall_time_and_keeps_the_value(client: httpx.Client, session: str) -> None:
-    reply = run(client, session, "%time 1+1")
+    reply = run_cell(client, session, "%time 1+1")
     assert reply["status"] == "ok", reply
     assert "Wall time: " in reply["result"]
     assert "CPU times: user " in reply["result"]
@@ -143,7 +125,7 @@ def test_time_prints_wall_time_and_keeps_the_value(client: httpx.Client, session
 
 
 def test_timeit_prints_a_per_loop_line(client: httpx.Client, session: str) -> None:
-    reply = run(client, session, "%timeit sum(range(100))")
+    reply = run_cell(client, session, "%timeit sum(range(100))")
     assert reply["status"] == "ok", reply
     assert re.search(
         r"± .+ per loop \(mean ± std\. dev\. of \d+ runs?, [\d,]+ loops? each\)", reply["result"]
@@ -151,7 +133,7 @@ def test_timeit_prints_a_per_loop_line(client: httpx.Client, session: str) -> No
 
 
 def test_matplotlib_inline_is_harmless(client: httpx.Client, session: str) -> None:
-    reply = run(client, session, ["%matplotlib inline", "x = 3", "x"])
+    reply = run_cell(client, session, ["%matplotlib inline", "x = 3", "x"])
     assert reply["status"] == "ok", reply
     assert reply["result"] == "3"
 
@@ -159,7 +141,7 @@ def test_matplotlib_inline_is_harmless(client: httpx.Client, session: str) -> No
 def test_an_unknown_magic_is_a_usage_error_not_a_syntax_error(
     client: httpx.Client, session: str
 ) -> None:
-    reply = run(client, session, "%%capture\nprint(1)")
+    reply = run_cell(client, session, "%%capture\nprint(1)")
     assert reply["status"] == "error"
     assert reply["error"].startswith("UsageError: Cell magic `%%capture` not found.")
 
@@ -167,7 +149,7 @@ def test_an_unknown_magic_is_a_usage_error_not_a_syntax_error(
 def test_a_traceback_after_magic_lines_points_at_the_users_line(
     client: httpx.Client, session: str
 ) -> None:
-    reply = run(client, session, ["!echo a", "%time x = 1", "1 / 0"])
+    reply = run_cell(client, session, ["!echo a", "%time x = 1", "1 / 0"])
     assert reply["status"] == "error"
     assert 'File "<cell-1>", line 3' in reply["error"]
 
@@ -182,7 +164,7 @@ def test_a_connection_attempt_is_told_the_network_is_off(
         "OSError": "import socket\nsocket.create_connection(('127.0.0.1', 1))",
     }
     for error, code in attempts.items():
-        reply = run(client, session, code)
+        reply = run_cell(client, session, code)
         assert reply["status"] == "error"
         assert error in reply["error"]
         assert "network is off" in reply["suggestion"], reply["suggestion"]
@@ -192,7 +174,7 @@ def test_a_connection_attempt_is_told_the_network_is_off(
 def test_a_missing_dataframe_column_suggestion_lists_the_columns(
     client: httpx.Client, session: str
 ) -> None:
-    reply = run(
+    reply = run_cell(
         client,
         session,
         ["import pandas as pd", "df = pd.DataFrame({'a': [1], 'b': [2], 'c': [3]})", "df['nope']"],
@@ -204,7 +186,9 @@ def test_a_missing_dataframe_column_suggestion_lists_the_columns(
 def test_a_subprocess_of_a_program_not_allowed_names_the_allowed_programs(
     client: httpx.Client, session: str
 ) -> None:
-    reply = run(client, session, ["import subprocess", "subprocess.run(['curl', '--version'])"])
+    reply = run_cell(
+        client, session, ["import subprocess", "subprocess.run(['curl', '--version'])"]
+    )
     # Landlock refuses to execute what commands.allow does not list.
     assert reply["status"] == "error"
     assert "PermissionError" in reply["error"]

@@ -14,7 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.api.server import TEST_POLICY, Server, start_server, stop_server
+from tests.api.server import TEST_POLICY, Server, run_cell, start_server, stop_server
 from tests.package_index import module_wheel, sdist, simple_index, wheel
 
 INDEX = "index"  # in the workspace, as the policy's index_url says
@@ -41,28 +41,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     stop_server(running)
 
 
-@pytest.fixture
-def client(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as http:
-        yield http
-
-
-@pytest.fixture
-def session(client: httpx.Client) -> Iterator[str]:
-    response = client.post("/sessions")
-    assert response.status_code == 201, response.text
-    session_id = str(response.json()["session_id"])
-    yield session_id
-    client.delete(f"/sessions/{session_id}")
-
-
-def run(client: httpx.Client, session_id: str, code: str | list[str]) -> dict[str, Any]:
-    response = client.post("/repl", json={"code": code, "session_id": session_id})
-    assert response.status_code == 200, response.text
-    reply: dict[str, Any] = response.json()
-    return reply
-
-
 def command(client: httpx.Client, session_id: str, line: str) -> dict[str, Any]:
     response = client.post("/command", json={"command": line, "session_id": session_id})
     assert response.status_code == 200, response.text
@@ -85,15 +63,15 @@ def test_pip_magic_installs_into_the_session_and_the_next_cell_imports_it(
 ) -> None:
     upload_index(client, session, {"tinypkg": [module_wheel("tinypkg", "0.1")]})
     before = listed(client, session)
-    reply = run(client, session, "%pip install tinypkg")
+    reply = run_cell(client, session, "%pip install tinypkg")
     assert reply["status"] == "ok", reply
     assert "Successfully installed tinypkg-0.1" in reply["result"], reply
     assert reply["files"] == []  # installed packages are no run's files
-    imported = run(client, session, ["import tinypkg", "tinypkg.VERSION, tinypkg.__file__"])
+    imported = run_cell(client, session, ["import tinypkg", "tinypkg.VERSION, tinypkg.__file__"])
     assert imported["result"] == "('0.1', '/mnt/data/.packages/tinypkg.py')", imported
     # Hidden from the listing, and nothing else left behind (no staging area).
     assert listed(client, session) == before
-    leftovers = run(client, session, "import os; sorted(os.listdir('/mnt/data/.packages'))")
+    leftovers = run_cell(client, session, "import os; sorted(os.listdir('/mnt/data/.packages'))")
     assert leftovers["result"] == "['__pycache__', 'tinypkg-0.1.dist-info', 'tinypkg.py']"
 
 
@@ -105,14 +83,14 @@ def test_bang_pip_and_command_pip_install_too_and_a_restart_keeps_them(
         session,
         {"bangpkg": [module_wheel("bangpkg")], "commandpkg": [module_wheel("commandpkg")]},
     )
-    bang = run(client, session, "!pip install bangpkg")
+    bang = run_cell(client, session, "!pip install bangpkg")
     assert bang["status"] == "ok", bang
     assert "Successfully installed bangpkg-0.1" in bang["result"]
     via_command = command(client, session, "pip install -q commandpkg")
     assert via_command["status"] == "ok", via_command
     restarted = client.post(f"/sessions/{session}/restart")
     assert restarted.status_code == 200, restarted.text
-    imported = run(client, session, "import bangpkg, commandpkg; bangpkg.VERSION")
+    imported = run_cell(client, session, "import bangpkg, commandpkg; bangpkg.VERSION")
     assert imported["status"] == "ok", imported
     assert imported["result"] == "'0.1'"
 
@@ -121,11 +99,11 @@ def test_a_package_one_session_installed_is_not_importable_in_another(
     client: httpx.Client, session: str
 ) -> None:
     upload_index(client, session, {"privatepkg": [module_wheel("privatepkg")]})
-    assert run(client, session, "%pip install privatepkg")["status"] == "ok"
-    assert run(client, session, "import privatepkg")["status"] == "ok"
+    assert run_cell(client, session, "%pip install privatepkg")["status"] == "ok"
+    assert run_cell(client, session, "import privatepkg")["status"] == "ok"
     other = client.post("/sessions").json()["session_id"]
     try:
-        reply = run(client, other, "import privatepkg")
+        reply = run_cell(client, other, "import privatepkg")
         assert reply["status"] == "error"
         assert "ModuleNotFoundError" in reply["error"]
     finally:
@@ -134,19 +112,19 @@ def test_a_package_one_session_installed_is_not_importable_in_another(
 
 def test_an_upgrade_replaces_the_older_version(client: httpx.Client, session: str) -> None:
     upload_index(client, session, {"twice": [module_wheel("twice", "1.0")]})
-    assert run(client, session, "%pip install twice")["status"] == "ok"
+    assert run_cell(client, session, "%pip install twice")["status"] == "ok"
     upload_index(
         client, session, {"twice": [module_wheel("twice", "1.0"), module_wheel("twice", "2.0")]}
     )
-    assert run(client, session, "import twice; twice.VERSION")["result"] == "'1.0'"
-    upgraded = run(client, session, "%pip install -U twice")
+    assert run_cell(client, session, "import twice; twice.VERSION")["result"] == "'1.0'"
+    upgraded = run_cell(client, session, "%pip install -U twice")
     assert "Successfully installed twice-2.0" in upgraded["result"], upgraded
     # As in Jupyter, the module imported before keeps its code until a restart.
     assert "Note: twice was imported before this install" in upgraded["stderr"]
-    assert run(client, session, "twice.VERSION")["result"] == "'1.0'"
+    assert run_cell(client, session, "twice.VERSION")["result"] == "'1.0'"
     assert client.post(f"/sessions/{session}/restart").status_code == 200
-    assert run(client, session, "import twice; twice.VERSION")["result"] == "'2.0'"
-    check = run(
+    assert run_cell(client, session, "import twice; twice.VERSION")["result"] == "'2.0'"
+    check = run_cell(
         client,
         session,
         [
@@ -174,12 +152,12 @@ def test_an_upgrade_replaces_the_older_version(client: httpx.Client, session: st
 def test_options_that_escape_the_design_are_refused_naming_the_option(
     client: httpx.Client, session: str, line: str, option: str
 ) -> None:
-    reply = run(client, session, [line, "ran_on = True"])
+    reply = run_cell(client, session, [line, "ran_on = True"])
     assert reply["status"] == "denied", reply
     assert f"`{option}` is refused" in reply["error"]
     assert "packages.index_url" in reply["suggestion"]
-    assert "ran_on" not in run(client, session, "dir()")["result"]  # the cell stopped there
-    nothing = run(client, session, "import os; os.path.exists('/mnt/data/.packages')")
+    assert "ran_on" not in run_cell(client, session, "dir()")["result"]  # the cell stopped there
+    nothing = run_cell(client, session, "import os; os.path.exists('/mnt/data/.packages')")
     assert nothing["result"] == "False"
 
 
@@ -196,10 +174,10 @@ def test_only_binary_refuses_a_package_that_has_only_a_source_distribution(
     client: httpx.Client, session: str
 ) -> None:
     upload_index(client, session, {"sourceonly": [sdist("sourceonly", "0.1")]})
-    reply = run(client, session, "%pip install sourceonly")
+    reply = run_cell(client, session, "%pip install sourceonly")
     assert reply["status"] == "ok", reply  # a failed pip line does not stop the cell
     assert "packages.only_binary" in reply["stderr"], reply
-    assert run(client, session, "import sourceonly")["status"] == "error"
+    assert run_cell(client, session, "import sourceonly")["status"] == "error"
 
 
 def test_an_install_beyond_the_workspace_quota_fails_and_leaves_nothing(
@@ -210,13 +188,13 @@ def test_an_install_beyond_the_workspace_quota_fails_and_leaves_nothing(
     big["bigpkg/__init__.py"] = "VERSION = '0.1'\n"
     upload_index(client, session, {"bigpkg": [wheel("bigpkg", "0.1", big)]})
     # 64 MiB workspace: 30 MiB of padding leaves less than the 36 MiB bigpkg takes.
-    padded = run(
+    padded = run_cell(
         client, session, [f"for i in range(3): open(f'pad{{i}}', 'wb').write(bytes({10 * MB}))"]
     )
     assert padded["status"] == "ok", padded
-    reply = run(client, session, "%pip install bigpkg")
+    reply = run_cell(client, session, "%pip install bigpkg")
     assert "Successfully installed" not in reply["result"], reply
-    left = run(
+    left = run_cell(
         client,
         session,
         [
@@ -225,9 +203,9 @@ def test_an_install_beyond_the_workspace_quota_fails_and_leaves_nothing(
         ],
     )
     assert left["result"] == "[('/mnt/data/.packages', [])]", left
-    assert run(client, session, "import bigpkg")["status"] == "error"
+    assert run_cell(client, session, "import bigpkg")["status"] == "error"
     # The space is free again: a file of the same size as the failed install's fits.
-    refill = run(client, session, f"open('refill', 'wb').write(bytes({12 * MB}))")
+    refill = run_cell(client, session, f"open('refill', 'wb').write(bytes({12 * MB}))")
     assert refill["status"] == "ok", refill
 
 
@@ -235,11 +213,11 @@ def test_pip_list_and_show_see_the_sessions_packages_and_the_services(
     client: httpx.Client, session: str
 ) -> None:
     upload_index(client, session, {"shown": [module_wheel("shown", "0.3")]})
-    assert run(client, session, "%pip install -q shown")["status"] == "ok"
-    shown = run(client, session, "%pip show shown")
+    assert run_cell(client, session, "%pip install -q shown")["status"] == "ok"
+    shown = run_cell(client, session, "%pip show shown")
     assert "Name: shown" in shown["result"], shown
     assert "Version: 0.3" in shown["result"]
     assert "Location: /mnt/data/.packages" in shown["result"], shown
-    listed_packages = run(client, session, "names = !pip list --format=freeze\nnames")
+    listed_packages = run_cell(client, session, "names = !pip list --format=freeze\nnames")
     assert "shown==0.3" in listed_packages["result"], listed_packages
     assert "pandas==" in listed_packages["result"]

@@ -11,12 +11,11 @@ import functools
 import http.server
 import threading
 from collections.abc import Iterator
-from typing import Any
 
 import httpx
 import pytest
 
-from tests.api.server import TEST_POLICY, Server, audit_entries, start_server, stop_server
+from tests.api.server import TEST_POLICY, Server, audit_entries, run_cell, start_server, stop_server
 from tests.package_index import module_wheel, sdist, simple_index, wheel
 
 HOST = "127.0.0.2"  # private, so only allow_private lets the proxy reach it
@@ -77,32 +76,10 @@ def server(tmp_path_factory: pytest.TempPathFactory, index: str) -> Iterator[Ser
     stop_server(running)
 
 
-@pytest.fixture
-def client(server: Server) -> Iterator[httpx.Client]:
-    with server.client() as http_client:
-        yield http_client
-
-
-@pytest.fixture
-def session(client: httpx.Client) -> Iterator[str]:
-    response = client.post("/sessions")
-    assert response.status_code == 201, response.text
-    session_id = str(response.json()["session_id"])
-    yield session_id
-    client.delete(f"/sessions/{session_id}")
-
-
-def run(client: httpx.Client, session_id: str, code: str | list[str]) -> dict[str, Any]:
-    response = client.post("/repl", json={"code": code, "session_id": session_id})
-    assert response.status_code == 200, response.text
-    reply: dict[str, Any] = response.json()
-    return reply
-
-
 def test_pip_install_over_http_then_import_and_a_restart_keeps_it(
     server: Server, client: httpx.Client, session: str, index: str
 ) -> None:
-    reply = run(client, session, "%pip install tinypkg")
+    reply = run_cell(client, session, "%pip install tinypkg")
     assert reply["status"] == "ok", reply
     assert f"Looking in indexes: {index}" in reply["result"]
     assert "Successfully installed tinypkg-0.1" in reply["result"], reply
@@ -115,19 +92,19 @@ def test_pip_install_over_http_then_import_and_a_restart_keeps_it(
     ]
     assert egress, "no connection of the session's went through the proxy"
     assert {(entry["host"], entry["verdict"]) for entry in egress} == {(HOST, "allowed")}
-    assert run(client, session, "import tinypkg; tinypkg.VERSION")["result"] == "'0.1'"
+    assert run_cell(client, session, "import tinypkg; tinypkg.VERSION")["result"] == "'0.1'"
     assert client.post(f"/sessions/{session}/restart").status_code == 200
-    kept = run(client, session, "import tinypkg; tinypkg.__file__")
+    kept = run_cell(client, session, "import tinypkg; tinypkg.__file__")
     assert kept["result"] == "'/mnt/data/.packages/tinypkg.py'", kept
 
 
 def test_another_session_of_the_service_cannot_import_it(
     client: httpx.Client, session: str
 ) -> None:
-    assert "Successfully installed" in run(client, session, "%pip install tinypkg")["result"]
+    assert "Successfully installed" in run_cell(client, session, "%pip install tinypkg")["result"]
     other = client.post("/sessions").json()["session_id"]
     try:
-        reply = run(client, other, "import tinypkg")
+        reply = run_cell(client, other, "import tinypkg")
         assert reply["status"] == "error"
         assert "ModuleNotFoundError" in reply["error"]
     finally:
@@ -137,20 +114,20 @@ def test_another_session_of_the_service_cannot_import_it(
 def test_only_binary_refuses_a_source_only_package_with_a_clear_message(
     client: httpx.Client, session: str
 ) -> None:
-    reply = run(client, session, "%pip install sourceonly")
+    reply = run_cell(client, session, "%pip install sourceonly")
     assert "Successfully installed" not in reply["result"]
     assert "packages.only_binary" in reply["stderr"], reply
-    assert run(client, session, "import sourceonly")["status"] == "error"
+    assert run_cell(client, session, "import sourceonly")["status"] == "error"
 
 
 def test_an_install_beyond_the_quota_leaves_nothing_half_installed(
     client: httpx.Client, session: str
 ) -> None:
-    padded = run(
+    padded = run_cell(
         client, session, f"for i in range(3): open(f'pad{{i}}', 'wb').write(bytes({10 * MB}))"
     )
     assert padded["status"] == "ok", padded
-    reply = run(client, session, "%pip install bigpkg")
+    reply = run_cell(client, session, "%pip install bigpkg")
     assert "Successfully installed" not in reply["result"], reply
-    left = run(client, session, "import os; sorted(os.listdir('/mnt/data/.packages'))")
+    left = run_cell(client, session, "import os; sorted(os.listdir('/mnt/data/.packages'))")
     assert left["result"] == "[]", left
