@@ -19,6 +19,14 @@ from sandbox.run import (
 
 pytestmark = pytest.mark.anyio
 
+# A cell's way to the worker's own PythonSession, to emit outputs as display() would.
+_THE_WORKERS_SESSION = (
+    "import gc\n"
+    "from sandbox.executor import PythonSession\n"
+    "from sandbox.protocol import RichOutput\n"
+    "session, = [o for o in gc.get_objects() if isinstance(o, PythonSession)]\n"
+)
+
 
 async def _events(run: Run) -> list[RunEvent]:
     return [event async for event in run.events()]
@@ -120,11 +128,7 @@ async def test_displays_are_streamed_in_order_with_the_text_around_them(
     session: Session,
 ) -> None:
     # display() is another module's; its hook into the worker is the session's emit().
-    code = (
-        "import gc\n"
-        "from sandbox.executor import PythonSession\n"
-        "from sandbox.protocol import RichOutput\n"
-        "session, = [o for o in gc.get_objects() if isinstance(o, PythonSession)]\n"
+    code = _THE_WORKERS_SESSION + (
         "print('before')\n"
         "session.emit(RichOutput(output_type='display_data', data={'text/plain': 'shown'}))\n"
         "print('after')"
@@ -226,11 +230,7 @@ async def test_a_run_displaying_in_a_loop_is_interrupted_and_keeps_its_namespace
 ) -> None:
     # An interrupt that lands while a display's frame is being written waits for the
     # frame to be whole: the run is interrupted, not its channel broken.
-    code = (
-        "import gc\n"
-        "from sandbox.executor import PythonSession\n"
-        "from sandbox.protocol import RichOutput\n"
-        "session, = [o for o in gc.get_objects() if isinstance(o, PythonSession)]\n"
+    code = _THE_WORKERS_SESSION + (
         "kept = 'still here'\n"
         "shown = RichOutput(output_type='display_data', data={'text/plain': 'x' * 50})\n"
         "while True:\n"
