@@ -172,14 +172,7 @@ def bounded_output(
     encodable (a repr may hold a lone surrogate); metadata that is not small JSON is
     dropped.
     """
-    plain = data.get(PLAIN, "")
-    if len(data) == 1 and not metadata and len(plain) <= text_chars and plain.isascii():
-        # The common case, a short value's repr, costs a trivial run no more than its
-        # repr did: nothing to cut, drop or escape.
-        size = _FRAME_CHARS + json_size(PLAIN) + json_size(plain) + 4
-        if size <= output_chars:
-            return RichOutput(output_type=output_type, data={PLAIN: plain}), size, False
-    plain, cut = truncate_output(plain, text_chars)
+    plain, cut = truncate_output(data.get(PLAIN, ""), text_chars)
     plain = escape_surrogates(plain)
     if len(plain) > text_chars:
         plain, cut = truncate_output(plain, text_chars)[0], True
